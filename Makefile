@@ -1,0 +1,54 @@
+# The README's commands. `make run` and `make test` are the whole set-up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+DATA_DIR ?= .ouro
+HOST ?= http://127.0.0.1:8000
+PYTEST_ARGS ?=
+
+# Nothing here may reach a model hub or phone home.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: run test install install-test chart-check bench loadtest lint
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip wheel
+	# torch first, or a dependency pulls the CUDA build (see ../shared/STACK_NOTES.md)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -r requirements.txt
+	$(PY) -c "import torch, sys; v = torch.__version__; print('torch', v); sys.exit(0 if v.endswith('+cpu') else 'torch is not the CPU build: ' + v)"
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
+	$(PIP) install -q -r requirements-test.txt
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+run: install
+	$(PY) -m serve --host 127.0.0.1 --port 8000 --data-dir $(DATA_DIR)
+
+test: install-test chart-check
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install-test
+	$(VENV)/bin/ruff check .
+
+chart-check: install-test
+	$(PY) -m tools.chart_check
+
+bench: install
+	$(PY) -m loadtests.bench
+
+loadtest: install
+	$(VENV)/bin/locust -f loadtests/locustfile.py --headless -u 16 -r 4 -t 60s --host $(HOST) \
+		--csv loadtests/results/locust --html loadtests/results/locust.html

@@ -1,0 +1,158 @@
+"""Ouro's settings: one pydantic-settings class, environment prefix ``OURO_``.
+
+Build it where the program starts (``OuroSettings()`` reads the environment, keyword
+arguments override) and pass it down; nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+EMBEDDED_MODEL = "ouro-tiny"
+"""``base_model`` value that selects the embedded default model the project builds itself."""
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class OuroSettings(BaseSettings):
+    """Everything a deployment can configure. Env var = ``OURO_`` + upper-case field name."""
+
+    model_config = SettingsConfigDict(env_prefix="OURO_", extra="ignore", validate_default=True)
+
+    # -- storage -------------------------------------------------------------------
+    data_dir: Path = Field(
+        Path(".ouro"),
+        description="Holds the model cache, the feedback ledger and the local MLflow store.",
+    )
+    feedback_dir: Path | None = Field(
+        None,
+        description="Feedback ledger directory (a ReadWriteMany volume in a cluster). "
+        "Default: <data_dir>/feedback.",
+    )
+
+    # -- model ---------------------------------------------------------------------
+    base_model: str = Field(
+        EMBEDDED_MODEL,
+        description="'ouro-tiny' (the embedded model, built on first use), a local path, "
+        "or a Hugging Face Hub id such as meta-llama/Llama-3.2-3B-Instruct.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where the model runs; 'auto' picks CUDA when available."
+    )
+    quantization: Literal["auto", "none", "nf4"] = Field(
+        "auto",
+        description="'nf4' loads the base model in 4-bit NF4 (bitsandbytes, also on CPU); "
+        "'auto' means nf4 on CUDA and full precision on CPU.",
+    )
+    system_prompt: str = Field(
+        "You are Ouro, a friendly and helpful assistant.",
+        description="System prompt put in front of every conversation that has none.",
+    )
+    max_context_tokens: int = Field(
+        2048,
+        gt=0,
+        description="Prompt budget in tokens (capped by the model's own context length); "
+        "longer conversations lose their oldest turns first.",
+    )
+
+    # -- model registry (MLflow) ------------------------------------------------------
+    mlflow_tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking/registry URI. Default: a local store in <data_dir>/mlflow.",
+    )
+    registered_model_name: str = Field(
+        "ouro-adapter", description="MLflow registered model holding the adapter versions."
+    )
+    registry_poll_interval_s: float = Field(
+        10.0, gt=0, description="How often Serve polls the registry for moved aliases."
+    )
+
+    # -- serving -------------------------------------------------------------------
+    api_keys: CommaList = Field(
+        default_factory=list, description="Client API keys, comma-separated."
+    )
+    api_keys_file: Path | None = Field(
+        None, description="File with one client API key per line (e.g. a mounted Secret)."
+    )
+    admin_api_keys: CommaList = Field(
+        default_factory=list,
+        description="Admin API keys (feedback stats, registry refresh), comma-separated.",
+    )
+    max_body_bytes: int = Field(1_000_000, gt=0, description="Largest request body accepted.")
+    max_messages: int = Field(256, gt=0, description="Most messages in one request.")
+    max_tokens_limit: int = Field(
+        1024, gt=0, description="Largest max_tokens a request may ask for."
+    )
+    default_max_tokens: int = Field(
+        256, gt=0, description="max_tokens when a request does not set it."
+    )
+    max_batch_size: int = Field(16, gt=0, description="Most requests generated in one batch.")
+    batch_wait_timeout_s: float = Field(
+        0.01, ge=0, description="How long a batch waits to fill before it starts."
+    )
+    max_queued_requests: int = Field(
+        64, gt=0, description="Requests waiting per replica before 429 is answered."
+    )
+    max_adapters_per_replica: int = Field(
+        4, gt=0, description="LoRA adapter versions kept loaded per replica (LRU)."
+    )
+
+    # -- feedback ledger -----------------------------------------------------------------
+    max_feedback_bytes: int = Field(
+        256_000, gt=0, description="Largest feedback record, in bytes of JSON."
+    )
+    max_feedback_field_chars: int = Field(
+        32_000, gt=0, description="Longest text in any one feedback field."
+    )
+
+    @field_validator("api_keys", "admin_api_keys", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    # -- derived paths ---------------------------------------------------------------
+    @property
+    def ledger_dir(self) -> Path:
+        return self.feedback_dir or self.data_dir / "feedback"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def adapter_cache_dir(self) -> Path:
+        return self.data_dir / "adapters"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.data_dir / "mlflow"
+
+    @property
+    def tracking_uri(self) -> str:
+        """The configured MLflow URI, or a sqlite store inside ``<data_dir>/mlflow``."""
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{(self.mlflow_dir / 'mlflow.db').resolve()}"
+
+    @property
+    def local_artifacts_dir(self) -> Path:
+        """Artifact root used with the default local store."""
+        return self.mlflow_dir / "artifacts"
+
+    def client_api_keys(self) -> list[str]:
+        """Client keys from ``api_keys`` plus those in ``api_keys_file``."""
+        keys = list(self.api_keys)
+        if self.api_keys_file is not None:
+            keys += [
+                line.strip()
+                for line in self.api_keys_file.read_text(encoding="utf-8").splitlines()
+                if line.strip() and not line.lstrip().startswith("#")
+            ]
+        return keys
