@@ -1,0 +1,634 @@
+"""The feedback ledger: corrections kept durably in append-only JSONL segments.
+
+Layout (the directory is a ReadWriteMany volume in a cluster)::
+
+    <ledger>/<writer-id>/<YYYY-MM-DD>.jsonl     one segment per writer per UTC day
+
+Each writer (a Serve replica) appends only to its own segments, one JSON object per
+line; no file is ever rewritten. ``append`` returns after the line is written and
+fsync'd, so a crash leaves at most one torn last line, which readers skip and count
+(the writer ends it with a newline before its next append, so nothing merges into it).
+Readers merge all segments, deduplicate by id, and skip bad lines without failing.
+
+Reading "what came after the last training" is cheap: a :class:`Watermark` records,
+per recently active writer, the segment and byte offset where a scan stopped; a later
+``scan(after=...)`` seeks there instead of re-parsing everything. Writer ids must be
+unique per live process; segments are chosen by the UTC date of each record, so clocks
+are assumed right to within a day.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import fcntl
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import uuid
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, ValidationError
+
+from ouro.errors import OuroError
+from ouro.settings import OuroSettings
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+"""Version of the record layout written by this code; readers skip other versions."""
+
+WRITER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SEGMENT_NAME_PATTERN = re.compile(r"^(\d{4}-\d{2}-\d{2})\.jsonl$")
+
+FeedbackKind = Literal["correction", "rating", "retraction"]
+"""Only ``correction`` is written today; the others are reserved for later schema use."""
+
+Clock = Callable[[], dt.datetime]
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+# -- errors ---------------------------------------------------------------------------
+
+
+class LedgerError(OuroError):
+    """Base class for ledger errors."""
+
+
+class LedgerUnavailableError(LedgerError):
+    """The ledger directory cannot be created or written (raised at start-up), or a
+    write failed at the operating-system level (disk full, I/O error)."""
+
+
+class InvalidFeedbackError(LedgerError):
+    """A feedback record is malformed; ``param`` names the offending field."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class FeedbackTooLargeError(InvalidFeedbackError):
+    """A field or the whole record exceeds the configured limits."""
+
+
+class InvalidWatermarkError(LedgerError):
+    """A watermark string that this code cannot decode."""
+
+
+# -- records --------------------------------------------------------------------------
+
+
+class FeedbackMessage(BaseModel):
+    """One turn of the conversation the model answered."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    role: Literal["system", "user", "assistant"] = Field(description="Who spoke.")
+    content: str = Field(description="What was said, stored exactly as given.")
+
+
+class FeedbackRecord(BaseModel):
+    """One line of the ledger."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str = Field(description="Unique record id, 'fb-' + 32 hex digits.")
+    created_at: AwareDatetime = Field(description="When the record was written (UTC).")
+    schema_version: StrictInt = Field(SCHEMA_VERSION, description="Record layout version.")
+    kind: FeedbackKind = Field("correction", description="What the record is.")
+    messages: list[FeedbackMessage] = Field(description="The conversation that was answered.")
+    completion: str = Field(description="What the model answered.")
+    correction: str = Field(description="What it should have answered.")
+    model: str | None = Field(None, description="Version that answered, e.g. 'ouro@v7'.")
+    completion_id: str | None = Field(None, description="Id of the chat completion, if known.")
+    reason: str | None = Field(None, description="Why the answer was wrong, free text.")
+    api_key_hash: str | None = Field(
+        None, description="ouro.apikeys.hash_api_key of the key that sent it; None if open."
+    )
+
+    def message_dicts(self) -> list[dict[str, str]]:
+        """The conversation as OpenAI-style ``{"role", "content"}`` dicts."""
+        return [message.model_dump() for message in self.messages]
+
+    def corrected_conversation(self) -> list[dict[str, str]]:
+        """The conversation followed by the assistant turn it should have had."""
+        return [*self.message_dicts(), {"role": "assistant", "content": self.correction}]
+
+
+# -- watermarks -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SegmentPosition:
+    """Where a scan stopped in one writer's segments: its segment ``day`` up to ``offset``
+    bytes (the end of the last complete line); the writer's earlier days were read whole."""
+
+    day: dt.date
+    offset: int
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """The end of a scan: everything before it has been read.
+
+    ``floor``: every segment dated before it was read whole. ``positions``: for writers
+    with a segment dated ``floor`` or later, where reading stopped. Writers not listed
+    wrote nothing from ``floor`` on, so all of their later segments are new.
+
+    Text form (:meth:`encode`), e.g. ``1;20250130;replica-a=20250131:5120;replica-b=20250130:88``:
+    format version, floor date, then ``writer=date:offset`` per listed writer. Only writers
+    active since the day before the scan are listed, so the string stays short however many
+    writers the ledger has seen; past 512 characters it is stored zlib-compressed as
+    ``1z;<base64url>``.
+    """
+
+    floor: dt.date
+    positions: tuple[tuple[str, SegmentPosition], ...] = ()
+
+    FORMAT = "1"
+    COMPRESSED_FORMAT = "1z"
+    COMPRESS_OVER_CHARS = 512
+
+    def position(self, writer_id: str) -> SegmentPosition | None:
+        return dict(self.positions).get(writer_id)
+
+    def encode(self) -> str:
+        parts = [self.FORMAT, _compact_date(self.floor)]
+        parts += [f"{w}={_compact_date(p.day)}:{p.offset}" for w, p in self.positions]
+        text = ";".join(parts)
+        if len(text) <= self.COMPRESS_OVER_CHARS:
+            return text
+        packed = base64.urlsafe_b64encode(zlib.compress(text.encode("ascii"), 9))
+        return f"{self.COMPRESSED_FORMAT};{packed.decode('ascii')}"
+
+    @classmethod
+    def decode(cls, text: str) -> Watermark:
+        try:
+            if text.startswith(cls.COMPRESSED_FORMAT + ";"):
+                packed = text.split(";", 1)[1].encode("ascii")
+                text = zlib.decompress(base64.urlsafe_b64decode(packed)).decode("ascii")
+            fmt, floor, *entries = text.split(";")
+            if fmt != cls.FORMAT:
+                raise ValueError(f"unknown format {fmt!r}")
+            positions = []
+            for entry in entries:
+                writer, _, rest = entry.partition("=")
+                day, _, offset = rest.partition(":")
+                if not WRITER_ID_PATTERN.match(writer) or not offset.isdigit():
+                    raise ValueError(f"bad entry {entry!r}")
+                positions.append((writer, SegmentPosition(_parse_compact(day), int(offset))))
+        except (ValueError, zlib.error) as exc:
+            raise InvalidWatermarkError(f"not a ledger watermark: {text[:80]!r} ({exc})") from exc
+        positions.sort(key=lambda item: item[0])
+        return cls(floor=_parse_compact(floor), positions=tuple(positions))
+
+
+def _compact_date(day: dt.date) -> str:
+    return day.strftime("%Y%m%d")
+
+
+def _parse_compact(text: str) -> dt.date:
+    return dt.datetime.strptime(text, "%Y%m%d").date()
+
+
+# -- reading --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LedgerScan:
+    """What one scan found."""
+
+    records: list[FeedbackRecord] = field(metadata={"help": "Unique records, oldest first."})
+    bad_lines: int = field(
+        metadata={"help": "Lines skipped: torn, not JSON, unknown schema, or invalid."}
+    )
+    duplicates: int = field(metadata={"help": "Records skipped because their id was seen."})
+    watermark: Watermark = field(metadata={"help": "The end of this scan."})
+
+
+@dataclass(frozen=True)
+class FeedbackStats:
+    """The body of ``GET /v1/feedback/stats``."""
+
+    total: int = field(metadata={"help": "Unique records in the ledger."})
+    by_model: dict[str, int] = field(metadata={"help": "Records per answering version."})
+    since_last_training: int = field(metadata={"help": "Records after the given watermark."})
+    bad_lines: int = field(metadata={"help": "Lines readers skip."})
+
+
+UNKNOWN_MODEL = "unknown"
+"""``by_model`` key for records that did not say which version answered."""
+
+
+@dataclass
+class _SegmentRead:
+    records: list[FeedbackRecord]
+    bad_lines: int
+    end_offset: int
+
+
+class LedgerReader:
+    """Reads a ledger directory; needs no write access. A missing directory is empty."""
+
+    def __init__(self, directory: Path, *, clock: Clock = utc_now) -> None:
+        self.directory = Path(directory)
+        self._clock = clock
+
+    def segments(self) -> dict[str, list[tuple[dt.date, Path]]]:
+        """Each writer's segments, oldest day first. Other files are ignored."""
+        found: dict[str, list[tuple[dt.date, Path]]] = {}
+        if not self.directory.is_dir():
+            return found
+        for writer_dir in sorted(self.directory.iterdir()):
+            if not writer_dir.is_dir() or not WRITER_ID_PATTERN.match(writer_dir.name):
+                continue
+            days = []
+            for path in writer_dir.iterdir():
+                match = SEGMENT_NAME_PATTERN.match(path.name)
+                if match and path.is_file():
+                    days.append((dt.date.fromisoformat(match.group(1)), path))
+            if days:
+                found[writer_dir.name] = sorted(days)
+        return found
+
+    def scan(self, after: Watermark | None = None) -> LedgerScan:
+        """All records, or only those after ``after``; never fails on bad lines."""
+        floor = self._clock().astimezone(dt.UTC).date() - dt.timedelta(days=1)
+        if after is not None:
+            floor = max(floor, after.floor)
+        unique: dict[str, FeedbackRecord] = {}
+        bad_lines = duplicates = 0
+        positions: list[tuple[str, SegmentPosition]] = []
+        for writer_id, days in self.segments().items():
+            previous = after.position(writer_id) if after is not None else None
+            last: SegmentPosition | None = previous
+            for day, path in days:
+                start = _start_offset(day, after, previous)
+                if start is None:
+                    continue
+                read = _read_segment(path, start)
+                bad_lines += read.bad_lines
+                for record in read.records:
+                    if record.id in unique:
+                        duplicates += 1
+                    else:
+                        unique[record.id] = record
+                last = SegmentPosition(day, read.end_offset)
+            if last is not None and last.day >= floor:
+                positions.append((writer_id, last))
+        records = sorted(unique.values(), key=lambda r: (r.created_at, r.id))
+        return LedgerScan(
+            records=records,
+            bad_lines=bad_lines,
+            duplicates=duplicates,
+            watermark=Watermark(floor=floor, positions=tuple(positions)),
+        )
+
+    def stats(self, since: Watermark | None = None) -> FeedbackStats:
+        """Counts for the stats endpoint; ``since`` is the newest training's watermark."""
+        everything = self.scan()
+        by_model = Counter(record.model or UNKNOWN_MODEL for record in everything.records)
+        since_count = (
+            len(everything.records) if since is None else len(self.scan(after=since).records)
+        )
+        return FeedbackStats(
+            total=len(everything.records),
+            by_model=dict(sorted(by_model.items())),
+            since_last_training=since_count,
+            bad_lines=everything.bad_lines,
+        )
+
+
+def _start_offset(
+    day: dt.date, after: Watermark | None, previous: SegmentPosition | None
+) -> int | None:
+    """Byte offset to read a segment from, or None when the watermark covers all of it."""
+    if after is None:
+        return 0
+    if previous is None:
+        return None if day < after.floor else 0
+    if day < previous.day:
+        return None
+    return previous.offset if day == previous.day else 0
+
+
+def _read_segment(path: Path, start: int) -> _SegmentRead:
+    try:
+        with path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if start > size:
+                logger.warning("%s is shorter than its watermark offset; reading it whole", path)
+                start = 0
+            handle.seek(start)
+            data = handle.read()
+    except OSError as exc:
+        logger.warning("cannot read ledger segment %s: %s", path, exc)
+        return _SegmentRead([], 0, start)
+    complete = data.rfind(b"\n") + 1
+    records: list[FeedbackRecord] = []
+    bad = 0
+    line_start = 0
+    for line in data[:complete].split(b"\n")[:-1]:
+        if line.strip():
+            record = _parse_line(line)
+            if record is None:
+                bad += 1
+                logger.warning("skipping bad ledger line at %s:%d", path, start + line_start)
+            else:
+                records.append(record)
+        line_start += len(line) + 1
+    if complete < len(data):
+        # A torn last line (a crashed writer) or one being written right now: skip it and
+        # stop the watermark before it, so a line that completes later is read next time.
+        bad += 1
+        logger.warning("skipping incomplete last line of %s at byte %d", path, start + complete)
+    return _SegmentRead(records, bad, start + complete)
+
+
+def _parse_line(line: bytes) -> FeedbackRecord | None:
+    try:
+        obj = json.loads(line)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        return None
+    if not isinstance(obj, dict):
+        return None
+    version = obj.get("schema_version")
+    if type(version) is not int or version != SCHEMA_VERSION:
+        return None
+    try:
+        return FeedbackRecord.model_validate(obj)
+    except ValidationError:
+        return None
+
+
+# -- writing --------------------------------------------------------------------------
+
+
+class FeedbackLedger:
+    """One writer's handle on the ledger; thread-safe, appends are durable on return.
+
+    Construction checks that the directory can be created and written, so a bad volume
+    is reported at start-up (LedgerUnavailableError) rather than on every request.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        writer_id: str,
+        *,
+        max_record_bytes: int,
+        max_field_chars: int,
+        clock: Clock = utc_now,
+    ) -> None:
+        if not WRITER_ID_PATTERN.match(writer_id):
+            raise ValueError(
+                f"writer id {writer_id!r} must match {WRITER_ID_PATTERN.pattern} "
+                "(it names a directory)"
+            )
+        self.directory = Path(directory)
+        self.writer_id = writer_id
+        self.max_record_bytes = max_record_bytes
+        self.max_field_chars = max_field_chars
+        self._clock = clock
+        self._reader = LedgerReader(self.directory, clock=clock)
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._fd_path: Path | None = None
+        self._writer_dir = self.directory / writer_id
+        self._check_writable()
+
+    @classmethod
+    def from_settings(cls, settings: OuroSettings, writer_id: str) -> FeedbackLedger:
+        return cls(
+            settings.ledger_dir,
+            writer_id,
+            max_record_bytes=settings.max_feedback_bytes,
+            max_field_chars=settings.max_feedback_field_chars,
+        )
+
+    def _check_writable(self) -> None:
+        try:
+            _make_dir_durably(self.directory)
+            _make_dir_durably(self._writer_dir)
+            fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=self._writer_dir)
+            try:
+                os.write(fd, b"probe\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                os.unlink(probe)
+        except OSError as exc:
+            raise LedgerUnavailableError(
+                f"feedback ledger directory {self.directory} cannot be written: {exc}"
+            ) from exc
+
+    # -- append ---------------------------------------------------------------------
+
+    def append(
+        self,
+        *,
+        messages: Sequence[Mapping[str, Any] | FeedbackMessage],
+        completion: str,
+        correction: str,
+        model: str | None = None,
+        completion_id: str | None = None,
+        reason: str | None = None,
+        api_key_hash: str | None = None,
+        kind: FeedbackKind = "correction",
+    ) -> FeedbackRecord:
+        """Validate, write and fsync one record; returns it once it is durable.
+
+        Raises InvalidFeedbackError / FeedbackTooLargeError (with ``param``) for bad
+        input, LedgerUnavailableError when the disk refuses the write.
+        """
+        record = self._build_record(
+            messages=messages,
+            completion=completion,
+            correction=correction,
+            model=model,
+            completion_id=completion_id,
+            reason=reason,
+            api_key_hash=api_key_hash,
+            kind=kind,
+        )
+        line = record.model_dump_json().encode("utf-8") + b"\n"
+        if len(line) > self.max_record_bytes:
+            raise FeedbackTooLargeError(
+                f"feedback record is {len(line)} bytes; the limit is {self.max_record_bytes}"
+            )
+        segment = self._writer_dir / f"{record.created_at.astimezone(dt.UTC).date()}.jsonl"
+        with self._lock:
+            try:
+                self._write_line(segment, line)
+            except OSError as exc:
+                raise LedgerUnavailableError(f"could not write to {segment}: {exc}") from exc
+        return record
+
+    def _build_record(
+        self,
+        *,
+        messages: Sequence[Mapping[str, Any] | FeedbackMessage],
+        completion: str,
+        correction: str,
+        model: str | None,
+        completion_id: str | None,
+        reason: str | None,
+        api_key_hash: str | None,
+        kind: FeedbackKind,
+    ) -> FeedbackRecord:
+        for name, value in (("completion", completion), ("correction", correction)):
+            if not isinstance(value, str):
+                raise InvalidFeedbackError(f"{name} must be a string", name)
+        if not messages:
+            raise InvalidFeedbackError("messages must not be empty", "messages")
+        try:
+            turns = [FeedbackMessage.model_validate(message) for message in messages]
+        except ValidationError as exc:
+            raise InvalidFeedbackError(f"invalid messages: {exc}", "messages") from exc
+        if turns[-1].role != "user":
+            raise InvalidFeedbackError(
+                "the conversation must end with the user turn that was answered", "messages"
+            )
+        if not correction.strip():
+            raise InvalidFeedbackError("correction must not be empty", "correction")
+        if correction.strip() == completion.strip():
+            raise InvalidFeedbackError(
+                "correction must differ from the completion it corrects", "correction"
+            )
+        texts: list[tuple[str, str | None]] = [
+            *((f"messages[{i}].content", turn.content) for i, turn in enumerate(turns)),
+            ("completion", completion),
+            ("correction", correction),
+            ("model", model),
+            ("completion_id", completion_id),
+            ("reason", reason),
+            ("api_key_hash", api_key_hash),
+        ]
+        self._check_texts(texts)
+        try:
+            return FeedbackRecord(
+                id=f"fb-{uuid.uuid4().hex}",
+                created_at=self._clock(),
+                kind=kind,
+                messages=turns,
+                completion=completion,
+                correction=correction,
+                model=model,
+                completion_id=completion_id,
+                reason=reason,
+                api_key_hash=api_key_hash,
+            )
+        except ValidationError as exc:
+            raise InvalidFeedbackError(f"invalid feedback: {exc}") from exc
+
+    def _check_texts(self, texts: Iterable[tuple[str, str | None]]) -> None:
+        for name, text in texts:
+            if text is None:
+                continue
+            if not isinstance(text, str):
+                raise InvalidFeedbackError(f"{name} must be a string", name)
+            if len(text) > self.max_field_chars:
+                raise FeedbackTooLargeError(
+                    f"{name} has {len(text)} characters; the limit is {self.max_field_chars}",
+                    name,
+                )
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InvalidFeedbackError(f"{name} is not valid Unicode text", name) from exc
+
+    def _write_line(self, segment: Path, line: bytes) -> None:
+        fd = self._segment_fd(segment)
+        # flock as well as the thread lock: two processes given the same writer id
+        # (a misconfiguration) still never interleave within a line.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                # A previous process died mid-line: end that torn line so ours stays whole.
+                line = b"\n" + line
+            _write_all(fd, line)
+            os.fsync(fd)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _segment_fd(self, segment: Path) -> int:
+        if self._fd is not None and (self._fd_path != segment or os.fstat(self._fd).st_nlink == 0):
+            # A new day, or the open segment was deleted under us: reopen by name.
+            os.close(self._fd)
+            self._fd = None
+        if self._fd is None:
+            _make_dir_durably(self._writer_dir)
+            try:
+                fd = os.open(segment, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o644)
+                created = True
+            except FileExistsError:
+                fd = os.open(segment, os.O_RDWR | os.O_APPEND)
+                created = False
+            if created:
+                _fsync_dir(self._writer_dir)
+            self._fd, self._fd_path = fd, segment
+        return self._fd
+
+    # -- reading --------------------------------------------------------------------
+
+    def scan(self, after: Watermark | None = None) -> LedgerScan:
+        """All writers' records (see LedgerReader.scan)."""
+        return self._reader.scan(after)
+
+    def stats(self, since: Watermark | None = None) -> FeedbackStats:
+        return self._reader.stats(since)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def __enter__(self) -> FeedbackLedger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _make_dir_durably(path: Path) -> None:
+    """mkdir -p, fsyncing each parent whose entry list changed."""
+    if path.is_dir():
+        return
+    if path.parent != path:
+        _make_dir_durably(path.parent)
+    try:
+        path.mkdir()
+    except FileExistsError:
+        if not path.is_dir():
+            raise  # a file is in the way: the OSError says which
+        return
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
