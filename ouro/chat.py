@@ -1,0 +1,85 @@
+"""Chat formatting: messages to prompt token ids through the tokenizer's chat template."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from ouro.errors import OuroError
+
+logger = logging.getLogger(__name__)
+
+
+class PromptTooLongError(OuroError):
+    """Even the system prompt plus the latest user turn do not fit the context budget."""
+
+
+class ChatFormatter:
+    """Renders conversations with the tokenizer's chat template, within a token budget.
+
+    The system prompt is put first when the conversation has none. When the prompt is
+    longer than the budget, the OLDEST turns go first; the system prompt and the latest
+    user turn always stay.
+    """
+
+    def __init__(self, tokenizer, system_prompt: str, max_context_tokens: int) -> None:
+        if max_context_tokens <= 0:
+            raise ValueError("max_context_tokens must be positive")
+        self.tokenizer = tokenizer
+        self.system_prompt = system_prompt
+        self.max_context_tokens = max_context_tokens
+
+    def with_system_prompt(self, messages: Sequence[dict]) -> list[dict]:
+        """The conversation, with the default system prompt in front when it has none."""
+        messages = [dict(message) for message in messages]
+        if self.system_prompt and not any(message["role"] == "system" for message in messages):
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        return messages
+
+    def render(self, messages: Sequence[dict]) -> list[int]:
+        """Token ids of ``messages`` as they are, plus the assistant generation prompt."""
+        encoded = self.tokenizer.apply_chat_template(
+            list(messages), add_generation_prompt=True, return_dict=True
+        )
+        return list(encoded["input_ids"])
+
+    def prompt_ids(
+        self, messages: Sequence[dict], max_prompt_tokens: int | None = None
+    ) -> list[int]:
+        """Prompt token ids for ``messages``, shortened from the oldest turn when too long.
+
+        ``max_prompt_tokens`` tightens the budget for one call (e.g. to leave room for
+        the answer). Raises PromptTooLongError when the system prompt and the latest
+        user turn alone are over budget.
+        """
+        budget = self.max_context_tokens
+        if max_prompt_tokens is not None:
+            budget = min(budget, max_prompt_tokens)
+        messages = self.with_system_prompt(messages)
+        ids = self.render(messages)
+        if len(ids) <= budget:
+            return ids
+
+        system = [message for message in messages if message["role"] == "system"]
+        turns = [message for message in messages if message["role"] != "system"]
+        # Candidate starting points: each user turn, up to the latest one (always kept).
+        starts = [index for index, message in enumerate(turns) if message["role"] == "user"]
+        if not starts:
+            starts = [len(turns) - 1] if turns else [0]
+        # Fewer turns never make the prompt longer, so search for the earliest start that fits.
+        low, high = 0, len(starts) - 1
+        best: list[int] | None = None
+        while low <= high:
+            middle = (low + high) // 2
+            candidate = self.render(system + turns[starts[middle] :])
+            if len(candidate) <= budget:
+                best, high = candidate, middle - 1
+            else:
+                low = middle + 1
+        if best is None:
+            raise PromptTooLongError(
+                f"the prompt needs more than {budget} tokens even with only the system "
+                "prompt and the latest user message"
+            )
+        logger.debug("dropped the oldest turns to fit %s prompt tokens", budget)
+        return best

@@ -1,0 +1,113 @@
+"""Base model loading: the embedded ouro-tiny, a local path, or a Hugging Face Hub id.
+
+On CUDA the model is loaded in 4-bit NF4, through Unsloth's FastLanguageModel when it is
+installed (the GPU images) and through transformers + bitsandbytes otherwise. On CPU it is
+loaded in full precision, or in NF4 when ``quantization="nf4"`` (bitsandbytes runs NF4 on
+CPU too). Remote code is never trusted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+from ouro.errors import OuroError
+from ouro.settings import EMBEDDED_MODEL, OuroSettings
+from ouro.tiny_model import build_tiny_model
+
+logger = logging.getLogger(__name__)
+
+
+class ModelLoadError(OuroError):
+    """The configured base model cannot be loaded as asked."""
+
+
+@dataclass
+class LoadedModel:
+    """A base model ready for generation or training."""
+
+    model: torch.nn.Module
+    """The causal LM, in eval mode."""
+    tokenizer: object
+    """Its tokenizer (with a pad token)."""
+    name: str
+    """What was loaded: a local path or a Hub id."""
+    device: torch.device
+    """Where the weights live."""
+    quantized: bool
+    """True when loaded in 4-bit NF4."""
+
+
+def resolve_base_model(settings: OuroSettings) -> str:
+    """A loadable local path or Hub id; builds ouro-tiny into the model cache when selected."""
+    if settings.base_model == EMBEDDED_MODEL:
+        return str(build_tiny_model(settings.model_cache_dir))
+    return settings.base_model
+
+
+def select_device(settings: OuroSettings) -> torch.device:
+    """The device the settings ask for ('auto': CUDA when there is one)."""
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device 'cuda' was asked for but CUDA is not available")
+    if settings.device == "cuda" or (settings.device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def wants_nf4(settings: OuroSettings, device: torch.device) -> bool:
+    """NF4 when asked for, and by default on CUDA."""
+    if settings.quantization == "auto":
+        return device.type == "cuda"
+    return settings.quantization == "nf4"
+
+
+def load_base_model(settings: OuroSettings) -> LoadedModel:
+    """Load the configured base model and its tokenizer."""
+    name = resolve_base_model(settings)
+    device = select_device(settings)
+    quantized = wants_nf4(settings, device)
+    if device.type == "cuda" and quantized and importlib.util.find_spec("unsloth") is not None:
+        model, tokenizer = _load_with_unsloth(name, settings)
+    else:
+        model = _load_with_transformers(name, device, quantized)
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    logger.info("loaded base model %s on %s (nf4=%s)", name, device, quantized)
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, name=name, device=device, quantized=quantized
+    )
+
+
+def _load_with_transformers(name: str, device: torch.device, quantized: bool):
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    kwargs: dict = {"dtype": dtype, "trust_remote_code": False}
+    if quantized:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=dtype,
+        )
+        kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    if not quantized:
+        model = model.to(device)
+    return model
+
+
+def _load_with_unsloth(name: str, settings: OuroSettings):
+    from unsloth import FastLanguageModel  # GPU images only; see requirements-gpu.txt
+
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=name,
+        max_seq_length=settings.max_context_tokens,
+        load_in_4bit=True,
+        dtype=None,
+    )
+    FastLanguageModel.for_inference(model)
+    return model, tokenizer
