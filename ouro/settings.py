@@ -83,6 +83,16 @@ class OuroSettings(BaseSettings):
         default_factory=list,
         description="Admin API keys (feedback stats, registry refresh), comma-separated.",
     )
+    allow_unauthenticated: bool = Field(
+        False,
+        description="Run with no API key configured (open to anyone who can connect). "
+        "python -m serve sets it on a loopback address.",
+    )
+    llm_num_cpus: float = Field(
+        1.0,
+        gt=0,
+        description="CPUs Ray reserves per LLM server replica; torch uses that many threads.",
+    )
     max_body_bytes: int = Field(1_000_000, gt=0, description="Largest request body accepted.")
     max_messages: int = Field(256, gt=0, description="Most messages in one request.")
     max_tokens_limit: int = Field(
