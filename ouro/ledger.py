@@ -189,10 +189,11 @@ class Watermark:
                 if not WRITER_ID_PATTERN.match(writer) or not offset.isdigit():
                     raise ValueError(f"bad entry {entry!r}")
                 positions.append((writer, SegmentPosition(_parse_compact(day), int(offset))))
+            floor_day = _parse_compact(floor)
         except (ValueError, zlib.error) as exc:
             raise InvalidWatermarkError(f"not a ledger watermark: {text[:80]!r} ({exc})") from exc
         positions.sort(key=lambda item: item[0])
-        return cls(floor=_parse_compact(floor), positions=tuple(positions))
+        return cls(floor=floor_day, positions=tuple(positions))
 
 
 def _compact_date(day: dt.date) -> str:
