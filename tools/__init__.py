@@ -1,0 +1,1 @@
+"""Developer tools: pinned Kubernetes binaries, chart docs and the offline chart check."""

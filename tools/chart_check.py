@@ -1,0 +1,220 @@
+"""``make chart-check``: validate the Helm chart, the kustomize overlays and the Dockerfiles offline.
+
+No cluster can run where this project is built, so every check uses a real tool that
+runs without one: helm and kubectl (pinned, sha256-checked, see tools.kube_tools),
+kubernetes-validate's schemas, KubeRay's RayService CRD schema (from ../shared/schemas,
+skipped with a message where absent), the project's own Serve entry point and hadolint.
+
+    python -m tools.chart_check
+
+Prints one line per step and exits 1 when any step fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tools import chart_docs, kustomize_base
+from tools.kube_tools import KubeTools, ToolFetchError, ensure_kube_tools, hadolint_path
+from tools.manifests import RenderError, helm_lint, helm_template, kustomize_build
+from tools.paths import (
+    DOCKERFILES,
+    KUSTOMIZE_OVERLAYS,
+    RAYSERVICE_CRD,
+    REPO_ROOT,
+    VALUES_FILES,
+)
+from tools.validation import (
+    KUBERNETES_VERSION,
+    CrdValidator,
+    ServeAppMissingError,
+    kubernetes_errors,
+    serve_config_errors,
+)
+
+logger = logging.getLogger(__name__)
+
+PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
+
+
+@dataclass
+class StepResult:
+    """Outcome of one step: status, a one-line summary and the problems found."""
+
+    name: str
+    status: str
+    summary: str
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ManifestChecker:
+    """Validates one rendering (a values file or an overlay) end to end."""
+
+    crd: CrdValidator | None
+
+    def __call__(self, name: str, objects: Sequence[dict[str, Any]]) -> StepResult:
+        problems, custom = kubernetes_errors(objects)
+        rayservices = [obj for obj in objects if obj.get("kind") == "RayService"]
+        unexpected = [kind for kind in custom if "RayService/" not in kind]
+        problems += [f"no schema for {kind}" for kind in unexpected]
+        notes = [f"{len(objects)} objects valid for Kubernetes {KUBERNETES_VERSION} (strict)"]
+        if not rayservices:
+            problems.append("no RayService rendered")
+        if self.crd is None:
+            notes.append(f"RayService CRD check SKIPPED ({RAYSERVICE_CRD} absent)")
+        else:
+            for rayservice in rayservices:
+                problems += self.crd.errors(rayservice)
+            notes.append("RayService valid for KubeRay v1.7.0")
+        missing_app = ""
+        for rayservice in rayservices:
+            try:
+                problems += serve_config_errors(rayservice)
+            except ServeAppMissingError as error:
+                missing_app = str(error)
+        if missing_app:
+            problems.append(f"{missing_app}: the Serve app entry point is not in the repository")
+        else:
+            notes.append("serveConfigV2 import_path imports")
+        return StepResult(name, FAIL if problems else PASS, "; ".join(notes), problems)
+
+
+def _timed(step: Callable[[], StepResult]) -> StepResult:
+    started = time.monotonic()
+    result = step()
+    result.summary += f" ({time.monotonic() - started:.1f}s)"
+    return result
+
+
+def check_docs() -> StepResult:
+    problems = chart_docs.check()
+    return StepResult(
+        "values docs",
+        FAIL if problems else PASS,
+        "every value documented and read; README current",
+        problems,
+    )
+
+
+def check_lint(tools: KubeTools) -> StepResult:
+    problems = []
+    for name, values_file in VALUES_FILES.items():
+        try:
+            helm_lint(tools, values_file)
+        except RenderError as error:
+            problems.append(f"{name}: {error}")
+    return StepResult(
+        "helm lint --strict",
+        FAIL if problems else PASS,
+        f"{len(VALUES_FILES)} values files",
+        problems,
+    )
+
+
+def check_helm_renderings(tools: KubeTools, checker: ManifestChecker) -> list[StepResult]:
+    results = []
+    for values_file in VALUES_FILES.values():
+        step = f"helm template -f {values_file.name}"
+        try:
+            objects = helm_template(tools, values_files=[values_file])
+        except RenderError as error:
+            results.append(StepResult(step, FAIL, "render failed", [str(error)]))
+            continue
+        results.append(_timed(lambda step=step, objects=objects: checker(step, objects)))
+    return results
+
+
+def check_kustomize(tools: KubeTools, checker: ManifestChecker) -> list[StepResult]:
+    stale = kustomize_base.check(tools)
+    results = [
+        StepResult(
+            "kustomize base",
+            FAIL if stale else PASS,
+            "k8s/base matches the chart's default rendering",
+            stale,
+        )
+    ]
+    for name, overlay in KUSTOMIZE_OVERLAYS.items():
+        step = f"kubectl kustomize overlays/{name}"
+        try:
+            objects = kustomize_build(tools, overlay)
+        except RenderError as error:
+            results.append(StepResult(step, FAIL, "build failed", [str(error)]))
+            continue
+        results.append(_timed(lambda step=step, objects=objects: checker(step, objects)))
+    return results
+
+
+def check_dockerfiles() -> StepResult:
+    try:
+        hadolint = hadolint_path()
+    except ToolFetchError as error:
+        return StepResult("hadolint", FAIL, "hadolint missing", [str(error)])
+    problems = []
+    for dockerfile in DOCKERFILES:
+        if not dockerfile.exists():
+            problems.append(f"{dockerfile.name} missing")
+            continue
+        result = subprocess.run(
+            [str(hadolint), "--no-color", str(dockerfile.relative_to(REPO_ROOT))],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=REPO_ROOT,
+        )
+        if result.returncode != 0:
+            problems += result.stdout.strip().splitlines() or [result.stderr.strip()]
+    names = ", ".join(path.name for path in DOCKERFILES)
+    return StepResult("hadolint", FAIL if problems else PASS, names, problems)
+
+
+def run_checks() -> list[StepResult]:
+    try:
+        tools = ensure_kube_tools()
+    except ToolFetchError as error:
+        return [StepResult("pinned tools", FAIL, "helm/kubectl unavailable", [str(error)])]
+    results = [StepResult("pinned tools", PASS, "helm and kubectl match their sha256 pins")]
+    crd = CrdValidator(RAYSERVICE_CRD) if RAYSERVICE_CRD.exists() else None
+    if crd is None:
+        results.append(
+            StepResult(
+                "KubeRay CRD schema",
+                SKIP,
+                f"{RAYSERVICE_CRD} not found: RayService objects are not checked against KubeRay's schema",
+            )
+        )
+    checker = ManifestChecker(crd)
+    results.append(_timed(check_docs))
+    results.append(_timed(lambda: check_lint(tools)))
+    results += check_helm_renderings(tools, checker)
+    results += check_kustomize(tools, checker)
+    results.append(_timed(check_dockerfiles))
+    return results
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    started = time.monotonic()
+    results = run_checks()
+    for result in results:
+        print(f"{result.status} {result.name}: {result.summary}")
+        for problem in result.problems:
+            print(f"    {problem}")
+    failed = [result.name for result in results if result.status == FAIL]
+    elapsed = time.monotonic() - started
+    if failed:
+        print(f"chart-check FAILED ({len(failed)} of {len(results)} steps, {elapsed:.0f}s)")
+        return 1
+    print(f"chart-check passed ({len(results)} steps, {elapsed:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
