@@ -41,3 +41,11 @@ def real_build(
         )
     )
     return out, report
+
+
+@pytest.fixture(scope="session")
+def bert_scorer():
+    """One offline BERTScore scorer for the data tests (loads in about a second)."""
+    from ouro.scoring import BertScorer
+
+    return BertScorer()
