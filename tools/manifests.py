@@ -28,7 +28,8 @@ def parse_manifests(text: str) -> list[dict[str, Any]]:
 def _run(command: Sequence[str]) -> str:
     result = subprocess.run(list(command), capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise RenderError(f"{Path(command[0]).name} {command[1]} failed: {result.stderr.strip()}")
+        report = "\n".join(part.strip() for part in (result.stderr, result.stdout) if part.strip())
+        raise RenderError(f"{Path(command[0]).name} {command[1]} failed: {report}")
     return result.stdout
 
 
@@ -37,17 +38,24 @@ def helm_template(
     *,
     values_files: Sequence[Path] = (),
     set_values: Mapping[str, str] | None = None,
+    set_strings: Mapping[str, str] | None = None,
     release: str = DEFAULT_RELEASE,
     namespace: str = DEFAULT_NAMESPACE,
     chart_dir: Path = CHART_DIR,
     skip_tests: bool = False,
 ) -> list[dict[str, Any]]:
-    """``helm template`` of the chart; raises RenderError when Helm refuses the values."""
+    """``helm template`` of the chart; raises RenderError when Helm refuses the values.
+
+    ``set_values`` go through ``--set`` (typed: numbers, booleans), ``set_strings``
+    through ``--set-string``.
+    """
     command = [str(tools.helm), "template", release, str(chart_dir), "--namespace", namespace]
     for values_file in values_files:
         command += ["--values", str(values_file)]
     for key, value in (set_values or {}).items():
         command += ["--set", f"{key}={value}"]
+    for key, value in (set_strings or {}).items():
+        command += ["--set-string", f"{key}={value}"]
     if skip_tests:
         command.append("--skip-tests")
     return parse_manifests(_run(command))
