@@ -8,6 +8,7 @@ import importlib.util
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import jsonschema
@@ -92,10 +93,11 @@ class ServeAppMissingError(LookupError):
     """serveConfigV2 names an import_path whose module does not exist (yet)."""
 
 
-def _check_import_path(import_path: str) -> list[str]:
+def _import_app(import_path: str) -> tuple[ModuleType | None, list[str]]:
+    """The module an import_path names, or the problems that stop it from loading."""
     module_name, _, attribute = import_path.partition(":")
     if not attribute:
-        return [f"import_path {import_path!r} is not 'module:attribute'"]
+        return None, [f"import_path {import_path!r} is not 'module:attribute'"]
     if importlib.util.find_spec(module_name.split(".")[0]) is None or (
         importlib.util.find_spec(module_name) is None
     ):
@@ -105,10 +107,19 @@ def _check_import_path(import_path: str) -> list[str]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        return [f"import_path {import_path}: importing {module_name} failed: {error}"]
+        return None, [f"import_path {import_path}: importing {module_name} failed: {error}"]
     if not callable(getattr(module, attribute, None)):
-        return [f"import_path {import_path}: {module_name} has no callable {attribute}"]
-    return []
+        return None, [f"import_path {import_path}: {module_name} has no callable {attribute}"]
+    return module, []
+
+
+def _deployment_names(module: ModuleType) -> set[str]:
+    """Names of the Serve deployments the app module defines or imports."""
+    return {
+        value.name
+        for value in vars(module).values()
+        if type(value).__name__ == "Deployment" and isinstance(getattr(value, "name", None), str)
+    }
 
 
 def serve_config_errors(rayservice: dict[str, Any]) -> list[str]:
@@ -128,13 +139,18 @@ def serve_config_errors(rayservice: dict[str, Any]) -> list[str]:
     errors: list[str] = []
     fields = set(OuroSettings.model_fields)  # args are OuroSettings overrides
     for application in applications:
-        errors += [f"{label}: {error}" for error in _check_import_path(application["import_path"])]
+        module, problems = _import_app(application["import_path"])
+        errors += [f"{label}: {problem}" for problem in problems]
         unknown = sorted(set(application.get("args") or {}) - fields)
         if unknown:
             errors.append(f"{label}: args that are not OuroSettings fields: {unknown}")
         names = tuple(deployment["name"] for deployment in application.get("deployments", []))
         if sorted(names) != sorted(SERVE_DEPLOYMENTS):
             errors.append(f"{label}: deployments {names}, expected {SERVE_DEPLOYMENTS}")
+        defined = _deployment_names(module) if module is not None else set()
+        if defined and not set(names) <= defined:
+            missing = sorted(set(names) - defined)
+            errors.append(f"{label}: {application['import_path']} defines no deployment {missing}")
         for deployment in application.get("deployments", []):
             scaling = deployment.get("autoscaling_config") or {}
             if scaling.get("min_replicas", 0) > scaling.get("max_replicas", 1):

@@ -134,6 +134,24 @@ def test_serve_args_carry_the_model_and_the_registry(rendered):
     assert external["mlflow_tracking_uri"] == "https://mlflow.internal.example.com"
 
 
+def test_an_open_server_must_be_asked_for(render_chart):
+    with pytest.raises(RenderError, match="no API keys"):
+        render_chart(set_strings={"secrets.apiKeys.name": ""})
+    objects = render_chart(
+        set_strings={"secrets.apiKeys.name": ""},
+        set_values={"serve.settings.allowUnauthenticated": "true"},
+    )
+    assert serve_config(objects)["applications"][0]["args"]["allow_unauthenticated"] is True
+    assert "OURO_API_KEYS" not in env_of(worker_container(objects))
+
+
+def test_llm_cpus_reach_both_ray_and_the_engine_settings(rendered):
+    llm = deployment_config(rendered["default"], "LLMServer")
+    args = serve_config(rendered["default"])["applications"][0]["args"]
+    assert args["llm_num_cpus"] == llm["ray_actor_options"]["num_cpus"] == 2
+    assert "allow_unauthenticated" not in args  # keys come from the Secret
+
+
 def test_worker_probes_use_the_named_serve_port_on_healthz_and_readyz(rendered):
     worker = worker_container(rendered["default"])
     ports = {port["name"]: port["containerPort"] for port in worker["ports"]}

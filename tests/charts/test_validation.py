@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
+import sys
+import types
 
 import pytest
 import yaml
@@ -81,4 +84,25 @@ def test_serve_config_errors_flag_a_missing_attribute(rayservice):
     rayservice["spec"]["serveConfigV2"] = yaml.safe_dump(config)
     assert serve_config_errors(rayservice) == [
         "RayService/ouro: import_path json:build_app: json has no callable build_app"
+    ]
+
+
+def test_configured_deployments_must_exist_in_the_app_module(rayservice, monkeypatch):
+    class Deployment:  # stands in for ray.serve.Deployment: same class name, a .name
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+    def build_app(args):
+        return args
+
+    app = types.ModuleType("fake_serve_app")
+    app.OuroIngress = Deployment("OuroIngress")
+    app.build_app = build_app
+    monkeypatch.setitem(sys.modules, "fake_serve_app", app)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    config = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+    config["applications"][0]["import_path"] = "fake_serve_app:build_app"
+    rayservice["spec"]["serveConfigV2"] = yaml.safe_dump(config)
+    assert serve_config_errors(rayservice) == [
+        "RayService/ouro: fake_serve_app:build_app defines no deployment ['LLMServer']"
     ]
