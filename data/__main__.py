@@ -44,7 +44,11 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, help="folder for evaluation.json / .md")
     evaluate.add_argument("--mlflow-uri", help="log params, metrics and reports to this MLflow")
     evaluate.add_argument("--experiment", default="ouro-evaluation", help="MLflow experiment")
-    evaluate.add_argument("--max-conversations", type=_positive, help="evaluate the first N only")
+    evaluate.add_argument(
+        "--max-conversations",
+        type=_positive,
+        help="evaluate N conversations, taken from each source in turn",
+    )
     evaluate.add_argument("--max-tokens", type=_positive, default=64, help="longest reply")
     evaluate.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     evaluate.add_argument("--top-p", type=float, default=1.0)

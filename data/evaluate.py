@@ -50,7 +50,8 @@ class EvaluationConfig:
     mlflow_uri: str | None = field(default=None, metadata={"help": "MLflow to log the run to."})
     experiment: str = field(default="ouro-evaluation", metadata={"help": "MLflow experiment."})
     max_conversations: int | None = field(
-        default=None, metadata={"help": "Evaluate only the first N conversations."}
+        default=None,
+        metadata={"help": "Evaluate N conversations, taken from each source in turn."},
     )
     max_tokens: int = field(default=64, metadata={"help": "Longest generated reply."})
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy decoding."})
@@ -101,6 +102,26 @@ class EvaluationReport(BaseModel):
     examples: list[Example] = Field(description="The first few turns, for reading.")
     elapsed_s: float = Field(description="Wall time, seconds.")
     mlflow_run_id: str | None = Field(default=None, description="MLflow run it was logged to.")
+
+
+def select_conversations(
+    conversations: Sequence[Conversation], limit: int | None
+) -> list[Conversation]:
+    """At most ``limit`` conversations, taken from each source in turn (file order within a
+    source), so a small sample still covers every source."""
+    if limit is None or limit >= len(conversations):
+        return list(conversations)
+    by_source: dict[str, list[Conversation]] = defaultdict(list)
+    for conversation in conversations:
+        by_source[conversation.source].append(conversation)
+    queues = [iter(items) for items in by_source.values()]
+    chosen: list[Conversation] = []
+    while len(chosen) < limit:
+        for queue in queues:
+            conversation = next(queue, None)
+            if conversation is not None and len(chosen) < limit:
+                chosen.append(conversation)
+    return chosen
 
 
 def sliding_window_turns(conversations: Sequence[Conversation]) -> list[EvaluationTurn]:
@@ -188,22 +209,20 @@ def score_variant(
         for source, items in sorted(by_source.items())
     }
 
-    def summary(source: str | None) -> Scores:
-        mine = [i for i, turn in enumerate(turns) if source is None or turn.source == source]
+    losses[OVERALL] = AssistantLoss(
+        nll_sum=sum(loss.nll_sum for loss in losses.values()),
+        tokens=sum(loss.tokens for loss in losses.values()),
+        truncated_tokens=sum(loss.truncated_tokens for loss in losses.values()),
+    )
+    counts = {source: len(items) for source, items in by_source.items()}
+    counts[OVERALL] = len(conversations)
+
+    def summary(scope: str) -> Scores:
+        mine = [i for i, turn in enumerate(turns) if scope in (OVERALL, turn.source)]
         scored = [i for i in mine if i in f1]
-        loss = (
-            losses[source]
-            if source is not None
-            else AssistantLoss(
-                nll_sum=sum(item.nll_sum for item in losses.values()),
-                tokens=sum(item.tokens for item in losses.values()),
-                truncated_tokens=sum(item.truncated_tokens for item in losses.values()),
-            )
-        )
+        loss = losses[scope]
         return Scores(
-            conversations=sum(len(items) for items in by_source.values())
-            if source is None
-            else len(by_source[source]),
+            conversations=counts[scope],
             turns=len(scored),
             skipped_turns=len(mine) - len(scored),
             bertscore_f1=_mean([f1[i] for i in scored]),
@@ -214,7 +233,8 @@ def score_variant(
         )
 
     return VariantScores(
-        overall=summary(None), per_source={source: summary(source) for source in losses}
+        overall=summary(OVERALL),
+        per_source={source: summary(source) for source in sorted(by_source)},
     )
 
 
@@ -270,7 +290,7 @@ def evaluate_engine(
 
 def run_evaluation(config: EvaluationConfig, settings: OuroSettings) -> EvaluationReport:
     """Load the model (and adapter), evaluate, write the reports, log to MLflow if asked."""
-    conversations = read_chat_jsonl(config.split)[: config.max_conversations]
+    conversations = select_conversations(read_chat_jsonl(config.split), config.max_conversations)
     engine = GenerationEngine.from_settings(settings)
     adapter = None
     if config.adapter is not None:

@@ -21,6 +21,7 @@ from data.evaluate import (
     EvaluationReport,
     evaluate_engine,
     generate_replies,
+    select_conversations,
     sliding_window_turns,
 )
 from data.records import Conversation, write_chat_jsonl
@@ -71,6 +72,19 @@ def test_sliding_window_turns_take_each_assistant_turn_with_its_history() -> Non
         ("human_chat", 3, "Same here."),
     ]
     assert turns[1].history == CONVERSATIONS[0].messages[:3]
+
+
+def test_a_sample_covers_every_source() -> None:
+    pool = [
+        Conversation(c.messages, c.source, f"{c.group}-{n}")
+        for n in range(3)
+        for c in CONVERSATIONS
+    ]
+    pool.sort(key=lambda c: c.source)  # file order: one source after the other
+    chosen = select_conversations(pool, 4)
+    assert [c.source for c in chosen] == ["dailydialog", "human_chat", "intents", "dailydialog"]
+    assert chosen[0].group == "dailydialog:train:2-0" and chosen[3].group == "dailydialog:train:2-1"
+    assert select_conversations(pool, None) == pool == select_conversations(pool, 100)
 
 
 @pytest.mark.slow
