@@ -22,8 +22,8 @@ def load_chatterbot_conversations() -> list[list[dict]]:
     """Every English conversation as ``[{"role": "user"|"assistant", "content": str}, ...]``.
 
     Files are read in name order so the result (and everything trained on it) is stable.
-    A trailing user turn with no answer is dropped; conversations left without an
-    assistant turn are skipped.
+    A trailing user turn with no answer is dropped; malformed entries (not a list of
+    turns, or with empty turns) and conversations without an answer are skipped.
     """
     folder = resources.files(CORPUS_PACKAGE).joinpath(*ENGLISH_DIR)
     files = sorted(
@@ -41,8 +41,12 @@ def load_chatterbot_conversations() -> list[list[dict]]:
     return conversations
 
 
-def _to_messages(turns: list) -> list[dict]:
+def _to_messages(turns: object) -> list[dict]:
+    if not isinstance(turns, list):
+        return []  # one entry in the corpus is a bare string, not a list of turns
     texts = [str(turn).strip() for turn in turns]
+    if not all(texts):
+        return []
     if len(texts) % 2:
         texts = texts[:-1]  # a question with no answer teaches nothing
     return [

@@ -119,8 +119,66 @@ class StreamDelta:
     """Tokens generated so far."""
 
 
+class IncrementalDetokenizer:
+    """Turns one row's tokens into text as they come, never showing half a character.
+
+    Text that might be the start of a stop string is held back until it is known not to
+    be; a completed stop string ends the text (and is not part of it).
+    """
+
+    def __init__(self, tokenizer, stop: tuple[str, ...] = ()) -> None:
+        self.tokenizer = tokenizer
+        self.stop = stop
+        self.token_ids: list[int] = []
+        self.emitted = ""
+        self.stopped = False
+
+    def add(self, token: int) -> str:
+        """Take one token; return the newly visible text (sets ``stopped`` on a stop string)."""
+        self.token_ids.append(token)
+        text = self._decode()
+        cut = self._find_stop(text)
+        if cut is not None:
+            self.stopped = True
+            return self._emit(text[:cut])
+        visible = text.rstrip("\ufffd")
+        return self._emit(visible[: len(visible) - self._held_back(visible)])
+
+    def flush(self) -> str:
+        """The text still held back, for when the row ends for another reason."""
+        return "" if self.stopped else self._emit(self._decode())
+
+    def _decode(self) -> str:
+        return self.tokenizer.decode(
+            self.token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+
+    def _find_stop(self, text: str) -> int | None:
+        # Only the tail can hold a new match: earlier text was already checked.
+        longest = max((len(stop) for stop in self.stop), default=0)
+        start = max(0, len(self.emitted) - longest)
+        found = [index for stop in self.stop if (index := text.find(stop, start)) >= 0]
+        return min(found) if found else None
+
+    def _held_back(self, text: str) -> int:
+        held = 0
+        for stop in self.stop:
+            for size in range(min(len(stop) - 1, len(text)), held, -1):
+                if text.endswith(stop[:size]):
+                    held = size
+                    break
+        return held
+
+    def _emit(self, visible: str) -> str:
+        if not visible.startswith(self.emitted):
+            return ""  # a tokenizer whose decoding is not prefix-stable: never take text back
+        new_text = visible[len(self.emitted) :]
+        self.emitted = visible
+        return new_text
+
+
 class _Row:
-    """Decoding state of one request: tokens, visible text, stop handling."""
+    """Decoding state of one request in a batch."""
 
     def __init__(
         self,
@@ -132,13 +190,11 @@ class _Row:
     ) -> None:
         self.request = request
         self.params = request.params
-        self.prompt_ids = prompt_ids
+        self.prompt_tokens = len(prompt_ids)
         self.max_new_tokens = max_new_tokens
-        self.tokenizer = tokenizer
         self.end_ids = end_ids
-        self.token_ids: list[int] = []
+        self.detokenizer = IncrementalDetokenizer(tokenizer, self.params.stop)
         self.completion_tokens = 0
-        self.emitted = ""
         self.finish_reason: str | None = None
         self.generator: torch.Generator | None = None
         if self.params.temperature > 0:
@@ -146,55 +202,22 @@ class _Row:
             self.generator = torch.Generator().manual_seed(seed)
 
     def advance(self, token: int) -> StreamDelta:
-        """Take one generated token; return the text it makes visible."""
+        """Take one generated token; return what it adds to the answer."""
         self.completion_tokens += 1
         if token in self.end_ids:
-            return self._finish(FINISH_STOP, self._decode())
-        self.token_ids.append(token)
-        text = self._decode()
-        cut = self._find_stop(text)
-        if cut is not None:
-            return self._finish(FINISH_STOP, text[:cut])
-        if self.completion_tokens >= self.max_new_tokens:
-            return self._finish(FINISH_LENGTH, text)
-        # Never show half a character, nor what may be the start of a stop string.
-        visible = text.rstrip("\ufffd")
-        visible = visible[: len(visible) - self._held_back(visible)]
-        return self._emit(visible, None)
-
-    def _decode(self) -> str:
-        return self.tokenizer.decode(
-            self.token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
-        )
-
-    def _find_stop(self, text: str) -> int | None:
-        # Only the tail can hold a new match: earlier text was already checked.
-        longest = max((len(stop) for stop in self.params.stop), default=0)
-        start = max(0, len(self.emitted) - longest)
-        found = [index for stop in self.params.stop if (index := text.find(stop, start)) >= 0]
-        return min(found) if found else None
-
-    def _held_back(self, text: str) -> int:
-        for stop in self.params.stop:
-            for size in range(min(len(stop) - 1, len(text)), 0, -1):
-                if text.endswith(stop[:size]):
-                    return size
-        return 0
-
-    def _finish(self, reason: str, text: str) -> StreamDelta:
-        self.finish_reason = reason
-        return self._emit(text, reason)
-
-    def _emit(self, visible: str, finish_reason: str | None) -> StreamDelta:
-        if visible.startswith(self.emitted):
-            new_text = visible[len(self.emitted) :]
-            self.emitted = visible
-        else:  # a tokenizer whose decoding is not prefix-stable; never take text back
-            new_text = ""
+            self.finish_reason = FINISH_STOP
+            text = self.detokenizer.flush()
+        else:
+            text = self.detokenizer.add(token)
+            if self.detokenizer.stopped:
+                self.finish_reason = FINISH_STOP
+            elif self.completion_tokens >= self.max_new_tokens:
+                self.finish_reason = FINISH_LENGTH
+                text += self.detokenizer.flush()
         return StreamDelta(
-            text=new_text,
-            finish_reason=finish_reason,
-            prompt_tokens=len(self.prompt_ids),
+            text=text,
+            finish_reason=self.finish_reason,
+            prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
         )
 

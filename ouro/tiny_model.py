@@ -9,6 +9,7 @@ template. Nothing is downloaded. The result is saved with ``save_pretrained`` in
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import logging
@@ -148,9 +149,15 @@ def build_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
 
 
 def corpus_texts(conversations: list[list[dict]], system_prompt: str) -> list[str]:
-    """The texts the tokenizer learns from: every turn, plus the chat scaffolding."""
-    texts = [system_prompt, "system", "user", "assistant"]
-    texts += [message["content"] for conversation in conversations for message in conversation]
+    """The texts the tokenizer learns from: each turn as the chat template lays it out.
+
+    The headers and the system prompt recur in every conversation, so BPE learns them as
+    few tokens, which keeps training sequences short.
+    """
+    texts = []
+    for conversation in conversations:
+        texts.append(f"system\n\n{system_prompt}")
+        texts += [f"{message['role']}\n\n{message['content']}" for message in conversation]
     return texts
 
 
@@ -309,3 +316,77 @@ def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
         return (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return 0.05 + 0.95 * 0.5 * (1.0 + torch.cos(torch.tensor(progress * torch.pi)).item())
+
+
+@dataclass(frozen=True)
+class AnswerAccuracy:
+    """How many of the corpus's own questions the model answers like the corpus."""
+
+    questions: int
+    """Distinct opening questions asked."""
+    exact: float
+    """Share answered with one of the corpus answers (ignoring case, spacing, punctuation)."""
+    near: float
+    """Share whose answer is exact or close (character similarity >= NEAR_MATCH_RATIO)."""
+
+
+NEAR_MATCH_RATIO = 0.8
+
+
+def corpus_questions(conversations: list[list[dict]]) -> dict[str, set[str]]:
+    """Each conversation's opening question, with every answer the corpus gives to it."""
+    answers: dict[str, set[str]] = {}
+    for conversation in conversations:
+        if len(conversation) >= 2:
+            answers.setdefault(conversation[0]["content"], set()).add(conversation[1]["content"])
+    return answers
+
+
+def answer_accuracy(
+    model_dir: Path,
+    *,
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+    conversations: list[list[dict]] | None = None,
+    max_questions: int | None = None,
+    batch_size: int = 32,
+    max_tokens: int = 64,
+) -> AnswerAccuracy:
+    """Ask the model each opening question of the corpus (greedy) and compare its answers."""
+    from ouro.engine import GenerationEngine, GenerationRequest, SamplingParams
+
+    model = LlamaForCausalLM.from_pretrained(model_dir)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(model_dir)
+    engine = GenerationEngine(
+        model,
+        tokenizer,
+        system_prompt=system_prompt,
+        max_context_tokens=model.config.max_position_embeddings,
+    )
+    questions = corpus_questions(conversations or load_chatterbot_conversations())
+    items = sorted(questions.items())[:max_questions]
+    params = SamplingParams(max_tokens=max_tokens)
+    exact = near = 0
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        requests = [
+            GenerationRequest([{"role": "user", "content": question}], params)
+            for question, _ in chunk
+        ]
+        for (_, references), output in zip(chunk, engine.generate(requests), strict=True):
+            score = max(_similarity(output.text, reference) for reference in references)
+            exact += score == 1.0
+            near += score >= NEAR_MATCH_RATIO
+    total = max(1, len(items))
+    return AnswerAccuracy(questions=len(items), exact=exact / total, near=near / total)
+
+
+def _normalise(text: str) -> str:
+    kept = "".join(char.lower() if char.isalnum() else " " for char in text)
+    return " ".join(kept.split())
+
+
+def _similarity(answer: str, reference: str) -> float:
+    answer, reference = _normalise(answer), _normalise(reference)
+    if answer == reference:
+        return 1.0
+    return difflib.SequenceMatcher(None, answer, reference).ratio() * 0.999

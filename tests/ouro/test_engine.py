@@ -1,0 +1,339 @@
+"""The generation engine on a tiny random Llama with real PEFT LoRA adapters."""
+
+from __future__ import annotations
+
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from ouro.engine import (
+    AdapterIncompatibleError,
+    AdapterNotFoundError,
+    GenerationEngine,
+    GenerationRequest,
+    IncrementalDetokenizer,
+    InvalidRequestError,
+    SamplingParams,
+)
+from tests.fixtures.models import LORA_TARGETS
+
+SYSTEM_PROMPT = "You are Ouro, a friendly and helpful assistant."
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hello"}],
+    [{"role": "user", "content": "What is AI? Tell me everything you know about it."}],
+    [
+        {"role": "user", "content": "Hi, how is it going?"},
+        {"role": "assistant", "content": "Good."},
+        {"role": "user", "content": "Do you like movies?"},
+    ],
+    [{"role": "user", "content": "Tell me a joke"}],
+]
+
+
+def load_engine(model_dir: Path, max_context_tokens: int = 200) -> GenerationEngine:
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return GenerationEngine(
+        model, tokenizer, system_prompt=SYSTEM_PROMPT, max_context_tokens=max_context_tokens
+    )
+
+
+@pytest.fixture
+def engine(tiny_random_model_dir: Path) -> GenerationEngine:
+    return load_engine(tiny_random_model_dir)
+
+
+@pytest.fixture
+def adapters(tiny_random_model_dir: Path, make_lora_adapter) -> dict[str, Path]:
+    return {
+        name: make_lora_adapter(tiny_random_model_dir, seed) for name, seed in [("a", 1), ("b", 2)]
+    }
+
+
+def request(index: int, adapter: str | None = None, **params) -> GenerationRequest:
+    params.setdefault("max_tokens", 12)
+    return GenerationRequest(
+        messages=CONVERSATIONS[index % len(CONVERSATIONS)],
+        params=SamplingParams(**params),
+        adapter=adapter,
+        request_id=f"r{index}",
+    )
+
+
+def reference_generate(model_dir: Path, adapter_dir: Path | None, engine, req) -> str:
+    """The one-request-at-a-time way: a fresh model, one adapter active, HF generate."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    if adapter_dir is not None:
+        model = PeftModel.from_pretrained(model, adapter_dir).eval()
+    prompt = torch.tensor([engine.prompt_ids(req)])
+    with torch.inference_mode():
+        output = model.generate(
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=req.params.max_tokens,
+            do_sample=False,
+            eos_token_id=sorted(engine.end_ids),
+            pad_token_id=engine.pad_id,
+        )
+    return engine.tokenizer.decode(output[0, prompt.shape[1] :], skip_special_tokens=True)
+
+
+def test_mixed_adapter_batch_equals_each_adapter_run_alone(engine, adapters, tiny_random_model_dir):
+    for name, path in adapters.items():
+        engine.add_adapter(name, path)
+    names = [None, "a", "b", "a", None, "b", "b", None]
+    batch = [request(index, adapter, max_tokens=10 + index) for index, adapter in enumerate(names)]
+
+    mixed = engine.generate(batch)
+
+    for req, output in zip(batch, mixed, strict=True):
+        alone = engine.generate([req])[0]
+        assert output == alone
+        adapter_dir = adapters[req.adapter] if req.adapter else None
+        assert output.text == reference_generate(tiny_random_model_dir, adapter_dir, engine, req)
+    # The adapters really change the answers, so the comparison above means something.
+    variants = engine.generate([request(1, name) for name in (None, "a", "b")])
+    assert len({output.text for output in variants}) == 3
+
+
+def test_base_rows_are_unaffected_by_loaded_adapters(engine, adapters):
+    batch = [request(index) for index in range(4)]
+    before = engine.generate(batch)
+    for name, path in adapters.items():
+        engine.add_adapter(name, path)
+    mixed = [request(0), request(1, "a"), request(2), request(3, "b")]
+    after = engine.generate(mixed)
+    assert after[0] == before[0]
+    assert after[2] == before[2]
+    assert after[1] != before[1]
+    assert after[3] != before[3]
+
+
+def test_greedy_generation_is_deterministic(engine, adapters):
+    engine.add_adapter("a", adapters["a"])
+    batch = [request(index, "a" if index % 2 else None) for index in range(4)]
+    assert engine.generate(batch) == engine.generate(batch)
+
+
+def test_seeded_sampling_is_reproducible_and_seed_dependent(engine):
+    sampled = [request(1, temperature=1.0, seed=seed, max_tokens=16) for seed in (7, 7, 8)]
+    first, second, other = engine.generate(sampled)
+    assert first.text == second.text
+    assert first.text != other.text
+    # The seed follows the request, not its place in the batch.
+    assert engine.generate([request(2), sampled[0]])[1].text == first.text
+
+
+def test_tiny_top_p_sampling_equals_greedy(engine):
+    greedy = engine.generate([request(1, max_tokens=16)])[0]
+    nucleus = engine.generate([request(1, max_tokens=16, temperature=1.5, top_p=1e-6, seed=3)])[0]
+    assert nucleus.text == greedy.text
+
+
+def test_each_request_gets_its_own_max_tokens(engine):
+    outputs = engine.generate([request(index, max_tokens=3 + 4 * index) for index in range(4)])
+    for index, output in enumerate(outputs):
+        assert output.finish_reason == "length"
+        assert output.completion_tokens == 3 + 4 * index
+
+
+def test_stop_strings_end_the_answer_without_the_stop_string(engine):
+    full = engine.generate([request(1, max_tokens=24)])[0].text
+    stop = full[6:9]
+    cut = full.index(stop)
+    stopped, untouched = engine.generate(
+        [request(1, max_tokens=24, stop=("never-generated", stop)), request(1, max_tokens=24)]
+    )
+    assert stopped.text == full[:cut]
+    assert stopped.finish_reason == "stop"
+    assert stopped.completion_tokens < untouched.completion_tokens
+    assert untouched.text == full
+
+
+def test_streamed_text_equals_generated_text_for_a_mixed_batch(engine, adapters):
+    for name, path in adapters.items():
+        engine.add_adapter(name, path)
+    full = engine.generate([request(1, max_tokens=20)])[0].text
+    batch = [
+        request(0, None, max_tokens=5),
+        request(1, "a", max_tokens=20),
+        request(2, "b", max_tokens=9, stop=(full[4:6],)),
+        request(1, None, max_tokens=20, stop=(full[4:6],)),
+    ]
+    expected = engine.generate(batch)
+
+    texts = [""] * len(batch)
+    finished = [None] * len(batch)
+    steps = 0
+    for step in engine.stream(batch):
+        steps += 1
+        assert len(step) == len(batch)
+        for index, delta in enumerate(step):
+            if finished[index] is not None:
+                assert delta is None  # nothing more once a request has finished
+                continue
+            texts[index] += delta.text
+            if delta.finish_reason:
+                finished[index] = delta
+    assert steps == max(output.completion_tokens for output in expected)
+    for output, text, final in zip(expected, texts, finished, strict=True):
+        assert text == output.text
+        assert final.finish_reason == output.finish_reason
+        assert final.completion_tokens == output.completion_tokens
+
+
+def test_usage_counts_prompt_and_completion_tokens(engine):
+    req = request(2, max_tokens=7)
+    output = engine.generate([req])[0]
+    assert output.prompt_tokens == len(engine.prompt_ids(req))
+    assert output.prompt_tokens == len(
+        engine.tokenizer.apply_chat_template(
+            [{"role": "system", "content": SYSTEM_PROMPT}, *req.messages],
+            add_generation_prompt=True,
+            return_dict=True,
+        )["input_ids"]
+    )
+    assert output.completion_tokens == 7
+
+
+def test_long_conversations_are_truncated_to_the_context(tiny_random_model_dir):
+    engine = load_engine(tiny_random_model_dir, max_context_tokens=120)
+    long_conversation = []
+    for turn in range(30):
+        long_conversation += [
+            {"role": "user", "content": f"Question number {turn} about something"},
+            {"role": "assistant", "content": f"Answer number {turn}"},
+        ]
+    long_conversation.append({"role": "user", "content": "The latest question"})
+    output = engine.generate([GenerationRequest(long_conversation, SamplingParams(max_tokens=4))])
+    assert output[0].prompt_tokens <= 120
+    assert output[0].completion_tokens == 4
+
+
+def test_concurrent_callers_get_the_same_answers_as_sequential_ones(engine, adapters):
+    engine.add_adapter("a", adapters["a"])
+    batches = [
+        [request(index + offset, "a" if (index + offset) % 2 else None) for index in range(3)]
+        for offset in range(6)
+    ]
+    expected = [engine.generate(batch) for batch in batches]
+
+    def churn() -> None:  # loading and unloading another adapter meanwhile
+        for _ in range(3):
+            engine.add_adapter("b", adapters["b"])
+            engine.remove_adapter("b")
+
+    with ThreadPoolExecutor(max_workers=7) as pool:
+        churning = pool.submit(churn)
+        futures = [pool.submit(engine.generate, batch) for batch in batches]
+        results = [future.result() for future in futures]  # re-raises a worker's error
+        churning.result()
+    assert results == expected
+
+
+def test_missing_adapter_directory_is_a_typed_error(engine, tmp_path):
+    with pytest.raises(AdapterNotFoundError):
+        engine.add_adapter("gone", tmp_path / "does-not-exist")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AdapterNotFoundError):
+        engine.add_adapter("empty", tmp_path / "empty")
+    assert engine.adapter_names() == []
+
+
+def test_unknown_adapter_in_a_request_is_a_typed_error(engine, adapters):
+    with pytest.raises(AdapterNotFoundError):
+        engine.generate([request(0, "nope")])
+    engine.add_adapter("a", adapters["a"])
+    engine.remove_adapter("a")
+    with pytest.raises(AdapterNotFoundError):
+        engine.stream([request(0, "a")])
+    with pytest.raises(AdapterNotFoundError):
+        engine.remove_adapter("a")
+
+
+@pytest.fixture(scope="module")
+def wrong_shape_adapter(tmp_path_factory, tiny_random_model_dir) -> Path:
+    """A LoRA adapter made for a Llama of another width."""
+    config = LlamaConfig.from_pretrained(tiny_random_model_dir)
+    config.hidden_size, config.intermediate_size = 32, 48
+    model = LlamaForCausalLM(config)
+    adapter_dir = tmp_path_factory.mktemp("wrong-shape-lora")
+    get_peft_model(model, LoraConfig(r=4, target_modules=LORA_TARGETS)).save_pretrained(adapter_dir)
+    return adapter_dir
+
+
+def test_incompatible_first_adapter_leaves_the_base_model_as_it_was(engine, wrong_shape_adapter):
+    batch = [request(index) for index in range(3)]
+    before = engine.generate(batch)
+    with pytest.raises(AdapterIncompatibleError):
+        engine.add_adapter("wrong", wrong_shape_adapter)
+    assert engine.adapter_names() == []
+    assert engine.generate(batch) == before
+    assert not any("lora" in name for name, _ in engine.model.named_modules())
+
+
+def test_incompatible_adapter_leaves_loaded_adapters_working(
+    engine, adapters, wrong_shape_adapter, tmp_path
+):
+    engine.add_adapter("a", adapters["a"])
+    batch = [request(0, "a"), request(1), request(2, "a")]
+    before = engine.generate(batch)
+
+    with pytest.raises(AdapterIncompatibleError):
+        engine.add_adapter("wrong", wrong_shape_adapter)
+    broken = tmp_path / "broken"
+    shutil.copytree(adapters["b"], broken)
+    (broken / "adapter_config.json").write_text('{"peft_type": "LORA", "r": "eight"')
+    with pytest.raises(AdapterIncompatibleError):
+        engine.add_adapter("broken", broken)
+
+    assert engine.adapter_names() == ["a"]
+    assert engine.generate(batch) == before
+    engine.add_adapter("b", adapters["b"])  # and new adapters still load
+    assert engine.adapter_names() == ["a", "b"]
+
+
+def test_removing_the_last_adapter_restores_the_plain_base_model(engine, adapters):
+    batch = [request(index) for index in range(3)]
+    before = engine.generate(batch)
+    engine.add_adapter("a", adapters["a"])
+    engine.add_adapter("b", adapters["b"])
+    engine.remove_adapter("a")
+    assert engine.adapter_names() == ["b"]
+    engine.remove_adapter("b")
+    assert engine.adapter_names() == []
+    assert engine.generate(batch) == before
+    assert not isinstance(engine.model, PeftModel)
+
+
+def test_bad_sampling_params_are_rejected():
+    for bad in [{"max_tokens": 0}, {"temperature": -1.0}, {"top_p": 0.0}, {"stop": ("",)}]:
+        with pytest.raises(InvalidRequestError):
+            SamplingParams(**bad)
+
+
+def test_detokenizer_never_emits_half_a_character(engine):
+    text = "Héllo 🙂 wörld ✓ done"
+    ids = engine.tokenizer(text, add_special_tokens=False)["input_ids"]
+    detokenizer = IncrementalDetokenizer(engine.tokenizer)
+    pieces = [detokenizer.add(token) for token in ids]
+    assert all("\ufffd" not in piece for piece in pieces)
+    assert "".join(pieces) + detokenizer.flush() == text
+    assert len(ids) > len(text.split())  # the emoji really was split over several tokens
+
+
+def test_detokenizer_holds_back_a_possible_stop_string(engine):
+    detokenizer = IncrementalDetokenizer(engine.tokenizer, stop=("END!",))
+    pieces = [
+        detokenizer.add(token)
+        for token in engine.tokenizer("one two EN three END! four", add_special_tokens=False)[
+            "input_ids"
+        ]
+    ]
+    assert "".join(pieces) == "one two EN three "
+    assert detokenizer.stopped
