@@ -162,3 +162,11 @@ def test_trigger_client_calls_are_covered_by_the_role(rendered):
         unknown = [method for group, method, verb in permissions if group == "?"]
         assert not unknown, f"{name} calls {unknown}: add them to CLIENT_CALLS"
         assert uncovered(permissions, allowed) == [], name
+
+
+def test_role_equals_the_rules_the_trigger_module_declares(rendered):
+    trigger = pytest.importorskip("train_job.trigger")
+    declared: dict[tuple[str, str], set[str]] = {}
+    for group, resource, verb in trigger.RBAC_RULES:
+        declared.setdefault((group, resource), set()).add(verb)
+    assert role_rules(rendered["default"]) == declared

@@ -226,6 +226,15 @@ def test_cronjob_relies_on_the_train_image_entrypoint(rendered):
     assert container["image"] == "ouro-train:0.1.0"
 
 
+@pytest.mark.parametrize("auto_promote", [False, True])
+def test_cronjob_args_parse_with_train_jobs_own_command_line(render_chart, auto_promote):
+    cli = pytest.importorskip("train_job.cli")
+    objects = render_chart(set_values={"training.autoPromote": str(auto_promote).lower()})
+    parsed = cli.build_parser().parse_args(train_pod(objects)["containers"][0]["args"])
+    assert parsed.command == "run"
+    assert parsed.auto_promote is auto_promote
+
+
 def test_ray_containers_use_the_serve_image_that_matches_ray_version(rendered):
     dockerfile = (REPO_ROOT / "Dockerfile.serve").read_text(encoding="utf-8")
     cluster = ray_cluster(rendered["default"])
