@@ -258,8 +258,12 @@ class LedgerReader:
             days = []
             for path in writer_dir.iterdir():
                 match = SEGMENT_NAME_PATTERN.match(path.name)
-                if match and path.is_file():
+                if not match or not path.is_file():
+                    continue
+                try:
                     days.append((dt.date.fromisoformat(match.group(1)), path))
+                except ValueError:  # e.g. 2025-02-30.jsonl: not one of ours
+                    logger.warning("ignoring %s: not a dated ledger segment", path)
             if days:
                 found[writer_dir.name] = sorted(days)
         return found
@@ -521,7 +525,7 @@ class FeedbackLedger:
         try:
             return FeedbackRecord(
                 id=f"fb-{uuid.uuid4().hex}",
-                created_at=self._clock(),
+                created_at=self._clock().astimezone(dt.UTC),
                 kind=kind,
                 messages=turns,
                 completion=completion,

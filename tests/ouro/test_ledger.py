@@ -5,11 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -283,6 +286,7 @@ def test_empty_segments_stray_files_and_a_missing_directory_read_as_empty(
     (tmp_path / "w2").mkdir()
     (tmp_path / "README.txt").write_text("not a writer")
     (tmp_path / "w1" / "notes.txt").write_text("not a segment")
+    (tmp_path / "w1" / "2025-02-30.jsonl").write_bytes(valid_line("fb-impossible-date"))
     (tmp_path / ".hidden").mkdir()
     (tmp_path / ".hidden" / "2025-03-01.jsonl").write_bytes(valid_line("fb-hidden"))
 
@@ -320,23 +324,53 @@ def test_a_directory_that_cannot_be_created_fails_at_construction(tmp_path: Path
         make_ledger(blocker)  # the "directory" is itself a regular file
 
 
-def test_a_read_only_directory_fails_at_construction(tmp_path: Path) -> None:
-    read_only = tmp_path / "feedback"
-    read_only.mkdir()
-    read_only.chmod(0o555)
+def _can_create_in(directory: Path) -> bool:
+    probe = directory / "probe"
     try:
-        probe = read_only / "probe"
-        try:
-            probe.touch()
-        except PermissionError:
-            pass
-        else:
-            probe.unlink()
-            pytest.skip("running with CAP_DAC_OVERRIDE (root): mode 0555 does not stop writes")
-        with pytest.raises(LedgerUnavailableError):
-            make_ledger(read_only)
+        probe.touch()
+    except PermissionError:
+        return False
+    probe.unlink()
+    return True
+
+
+@contextmanager
+def read_only_directory(directory: Path) -> Iterator[None]:
+    """Make ``directory`` refuse new entries, even to root.
+
+    Mode 0555 is enough for other users; root (CAP_DAC_OVERRIDE) ignores it, so there the
+    immutable attribute (chattr +i, ext4 and similar) is used instead; skip where neither works.
+    """
+    directory.chmod(0o555)
+    immutable = False
+    try:
+        if _can_create_in(directory):
+            chattr = shutil.which("chattr")
+            if chattr is None:
+                pytest.skip("root ignores mode 0555 and chattr is not installed")
+            immutable = subprocess.run([chattr, "+i", str(directory)]).returncode == 0
+            if not immutable or _can_create_in(directory):
+                pytest.skip("root ignores mode 0555 and this file system has no immutable flag")
+        yield
     finally:
-        read_only.chmod(0o755)
+        if immutable:
+            subprocess.run([shutil.which("chattr") or "chattr", "-i", str(directory)], check=True)
+        directory.chmod(0o755)
+
+
+@pytest.mark.parametrize("frozen", ["ledger root", "writer directory"])
+def test_a_read_only_directory_fails_at_construction(tmp_path: Path, frozen: str) -> None:
+    root = tmp_path / "feedback"
+    (root / "writer-a").mkdir(parents=True)
+    if frozen == "ledger root":
+        with read_only_directory(root):
+            with pytest.raises(LedgerUnavailableError, match="cannot be written"):
+                make_ledger(root, "writer-new")  # its folder cannot be made
+            add(make_ledger(root, "writer-a"))  # a writer whose folder exists still can write
+    else:
+        with read_only_directory(root / "writer-a"):
+            with pytest.raises(LedgerUnavailableError, match="cannot be written"):
+                make_ledger(root, "writer-a")
 
 
 def test_invalid_writer_ids_are_refused(tmp_path: Path) -> None:
