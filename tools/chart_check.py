@@ -58,6 +58,8 @@ class ManifestChecker:
     """Validates one rendering (a values file or an overlay) end to end."""
 
     crd: CrdValidator | None
+    missing_apps: set[str] = field(default_factory=set)
+    """import_paths whose module is absent, reported once by the "Serve entry point" step."""
 
     def __call__(self, name: str, objects: Sequence[dict[str, Any]]) -> StepResult:
         problems, custom = kubernetes_errors(objects)
@@ -73,16 +75,12 @@ class ManifestChecker:
             for rayservice in rayservices:
                 problems += self.crd.errors(rayservice)
             notes.append("RayService valid for KubeRay v1.7.0")
-        missing_app = ""
         for rayservice in rayservices:
             try:
                 problems += serve_config_errors(rayservice)
+                notes.append("serveConfigV2 args and deployments match serve.app")
             except ServeAppMissingError as error:
-                missing_app = str(error)
-        if missing_app:
-            problems.append(f"{missing_app}: the Serve app entry point is not in the repository")
-        else:
-            notes.append("serveConfigV2 import_path imports")
+                self.missing_apps.add(str(error))
         return StepResult(name, FAIL if problems else PASS, "; ".join(notes), problems)
 
 
@@ -195,6 +193,17 @@ def run_checks() -> list[StepResult]:
     results.append(_timed(lambda: check_lint(tools)))
     results += check_helm_renderings(tools, checker)
     results += check_kustomize(tools, checker)
+    missing = sorted(checker.missing_apps)
+    results.append(
+        StepResult(
+            "Serve entry point",
+            FAIL if missing else PASS,
+            "the app serveConfigV2 names is missing"
+            if missing
+            else "serveConfigV2's import_path imports",
+            missing,
+        )
+    )
     results.append(_timed(check_dockerfiles))
     return results
 
