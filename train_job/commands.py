@@ -1,0 +1,171 @@
+"""Operator commands: status, promote, rollback, and telling Serve to look now.
+
+All of them are plain MLflow registry operations (aliases and version tags), so the same
+can be done in the MLflow UI; Serve picks the change up on its next poll, or at once when
+told (``notify_serve``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import httpx
+
+from ouro.errors import OuroError
+from ouro.ledger import LedgerReader
+from ouro.registry import (
+    ALIAS_PRODUCTION,
+    AdapterRegistry,
+    AdapterVersion,
+    RegistrySnapshot,
+    version_label,
+)
+from ouro.settings import OuroSettings
+from train_job.collect import last_trained, usable_corrections
+
+logger = logging.getLogger(__name__)
+
+REFRESH_PATH = "/admin/registry/refresh"
+NOTIFY_WAIT_S = 60.0
+"""How long Serve may take to load the new version on every replica before answering."""
+
+
+class PromotionRefusedError(OuroError):
+    """The version failed its gates (or has none recorded); --force overrides."""
+
+
+@dataclass
+class PendingCorrections:
+    total: int
+    """Usable corrections in the ledger."""
+    pending: int
+    """Corrections after the newest trained version's watermark."""
+    since_version: int | None
+
+
+def pending_corrections(settings: OuroSettings, snapshot: RegistrySnapshot) -> PendingCorrections:
+    reader = LedgerReader(settings.ledger_dir)
+    corrections, _ = usable_corrections(reader.scan().records)
+    previous = last_trained(snapshot)
+    if previous is None or previous.watermark is None:
+        return PendingCorrections(len(corrections), len(corrections), None)
+    after, _ = usable_corrections(reader.scan(after=previous.watermark).records)
+    return PendingCorrections(len(corrections), len(after), previous.version)
+
+
+def status(registry: AdapterRegistry, settings: OuroSettings) -> dict:
+    """Versions, aliases, gate results and pending corrections, as a JSON-ready dict."""
+    snapshot = registry.snapshot()
+    pending = pending_corrections(settings, snapshot)
+    return {
+        "registered_model": registry.model_name,
+        "tracking_uri": registry.tracking_uri,
+        "aliases": {alias: version for alias, version in sorted(snapshot.aliases.items())},
+        "versions": [
+            _version_dict(snapshot.versions[n]) for n in sorted(snapshot.versions, reverse=True)
+        ],
+        "corrections": {
+            "in_ledger": pending.total,
+            "pending": pending.pending,
+            "since_version": pending.since_version,
+        },
+    }
+
+
+def _version_dict(version: AdapterVersion) -> dict:
+    return {
+        "version": version.version,
+        "label": version.label,
+        "aliases": list(version.aliases),
+        "created_at": version.created_at.isoformat() if version.created_at else None,
+        "run_id": version.run_id,
+        "base_model": version.base_model,
+        "corrections": version.corrections,
+        "dataset_hash": version.dataset_hash,
+        "gates_passed": version.gates_passed,
+        "gate_results": version.gate_results,
+        "watermark": version.tags.get("ledger_watermark"),
+    }
+
+
+def format_status(info: dict) -> str:
+    """The status as a table for people."""
+    lines = [f"registered model {info['registered_model']} at {info['tracking_uri']}"]
+    aliases = ", ".join(f"{a} -> v{v}" for a, v in info["aliases"].items()) or "none"
+    lines.append(f"aliases: {aliases}")
+    if info["versions"]:
+        lines.append(
+            f"{'version':<8} {'created (UTC)':<20} {'aliases':<22} {'gates':<7} "
+            f"{'fix_rate':>8} {'corrections':>11}  dataset"
+        )
+        for v in info["versions"]:
+            gates = {True: "passed", False: "FAILED", None: "-"}[v["gates_passed"]]
+            created = (v["created_at"] or "-")[:19].replace("T", " ")
+            lines.append(
+                f"{'v' + str(v['version']):<8} {created:<20} {','.join(v['aliases']) or '-':<22} "
+                f"{gates:<7} {_fix_rate(v):>8} {str(v['corrections'] or '-'):>11}  "
+                f"{(v['dataset_hash'] or '-')[:12]}"
+            )
+    else:
+        lines.append("no versions registered yet")
+    corrections = info["corrections"]
+    since = f"v{corrections['since_version']}" if corrections["since_version"] else "the start"
+    lines.append(
+        f"corrections: {corrections['pending']} pending since {since} "
+        f"({corrections['in_ledger']} in the ledger)"
+    )
+    return "\n".join(lines)
+
+
+def _fix_rate(version: dict) -> str:
+    for check in version["gate_results"] or []:
+        if isinstance(check, dict) and check.get("name") == "fix_rate":
+            value = check.get("value")
+            return "-" if value is None else f"{value:.3f}"
+    return "-"
+
+
+def promote(
+    registry: AdapterRegistry, version: int, alias: str = ALIAS_PRODUCTION, *, force: bool = False
+) -> None:
+    """Point ``alias`` at ``version``; refuses a version whose gates did not pass unless forced."""
+    target = registry.get_version(version)  # UnknownModelError when it does not exist
+    if target.gates_passed is not True and not force:
+        why = "failed its gates" if target.gates_passed is False else "has no gate results"
+        raise PromotionRefusedError(
+            f"{version_label(version)} {why}; use --force to promote it anyway"
+        )
+    if target.gates_passed is not True:
+        logger.warning("promoting %s despite its gates (--force)", version_label(version))
+    registry.set_alias(alias, version)
+
+
+def rollback(registry: AdapterRegistry, alias: str = ALIAS_PRODUCTION) -> int | None:
+    """Move ``alias`` back to its previous version (None: it is now unset, base model served)."""
+    return registry.rollback(alias)
+
+
+def notify_serve(url: str, admin_key: str | None, wait_s: float = NOTIFY_WAIT_S) -> bool:
+    """Ask Serve to re-read the registry now; best effort (Serve polls on its own anyway)."""
+    endpoint = url.rstrip("/")
+    if not endpoint.endswith(REFRESH_PATH):
+        endpoint += REFRESH_PATH
+    headers = {"Authorization": f"Bearer {admin_key}"} if admin_key else {}
+    try:
+        response = httpx.post(
+            endpoint, params={"wait_s": wait_s}, headers=headers, timeout=wait_s + 30
+        )
+    except httpx.HTTPError as exc:
+        logger.warning("could not notify Serve at %s (it will poll on its own): %s", endpoint, exc)
+        return False
+    if response.status_code != 200:
+        logger.warning(
+            "Serve answered %s to %s (it will poll on its own): %s",
+            response.status_code,
+            endpoint,
+            response.text[:300],
+        )
+        return False
+    logger.info("Serve re-read the registry: %s", response.text[:300])
+    return True

@@ -1,0 +1,247 @@
+"""One training cycle: collect → dataset → train → gates → register.
+
+Order matters for safety. The registry is read first (an unreachable MLflow fails the
+cycle within seconds, before any training); registering is the last step, and the ledger
+watermark is written last of all, so a cycle that stops anywhere (error, SIGTERM,
+SIGKILL) leaves no version the next cycle would count as "trained up to here": the next
+cycle redoes the work. An exclusive lock on the data dir keeps two cycles from running
+at once (see ``lock.py``).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlflow.exceptions import MlflowException
+
+from ouro.errors import OuroError
+from ouro.registry import AdapterRegistry, RegistrySnapshot, RegistryUnavailableError
+from ouro.settings import OuroSettings
+from train_job.collect import Collected, collect
+from train_job.config import TrainJobConfig
+from train_job.dataset import build_dataset
+from train_job.gates import GateReport, evaluate_gates
+from train_job.lock import CycleLock
+from train_job.register import CycleRun, register_version, version_tags
+from train_job.train import train_adapter
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("collect", "train", "gates", "register")
+OUTCOME_TAG = "ouro.outcome"
+
+
+class CycleInterrupted(BaseException):
+    """The process was asked to stop (SIGTERM); like KeyboardInterrupt, not an error."""
+
+
+class ConcurrentCycleError(OuroError):
+    """A version was registered by someone else while this cycle ran: it registers nothing."""
+
+
+class Outcome(enum.StrEnum):
+    REGISTERED = "registered"
+    NOTHING_TO_DO = "nothing_to_do"
+    GATES_FAILED = "gates_failed"
+
+
+@dataclass
+class CycleResult:
+    """What a cycle did."""
+
+    outcome: Outcome
+    message: str
+    version: int | None = None
+    run_id: str | None = None
+    promoted: bool = False
+    report: GateReport | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds per stage (collect, train, gates, register) and in total."""
+
+
+class StageTimer:
+    """Wall time per stage, logged as each ends."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._started = time.perf_counter()
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = time.perf_counter() - start
+            logger.info("stage %s took %.1f s", name, self.seconds[name])
+
+    def total(self) -> dict[str, float]:
+        return {**self.seconds, "total": time.perf_counter() - self._started}
+
+
+def run_cycle(config: TrainJobConfig, settings: OuroSettings) -> CycleResult:
+    """Run one cycle under the data dir's lock (CycleBusyError when another holds it)."""
+    with CycleLock(settings.data_dir):
+        return _run_locked(config, settings)
+
+
+def _run_locked(config: TrainJobConfig, settings: OuroSettings) -> CycleResult:
+    timer = StageTimer()
+    registry = AdapterRegistry(settings.tracking_uri, settings.registered_model_name)
+    with timer.stage("collect"):
+        snapshot = registry.snapshot()  # RegistryUnavailableError within seconds
+        collected = collect(settings.ledger_dir, snapshot)
+    if collected.new < config.min_corrections:
+        since = f"v{collected.since_version}" if collected.since_version else "the start"
+        message = (
+            f"nothing to do: {collected.new} new correction(s) since {since} "
+            f"(min_corrections={config.min_corrections}); "
+            f"{len(collected.corrections)} in the ledger"
+        )
+        logger.info("%s", message)
+        return CycleResult(Outcome.NOTHING_TO_DO, message, timings=timer.total())
+
+    run = CycleRun.start(
+        registry,
+        config.experiment_name,
+        settings.local_artifacts_dir if not settings.mlflow_tracking_uri else None,
+        run_name=f"cycle-{time.strftime('%Y%m%d-%H%M%S')}",
+        tags={"ouro.base_model": settings.base_model, "ouro.new_corrections": str(collected.new)},
+    )
+    status = "FAILED"
+    try:
+        result = _train_gate_register(config, settings, registry, snapshot, collected, run, timer)
+        status = "FINISHED"
+        return result
+    except (KeyboardInterrupt, CycleInterrupted):
+        status = "KILLED"
+        raise
+    finally:
+        _end_run(registry, run, status)
+
+
+def _train_gate_register(
+    config: TrainJobConfig,
+    settings: OuroSettings,
+    registry: AdapterRegistry,
+    snapshot: RegistrySnapshot,
+    collected: Collected,
+    run: CycleRun,
+    timer: StageTimer,
+) -> CycleResult:
+    run.log_params(
+        {
+            **config.to_params(),
+            "base_model": settings.base_model,
+            "registered_model_name": settings.registered_model_name,
+            "corrections": len(collected.corrections),
+            "new_corrections": collected.new,
+            "ledger_bad_lines": collected.bad_lines,
+            "previous_version": collected.since_version,
+        }
+    )
+    with tempfile.TemporaryDirectory(prefix="ouro-train-") as tmp:
+        work_dir = Path(tmp)
+        with timer.stage("train"):
+            dataset = build_dataset(collected.corrections, config, settings.system_prompt)
+            manifest = dataset.manifest(
+                watermark=collected.watermark.encode(), replay_source=config.replay_source
+            )
+            run.log_json(manifest, "dataset_manifest.json")
+            run.log_params({"dataset_sha256": dataset.sha256, "train_rows": len(dataset.rows)})
+            trained = train_adapter(
+                config,
+                settings,
+                dataset.rows,
+                work_dir,
+                on_log=lambda step, values: run.log_metrics(
+                    {f"train/{key}": value for key, value in values.items()}, step
+                ),
+            )
+            run.log_metrics({"train/final_mean_loss": trained.train_loss}, trained.steps)
+
+        with timer.stage("gates"):
+            baseline_dir, baseline_label = _baseline(registry, snapshot, settings)
+            report = evaluate_gates(
+                config, settings, dataset, trained.adapter_dir, baseline_dir, baseline_label
+            )
+
+        with timer.stage("register"):
+            run.log_metrics(report.metrics())
+            run.log_json(report.to_dict(), "gate_report.json")
+            run.log_text(report.to_markdown(), "gate_report.md")
+            run.log_artifacts(trained.adapter_dir, "adapter")
+            run.set_tags({"mlflow.note.content": report.to_markdown()})
+            if not report.passed:
+                run.set_tags({OUTCOME_TAG: Outcome.GATES_FAILED.value})
+                run.log_metrics({f"time/{k}_s": v for k, v in timer.total().items()})
+                return CycleResult(
+                    Outcome.GATES_FAILED,
+                    f"{report.summary()}; nothing registered",
+                    run_id=run.run_id,
+                    report=report,
+                    timings=timer.total(),
+                )
+            _check_no_new_version(registry, snapshot)
+            version = register_version(
+                registry,
+                run,
+                version_tags(
+                    base_model=settings.base_model,
+                    corrections=len(dataset.train),
+                    dataset_hash=dataset.sha256,
+                    gates_passed=True,
+                    gate_results=report.checks_json(),
+                ),
+                collected.watermark.encode(),
+                auto_promote=config.auto_promote,
+            )
+            run.set_tags({OUTCOME_TAG: Outcome.REGISTERED.value, "ouro.version": str(version)})
+    timings = timer.total()
+    run.log_metrics({f"time/{k}_s": v for k, v in timings.items()})
+    aliases = "candidate, production" if config.auto_promote else "candidate"
+    return CycleResult(
+        Outcome.REGISTERED,
+        f"registered {registry.model_name} v{version} (aliases: {aliases})",
+        version=version,
+        run_id=run.run_id,
+        promoted=config.auto_promote,
+        report=report,
+        timings=timings,
+    )
+
+
+def _baseline(
+    registry: AdapterRegistry, snapshot: RegistrySnapshot, settings: OuroSettings
+) -> tuple[Path | None, str]:
+    """The production adapter (downloaded) or None for the base model, with a label."""
+    production = snapshot.production
+    if production is None:
+        return None, "base model (no production version)"
+    return registry.download(production, settings.adapter_cache_dir), f"v{production} (production)"
+
+
+def _check_no_new_version(registry: AdapterRegistry, before: RegistrySnapshot) -> None:
+    now = registry.snapshot()
+    newest_before = max(before.versions, default=0)
+    newest_now = max(now.versions, default=0)
+    if newest_now > newest_before:
+        raise ConcurrentCycleError(
+            f"v{newest_now} was registered while this cycle ran (another cycle without the "
+            "data dir's lock?); registering nothing, the next cycle starts from it"
+        )
+
+
+def _end_run(registry: AdapterRegistry, run: CycleRun, status: str) -> None:
+    try:
+        registry.check_available()  # a dead server would hold this call in retries for minutes
+        run.end(status)
+    except (RegistryUnavailableError, MlflowException) as exc:  # the run stays unfinished
+        logger.warning("could not mark MLflow run %s %s: %s", run.run_id, status, exc)

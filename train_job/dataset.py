@@ -1,0 +1,228 @@
+"""From corrections to the cycle's data: training rows, held-out split, regression and probe sets.
+
+Each correction becomes one training example with its full context: the conversation
+the model answered (``messages``, the system prompt in front as at serving time) as the
+prompt, and the corrected assistant turn as the completion. TRL computes the loss on the
+completion only, so the model learns assistant tokens and nothing else. A replay sample of
+general conversations is mixed in (one example per assistant turn, so every assistant
+turn carries loss) so the adapter does not make the bot forget how to chat.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ouro.corpus import load_chatterbot_conversations
+from train_job.config import CHATTERBOT_SOURCE, TrainJobConfig, TrainJobConfigError
+
+logger = logging.getLogger(__name__)
+
+Messages = list[dict]
+
+
+@dataclass(frozen=True)
+class Correction:
+    """One accepted correction from the ledger, as the training job uses it."""
+
+    id: str
+    messages: tuple[dict, ...]
+    """The conversation the model answered; ends with the user turn."""
+    completion: str
+    """What the model said."""
+    correction: str
+    """What it should have said."""
+    model: str | None = None
+    """The version that answered (e.g. ``ouro@v3``)."""
+
+    def prompt(self) -> Messages:
+        return [dict(message) for message in self.messages]
+
+    def question(self) -> str:
+        """The latest user turn (what the correction answers)."""
+        users = [m["content"] for m in self.messages if m.get("role") == "user"]
+        return users[-1] if users else ""
+
+
+@dataclass
+class CycleDataset:
+    """Everything one cycle trains and measures on."""
+
+    train: list[Correction]
+    held_out: list[Correction]
+    replay: list[Messages]
+    regression: list[Messages]
+    """Held-out general conversations for the perplexity gate (never in the replay sample)."""
+    probes: list[Messages]
+    """Prompts (ending with a user turn) whose answers must stay close to the baseline's."""
+    rows: list[dict] = field(default_factory=list)
+    """SFT rows ``{"prompt": [...], "completion": [...]}`` (conversational prompt-completion)."""
+    sha256: str = ""
+
+    def manifest(self, *, watermark: str | None, replay_source: str) -> dict:
+        """What the cycle trained on, by reference (ids and counts, not user text)."""
+        return {
+            "dataset_sha256": self.sha256,
+            "ledger_watermark": watermark,
+            "train_correction_ids": [c.id for c in self.train],
+            "held_out_correction_ids": [c.id for c in self.held_out],
+            "replay_source": replay_source,
+            "replay_conversations": len(self.replay),
+            "regression_conversations": len(self.regression),
+            "probe_prompts": len(self.probes),
+            "rows": len(self.rows),
+            "correction_rows": len(self.train),
+        }
+
+
+def build_dataset(
+    corrections: Sequence[Correction], config: TrainJobConfig, system_prompt: str
+) -> CycleDataset:
+    """Split the corrections, sample replay/regression/probe sets and build the SFT rows."""
+    train, held_out = split_held_out(corrections, config.held_out_share, config.seed)
+    questions = {c.question().strip().lower() for c in corrections}
+    regression_pool = [
+        conversation
+        for conversation in load_conversations(config.regression_source)
+        if _first_user(conversation).strip().lower() not in questions
+    ]
+    # A fixed, seeded regression set so successive cycles are measured on the same texts.
+    random.Random(config.seed).shuffle(regression_pool)
+    regression = regression_pool[: config.regression_size]
+
+    if config.replay_source == config.regression_source:
+        replay_pool = regression_pool[config.regression_size :]
+    else:
+        replay_pool = load_conversations(config.replay_source)
+    replay = random.Random(config.seed + 1).sample(
+        replay_pool, min(config.replay_size, len(replay_pool))
+    )
+
+    probes = load_probes(config, regression, questions)
+
+    rows = [correction_row(c, system_prompt) for c in train]
+    rows += [
+        row for conversation in replay for row in conversation_rows(conversation, system_prompt)
+    ]
+    dataset = CycleDataset(
+        train=train,
+        held_out=held_out,
+        replay=replay,
+        regression=regression,
+        probes=probes,
+        rows=rows,
+        sha256=dataset_sha256(rows),
+    )
+    logger.info(
+        "dataset: %s corrections to train, %s held out, %s replay conversations, %s rows, "
+        "%s regression conversations, %s probes, sha256 %s",
+        len(train),
+        len(held_out),
+        len(replay),
+        len(rows),
+        len(regression),
+        len(probes),
+        dataset.sha256[:12],
+    )
+    return dataset
+
+
+def split_held_out(
+    corrections: Sequence[Correction], share: float, seed: int
+) -> tuple[list[Correction], list[Correction]]:
+    """Hold out ``floor(share * n)`` corrections, chosen by a seeded hash of their ids.
+
+    Ranking by hash (not a shuffle) keeps a correction on the same side as others arrive,
+    so the held-out set of one cycle is mostly the same in the next.
+    """
+    count = int(share * len(corrections))
+    if count >= len(corrections):
+        count = len(corrections) - 1  # always train on at least one
+    ranked = sorted(
+        corrections, key=lambda c: hashlib.sha256(f"{seed}:{c.id}".encode()).hexdigest()
+    )
+    held_ids = {c.id for c in ranked[:count]}
+    train = [c for c in corrections if c.id not in held_ids]
+    held_out = [c for c in corrections if c.id in held_ids]
+    return train, held_out
+
+
+def correction_row(correction: Correction, system_prompt: str) -> dict:
+    return {
+        "prompt": with_system_prompt(correction.prompt(), system_prompt),
+        "completion": [{"role": "assistant", "content": correction.correction}],
+    }
+
+
+def conversation_rows(conversation: Messages, system_prompt: str) -> list[dict]:
+    """One prompt-completion row per assistant turn, so each assistant turn carries loss."""
+    conversation = with_system_prompt(conversation, system_prompt)
+    return [
+        {"prompt": conversation[:index], "completion": [message]}
+        for index, message in enumerate(conversation)
+        if message["role"] == "assistant" and index > 0
+    ]
+
+
+def with_system_prompt(messages: Messages, system_prompt: str) -> Messages:
+    """The conversation with the serving default system prompt in front when it has none."""
+    messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+    if system_prompt and not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return messages
+
+
+def dataset_sha256(rows: list[dict]) -> str:
+    canonical = json.dumps(rows, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def load_conversations(source: str) -> list[Messages]:
+    """Conversations from ``chatterbot`` (the packaged corpus) or a chat JSONL file."""
+    if source == CHATTERBOT_SOURCE:
+        return load_chatterbot_conversations()
+    path = Path(source)
+    if not path.is_file():
+        raise TrainJobConfigError(
+            f"conversation source {source!r} is neither {CHATTERBOT_SOURCE!r} nor a file"
+        )
+    return _load_chat_jsonl(path)
+
+
+def load_probes(
+    config: TrainJobConfig, regression: list[Messages], questions: set[str]
+) -> list[Messages]:
+    """Probe prompts: from ``probe_source`` or the regression set's first user turns.
+
+    Probes that repeat a corrected question are dropped: their answers are meant to move.
+    """
+    if config.probe_source is None:
+        texts = [_first_user(conversation) for conversation in regression]
+    elif config.probe_source.endswith(".jsonl"):
+        texts = [_first_user(c) for c in load_conversations(config.probe_source)]
+    else:
+        path = Path(config.probe_source)
+        try:
+            texts = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise TrainJobConfigError(f"cannot read probe file {path}: {exc}") from exc
+    unique: list[str] = []
+    for text in (t.strip() for t in texts):
+        if text and text.lower() not in questions and text not in unique:
+            unique.append(text)
+    return [[{"role": "user", "content": text}] for text in unique[: config.probe_size]]
+
+
+def _first_user(conversation: Messages) -> str:
+    return next((m["content"] for m in conversation if m.get("role") == "user"), "")
+
+
+def _load_chat_jsonl(path: Path) -> list[Messages]:
+    from data import load_chat_jsonl  # the data pipeline's reader of its own output
+
+    return load_chat_jsonl(path)

@@ -1,0 +1,399 @@
+"""Quality gates: is the new adapter good enough to register?
+
+The new adapter and the baseline are loaded fresh from disk onto one freshly loaded base
+model, the way Serve loads them, into one :class:`ouro.engine.GenerationEngine`; every
+answer is greedy. The baseline is the current ``production`` version (downloaded from the
+registry) or, when there is none, the base model with no adapter; it never contains the
+new adapter.
+
+Checks:
+
+- fix rate: the share of trained corrections whose answer matches the correction, a
+  match being a BERTScore F1 >= ``answer_f1_threshold``; must reach ``fix_rate_min``;
+- generalisation: the same on the held-out corrections; reported, and a gate only when
+  ``generalisation_min`` is set;
+- perplexity: assistant-token perplexity on held-out general conversations may rise at
+  most ``max_perplexity_rise_pct`` percent over the baseline's;
+- probe similarity: the mean BERTScore F1 between the new and the baseline answers to the
+  probe prompts must reach ``probe_f1_min``.
+
+Calibration of the default thresholds (the offline all-MiniLM-L6-v2 BERTScore has no
+rescale baseline, so its raw F1 was measured on real pairs; see the README's numbers):
+
+- ``answer_f1_threshold = 0.75``. A correction reproduced word for word scores 1.0; an
+  answer that differs by a word or two ("A spider has eight legs." vs "A spider has eer
+  free") 0.75-0.9; a close paraphrase 0.8-0.95; an answer about something else from the
+  same model ("Try adjusting brightness or ...") 0.2-0.45; random characters below 0.3.
+  0.75 counts the first three as learned and never the last two.
+- ``fix_rate_min = 0.8``: with the default training ouro-tiny reproduces 17-20 of 20
+  consistent corrections; contradictory or random-character corrections reach at most
+  about half, so 0.8 separates learnable data from garbage with margin on both sides.
+- ``max_perplexity_rise_pct = 15``: on the regression set a healthy adapter trained with
+  the default replay moves ouro-tiny's perplexity by a few percent either way; an adapter
+  trained without replay, or at 10x the learning rate, raised it by 30-100 %.
+- ``probe_f1_min = 0.6``: identical answers score 1.0, the base model against itself with
+  a different seed stays above 0.8, answers replaced wholesale by memorised corrections
+  drop below 0.5.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ouro.engine import BASE_ADAPTER, GenerationEngine, GenerationRequest, SamplingParams
+from ouro.models import load_base_model
+from ouro.scoring import BertScorer, assistant_perplexity
+from ouro.settings import OuroSettings
+from train_job.config import TrainJobConfig
+from train_job.dataset import Correction, CycleDataset, Messages
+
+logger = logging.getLogger(__name__)
+
+CANDIDATE_ADAPTER = "new"
+BASELINE_ADAPTER = "baseline"
+
+
+@dataclass
+class GateCheck:
+    """One check of the report."""
+
+    name: str
+    value: float | None
+    """Measured value; None when there was nothing to measure."""
+    threshold: float | None
+    """None: reported only, not a gate."""
+    comparison: str
+    """How value is compared to threshold: '>=' or '<='."""
+    passed: bool | None
+    """None when the check is reported only or was skipped."""
+    detail: str = ""
+
+    @property
+    def gating(self) -> bool:
+        return self.threshold is not None and self.passed is not None
+
+
+@dataclass
+class AnswerResult:
+    """One correction's outcome."""
+
+    id: str
+    split: str
+    """'train' or 'held_out'."""
+    question: str
+    correction: str
+    answer: str
+    f1: float
+    baseline_answer: str
+    baseline_f1: float
+    matched: bool
+
+
+@dataclass
+class GateReport:
+    """All checks, with the answers behind them."""
+
+    baseline: str
+    checks: list[GateCheck]
+    answers: list[AnswerResult] = field(default_factory=list)
+    probes: list[dict] = field(default_factory=list)
+    perplexity: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.checks if check.gating)
+
+    def failures(self) -> list[GateCheck]:
+        return [check for check in self.checks if check.gating and not check.passed]
+
+    def summary(self) -> str:
+        if self.passed:
+            return "all gates passed"
+        return "gates failed: " + "; ".join(
+            f"{c.name} {_fmt(c.value)} (needs {c.comparison} {_fmt(c.threshold)})"
+            for c in self.failures()
+        )
+
+    def checks_json(self) -> str:
+        """The checks alone, compact: the registry's gate_results tag."""
+        return json.dumps(
+            [
+                {
+                    "name": c.name,
+                    "value": _round(c.value),
+                    "threshold": c.threshold,
+                    "comparison": c.comparison,
+                    "passed": c.passed,
+                }
+                for c in self.checks
+            ],
+            separators=(",", ":"),
+        )
+
+    def metrics(self) -> dict[str, float]:
+        """Numeric results for the MLflow run."""
+        values = {f"gate/{c.name}": c.value for c in self.checks if c.value is not None}
+        values.update({f"gate/perplexity_{k}": v for k, v in self.perplexity.items()})
+        values["gate/passed"] = float(self.passed)
+        return values
+
+    def to_dict(self) -> dict:
+        return {
+            "passed": self.passed,
+            "summary": self.summary(),
+            "baseline": self.baseline,
+            "checks": [asdict(c) for c in self.checks],
+            "perplexity": self.perplexity,
+            "answers": [asdict(a) for a in self.answers],
+            "probes": self.probes,
+        }
+
+    def to_markdown(self) -> str:
+        lines = [
+            f"# Gate report: {'PASSED' if self.passed else 'FAILED'}",
+            "",
+            f"Baseline: {self.baseline}. {self.summary()}.",
+            "",
+            "| check | value | threshold | result |",
+            "|---|---|---|---|",
+        ]
+        for c in self.checks:
+            result = "reported" if c.passed is None else ("pass" if c.passed else "FAIL")
+            threshold = "-" if c.threshold is None else f"{c.comparison} {_fmt(c.threshold)}"
+            lines.append(f"| {c.name} | {_fmt(c.value)} | {threshold} | {result} |")
+        if self.answers:
+            lines += [
+                "",
+                "| split | question | correction | new answer | F1 | baseline F1 |",
+                "|---|---|---|---|---|---|",
+            ]
+            for a in self.answers:
+                lines.append(
+                    f"| {a.split} | {_cell(a.question)} | {_cell(a.correction)} | "
+                    f"{_cell(a.answer)} | {a.f1:.3f}{'' if a.matched else ' ✗'} | "
+                    f"{a.baseline_f1:.3f} |"
+                )
+        return "\n".join(lines) + "\n"
+
+
+def evaluate_gates(
+    config: TrainJobConfig,
+    settings: OuroSettings,
+    dataset: CycleDataset,
+    candidate_dir: Path,
+    baseline_dir: Path | None,
+    baseline_label: str,
+    scorer: BertScorer | None = None,
+) -> GateReport:
+    """Answer, score and measure; returns the report (``report.passed`` decides)."""
+    loaded = load_base_model(settings)
+    engine = GenerationEngine(
+        loaded.model,
+        loaded.tokenizer,
+        system_prompt=settings.system_prompt,
+        max_context_tokens=settings.max_context_tokens,
+    )
+    engine.add_adapter(CANDIDATE_ADAPTER, candidate_dir)
+    baseline_adapter = None
+    if baseline_dir is not None:
+        engine.add_adapter(BASELINE_ADAPTER, baseline_dir)
+        baseline_adapter = BASELINE_ADAPTER
+    scorer = scorer or BertScorer()
+    batch_size = settings.max_batch_size
+
+    corrections = [*dataset.train, *dataset.held_out]
+    limits = [_answer_budget(engine, c, config, settings) for c in corrections]
+    prompts = [c.prompt() for c in corrections]
+    new_answers = _answers(engine, prompts, CANDIDATE_ADAPTER, limits, batch_size)
+    old_answers = _answers(engine, prompts, baseline_adapter, limits, batch_size)
+    references = [c.correction for c in corrections]
+    new_f1 = scorer.f1(new_answers, references)
+    old_f1 = scorer.f1(old_answers, references)
+    answers = [
+        AnswerResult(
+            id=c.id,
+            split="train" if index < len(dataset.train) else "held_out",
+            question=c.question(),
+            correction=c.correction,
+            answer=new_answers[index],
+            f1=new_f1[index],
+            baseline_answer=old_answers[index],
+            baseline_f1=old_f1[index],
+            matched=new_f1[index] >= config.answer_f1_threshold,
+        )
+        for index, c in enumerate(corrections)
+    ]
+
+    checks = [
+        _rate_check("fix_rate", answers, "train", config.fix_rate_min, config),
+        _rate_check("generalisation", answers, "held_out", config.generalisation_min, config),
+    ]
+    baseline_fix = _share(
+        [a.baseline_f1 >= config.answer_f1_threshold for a in answers if a.split == "train"]
+    )
+    checks.append(
+        GateCheck(
+            "baseline_fix_rate",
+            baseline_fix,
+            None,
+            ">=",
+            None,
+            "the baseline's fix rate on the same corrections, for comparison",
+        )
+    )
+
+    perplexity: dict[str, float] = {}
+    if dataset.regression:
+        perplexity = {
+            "new": assistant_perplexity(
+                engine.model,
+                engine.tokenizer,
+                dataset.regression,
+                settings.system_prompt,
+                adapter_name=CANDIDATE_ADAPTER,
+                max_length=config.max_length,
+            ),
+            "baseline": assistant_perplexity(
+                engine.model,
+                engine.tokenizer,
+                dataset.regression,
+                settings.system_prompt,
+                adapter_name=baseline_adapter or BASE_ADAPTER,
+                max_length=config.max_length,
+            ),
+        }
+        rise = (perplexity["new"] / perplexity["baseline"] - 1.0) * 100.0
+        checks.append(
+            GateCheck(
+                "perplexity_rise_pct",
+                rise,
+                config.max_perplexity_rise_pct,
+                "<=",
+                rise <= config.max_perplexity_rise_pct,
+                f"{perplexity['baseline']:.3f} -> {perplexity['new']:.3f} on "
+                f"{len(dataset.regression)} held-out conversations",
+            )
+        )
+    else:
+        checks.append(
+            GateCheck(
+                "perplexity_rise_pct",
+                None,
+                config.max_perplexity_rise_pct,
+                "<=",
+                None,
+                "skipped: no regression set",
+            )
+        )
+
+    probes: list[dict] = []
+    if dataset.probes:
+        limit = [config.gate_max_new_tokens] * len(dataset.probes)
+        new_probe = _answers(engine, dataset.probes, CANDIDATE_ADAPTER, limit, batch_size)
+        old_probe = _answers(engine, dataset.probes, baseline_adapter, limit, batch_size)
+        similarity = scorer.f1(new_probe, old_probe)
+        probes = [
+            {"prompt": p[-1]["content"], "answer": n, "baseline_answer": o, "f1": s}
+            for p, n, o, s in zip(dataset.probes, new_probe, old_probe, similarity, strict=True)
+        ]
+        mean = sum(similarity) / len(similarity)
+        checks.append(
+            GateCheck(
+                "probe_similarity",
+                mean,
+                config.probe_f1_min,
+                ">=",
+                mean >= config.probe_f1_min,
+                f"mean F1 new vs baseline over {len(probes)} probe prompts",
+            )
+        )
+    else:
+        checks.append(
+            GateCheck(
+                "probe_similarity",
+                None,
+                config.probe_f1_min,
+                ">=",
+                None,
+                "skipped: no probe prompts",
+            )
+        )
+
+    report = GateReport(
+        baseline=baseline_label,
+        checks=checks,
+        answers=answers,
+        probes=probes,
+        perplexity=perplexity,
+    )
+    logger.info("gates (baseline %s): %s", baseline_label, report.summary())
+    return report
+
+
+def _rate_check(
+    name: str,
+    answers: list[AnswerResult],
+    split: str,
+    minimum: float | None,
+    config: TrainJobConfig,
+) -> GateCheck:
+    matched = [a.matched for a in answers if a.split == split]
+    if not matched:
+        return GateCheck(name, None, minimum, ">=", None, f"skipped: no {split} corrections")
+    rate = _share(matched)
+    detail = (
+        f"{sum(matched)}/{len(matched)} {split} answers with BERTScore F1 >= "
+        f"{config.answer_f1_threshold}"
+    )
+    passed = None if minimum is None else rate >= minimum
+    return GateCheck(name, rate, minimum, ">=", passed, detail)
+
+
+def _answer_budget(
+    engine: GenerationEngine,
+    correction: Correction,
+    config: TrainJobConfig,
+    settings: OuroSettings,
+) -> int:
+    """Room for the correction plus a margin: enough to reproduce it, no more."""
+    tokens = len(engine.tokenizer(correction.correction, add_special_tokens=False)["input_ids"])
+    return max(1, min(max(config.gate_max_new_tokens, tokens + 8), settings.max_tokens_limit))
+
+
+def _answers(
+    engine: GenerationEngine,
+    prompts: Sequence[Messages],
+    adapter: str | None,
+    limits: Sequence[int],
+    batch_size: int,
+) -> list[str]:
+    requests = [
+        GenerationRequest(messages=list(p), params=SamplingParams(max_tokens=n), adapter=adapter)
+        for p, n in zip(prompts, limits, strict=True)
+    ]
+    texts: list[str] = []
+    for start in range(0, len(requests), batch_size):
+        outputs = engine.generate(requests[start : start + batch_size])
+        texts += [output.text.strip() for output in outputs]
+    return texts
+
+
+def _share(flags: list[bool]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _cell(text: str, limit: int = 60) -> str:
+    text = " ".join(text.split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 1] + "…"

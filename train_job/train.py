@@ -1,0 +1,212 @@
+"""Training: a fresh LoRA adapter on the base model, with TRL's SFTTrainer.
+
+Every cycle starts from the base model (never from the previous adapter), so a version is
+a function of the data it lists, and one bad cycle cannot poison the next. On CUDA with
+Unsloth installed, the base is loaded 4-bit through Unsloth's FastLanguageModel (faster,
+less memory); everywhere else plain PEFT LoRA on the model ``ouro.models`` loads (4-bit
+NF4 too when the settings ask for it, prepared for k-bit training).
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from transformers import TrainerCallback, set_seed
+from trl import SFTConfig, SFTTrainer
+
+from ouro.models import load_base_model, resolve_base_model
+from ouro.settings import OuroSettings
+from train_job.config import TrainJobConfig
+
+logger = logging.getLogger(__name__)
+
+LogSink = Callable[[int, dict[str, float]], None]
+"""Receives (global step, logged values) after each optimizer step (loss, learning_rate, ...)."""
+
+
+@dataclass
+class TrainResult:
+    """What training produced."""
+
+    adapter_dir: Path
+    """A PEFT adapter directory (adapter_config.json + adapter_model.safetensors)."""
+    backend: str
+    """'unsloth' or 'peft'."""
+    steps: int
+    train_loss: float
+    """Mean training loss over the run, as the Trainer reports it."""
+    rows: int
+
+
+class _LogForwarder(TrainerCallback):
+    """Hands each step's logged values (loss curve) to a sink, e.g. MLflow."""
+
+    def __init__(self, sink: LogSink) -> None:
+        self.sink = sink
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D401 - Trainer API
+        if logs:
+            numbers = {k: float(v) for k, v in logs.items() if isinstance(v, int | float)}
+            self.sink(state.global_step, numbers)
+
+
+def lora_config(config: TrainJobConfig) -> LoraConfig:
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.lora_target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def wants_cuda(settings: OuroSettings) -> bool:
+    return settings.device == "cuda" or (settings.device == "auto" and torch.cuda.is_available())
+
+
+def unsloth_available() -> bool:
+    return importlib.util.find_spec("unsloth") is not None
+
+
+def train_adapter(
+    config: TrainJobConfig,
+    settings: OuroSettings,
+    rows: list[dict],
+    work_dir: Path,
+    on_log: LogSink | None = None,
+) -> TrainResult:
+    """Train a new LoRA adapter on ``rows`` (prompt-completion) and save it in work_dir/adapter."""
+    if not rows:
+        raise ValueError("nothing to train on")
+    set_seed(config.seed)
+    on_cuda = wants_cuda(settings)
+    if on_cuda and config.use_unsloth and unsloth_available():
+        model, tokenizer = _unsloth_model(config, settings)
+        backend = "unsloth"
+    else:
+        if on_cuda and config.use_unsloth:
+            logger.info("Unsloth is not installed: training with plain PEFT")
+        loaded = load_base_model(settings)
+        model, tokenizer = loaded.model, loaded.tokenizer
+        if loaded.quantized:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        set_seed(config.seed)  # LoRA's initial weights
+        model = get_peft_model(model, lora_config(config))
+        backend = "peft"
+
+    fitted = fit_rows(rows, tokenizer, config.max_length)
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(config, work_dir / "checkpoints", on_cuda=on_cuda),
+        train_dataset=Dataset.from_list(fitted),
+        processing_class=tokenizer,
+        callbacks=[_LogForwarder(on_log)] if on_log else None,
+    )
+    logger.info("training a LoRA adapter (%s) on %s rows", backend, len(fitted))
+    output = trainer.train()
+    adapter_dir = work_dir / "adapter"
+    trainer.model.save_pretrained(adapter_dir)
+    result = TrainResult(
+        adapter_dir=adapter_dir,
+        backend=backend,
+        steps=output.global_step,
+        train_loss=float(output.training_loss),
+        rows=len(fitted),
+    )
+    # The gates load the base model and this adapter fresh from disk, as Serve will.
+    del trainer, model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return result
+
+
+def sft_config(config: TrainJobConfig, output_dir: Path, *, on_cuda: bool) -> SFTConfig:
+    bf16 = on_cuda and torch.cuda.is_bf16_supported()
+    return SFTConfig(
+        output_dir=str(output_dir),
+        max_steps=config.max_steps if config.max_steps > 0 else -1,
+        num_train_epochs=config.num_train_epochs,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler_type,
+        warmup_steps=config.warmup_steps,
+        seed=config.seed,
+        data_seed=config.seed,
+        max_length=config.max_length,
+        completion_only_loss=True,  # prompt-completion rows: loss on the assistant turn only
+        packing=False,
+        bf16=bf16,  # TRL defaults to bf16=True, which fails on CPU
+        fp16=on_cuda and not bf16,
+        use_cpu=not on_cuda,
+        logging_steps=1,
+        save_strategy="no",  # a killed cycle leaves nothing to resume; the next one redoes it
+        report_to="none",  # the cycle logs to its own MLflow run (see on_log)
+        disable_tqdm=False,
+        dataloader_pin_memory=False,
+    )
+
+
+def fit_rows(rows: list[dict], tokenizer, max_length: int) -> list[dict]:
+    """Rows whose prompt is shortened from the oldest turn until prompt + completion fit.
+
+    Mirrors serving (ouro.chat.ChatFormatter): the system prompt and the latest user turn
+    stay. A row that still does not fit is kept and truncated by TRL (logged).
+    """
+    fitted = []
+    too_long = 0
+    for row in rows:
+        prompt, completion = row["prompt"], row["completion"]
+        system = [m for m in prompt if m["role"] == "system"]
+        turns = [m for m in prompt if m["role"] != "system"]
+        starts = [i for i, m in enumerate(turns) if m["role"] == "user"] or [0]
+        for start in starts:
+            candidate = system + turns[start:]
+            if _length(tokenizer, candidate + completion) <= max_length:
+                break
+        else:
+            too_long += 1
+        fitted.append({"prompt": candidate, "completion": completion})
+    if too_long:
+        logger.warning(
+            "%s rows exceed max_length=%s even shortened; TRL truncates them", too_long, max_length
+        )
+    return fitted
+
+
+def _length(tokenizer, messages: list[dict]) -> int:
+    return len(
+        tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+    )
+
+
+def _unsloth_model(config: TrainJobConfig, settings: OuroSettings):
+    from unsloth import FastLanguageModel  # GPU-only extra (requirements-gpu.txt)
+
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=resolve_base_model(settings),
+        max_seq_length=config.max_length,
+        load_in_4bit=settings.quantization != "none",
+        dtype=None,
+    )
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.lora_target_modules),
+        bias="none",
+        use_gradient_checkpointing="unsloth",
+        random_state=config.seed,
+    )
+    return model, tokenizer
