@@ -38,6 +38,7 @@ ADAPTER = "adapter"
 OVERALL = "overall"
 UNKNOWN_SOURCE = "unknown"
 METRICS = ("bertscore_f1", "rouge_l", "perplexity")
+EXAMPLES = 5
 
 
 @dataclass
@@ -269,7 +270,7 @@ def evaluate_engine(
             reference=turn.reference,
             replies={variant: texts[index] or "" for variant, texts in replies.items()},
         )
-        for index, turn in enumerate(turns[:5])
+        for index, turn in ((index, turns[index]) for index in _example_indices(turns))
     ]
     return EvaluationReport(
         split=str(config.split),
@@ -422,6 +423,16 @@ def evaluation_report_markdown(report: EvaluationReport) -> str:
         )
         + "\n"
     )
+
+
+def _example_indices(turns: Sequence[EvaluationTurn]) -> list[int]:
+    """The first turn of each source, then the next ones, up to EXAMPLES."""
+    first_of_source: dict[str, int] = {}
+    for index, turn in enumerate(turns):
+        first_of_source.setdefault(turn.source, index)
+    chosen = sorted(first_of_source.values())[:EXAMPLES]
+    rest = [index for index in range(len(turns)) if index not in first_of_source.values()]
+    return sorted(chosen + rest[: EXAMPLES - len(chosen)])
 
 
 def _mean(values: list[float]) -> float | None:
