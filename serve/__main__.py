@@ -1,0 +1,177 @@
+"""``python -m serve``: run Ouro on one machine (behind ``make run``).
+
+    python -m serve --host 127.0.0.1 --port 8000 --data-dir .ouro
+        [--base-model ouro-tiny] [--mlflow-uri URI] [--allow-unauthenticated]
+        [--train-every 10m]
+
+Starts a local Ray (bounded object store, no probe off the machine), builds or loads
+the base model, deploys ``serve.app:build_app`` on HOST:PORT, prints the URL, and
+shuts everything down on Ctrl-C or SIGTERM. Settings not given as flags come from
+``OURO_*`` environment variables (API keys: OURO_API_KEYS, OURO_ADMIN_API_KEYS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from ouro.models import resolve_base_model
+from ouro.registry import AdapterRegistry, RegistryUnavailableError
+from ouro.settings import OuroSettings
+from serve.auth import ApiKeyAuth, UnauthenticatedStartupError, is_loopback_host
+from serve.logs import configure_logging
+from serve.train_loop import TrainLoop, parse_duration, train_env
+
+logger = logging.getLogger("serve.main")
+
+APP_NAME = "ouro"
+READY_TIMEOUT_S = 600.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m serve", description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1", help="Address to listen on.")
+    parser.add_argument("--port", type=int, default=8000, help="Port to listen on.")
+    parser.add_argument("--data-dir", type=Path, help="Data dir (default: OURO_DATA_DIR or .ouro).")
+    parser.add_argument("--base-model", help="'ouro-tiny' (default), a local path or a Hub id.")
+    parser.add_argument(
+        "--mlflow-uri", help="MLflow tracking URI (default: a local store in <data-dir>/mlflow)."
+    )
+    parser.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="Serve with no API key on a non-loopback address (anyone who can connect may use it).",
+    )
+    parser.add_argument(
+        "--train-every",
+        type=parse_duration,
+        metavar="DURATION",
+        help="Run a training cycle (python -m train_job run --auto-promote) every DURATION, "
+        "e.g. 10m, as the CronJob does in a cluster.",
+    )
+    parser.add_argument(
+        "--num-cpus", type=int, help="CPUs given to Ray (default: all of this machine's)."
+    )
+    parser.add_argument(
+        "--object-store-mb", type=int, default=256, help="Ray object store size in MiB."
+    )
+    return parser.parse_args(argv)
+
+
+def settings_overrides(args: argparse.Namespace, num_cpus: int) -> dict:
+    """OuroSettings overrides for the app: the flags given, with absolute paths."""
+    overrides: dict = {}
+    data_dir = args.data_dir or OuroSettings().data_dir
+    overrides["data_dir"] = str(Path(data_dir).resolve())
+    if args.base_model:
+        overrides["base_model"] = args.base_model
+    if args.mlflow_uri:
+        overrides["mlflow_tracking_uri"] = args.mlflow_uri
+    if "OURO_LLM_NUM_CPUS" not in os.environ:
+        overrides["llm_num_cpus"] = num_cpus  # one replica: give it every core
+    return overrides
+
+
+def check_auth_policy(args: argparse.Namespace, overrides: dict) -> None:
+    """Open (no key) only on loopback, or when told ``--allow-unauthenticated``."""
+    probe = OuroSettings(**overrides, allow_unauthenticated=True)
+    if not ApiKeyAuth(probe.client_api_keys(), probe.admin_api_keys).open:
+        return
+    if is_loopback_host(args.host) or args.allow_unauthenticated:
+        overrides["allow_unauthenticated"] = True
+        return
+    raise UnauthenticatedStartupError(
+        f"no API key is configured and {args.host} is not a loopback address: set "
+        "OURO_API_KEYS / OURO_ADMIN_API_KEYS, or pass --allow-unauthenticated"
+    )
+
+
+def wait_until_ready(base_url: str, stop: threading.Event) -> bool:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline and not stop.is_set():
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=5).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        stop.wait(0.5)
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging()
+    num_cpus = args.num_cpus or os.cpu_count() or 1
+    overrides = settings_overrides(args, num_cpus)
+    try:
+        check_auth_policy(args, overrides)
+    except UnauthenticatedStartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    settings = OuroSettings(**overrides)
+    try:
+        # Creates the local store on first use, and checks a server is reachable.
+        AdapterRegistry.from_settings(settings).snapshot()
+    except RegistryUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"Preparing the base model {settings.base_model} ...", flush=True)
+    resolve_base_model(settings)  # builds ouro-tiny once; replicas then only load it
+
+    # Imported here: Ray is only needed once the checks above have passed.
+    from ray import serve
+
+    from serve.app import build_app
+    from serve.local_ray import start_local_ray
+
+    start_local_ray(
+        settings.data_dir / "ray-home",
+        num_cpus=num_cpus,
+        object_store_memory=args.object_store_mb * 1024 * 1024,
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which sets its own
+        signal.signal(signum, lambda *_: stop.set())
+    loop: TrainLoop | None = None
+    try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(build_app(overrides), name=APP_NAME, route_prefix="/", blocking=False)
+        base_url = f"http://{args.host}:{args.port}"
+        if not wait_until_ready(base_url, stop):
+            if not stop.is_set():
+                print("error: the app did not become ready; see the logs above", file=sys.stderr)
+            return 1
+        print(f"Ouro is serving at {base_url}/  (OpenAI base URL: {base_url}/v1)", flush=True)
+        if args.train_every:
+            loop = TrainLoop(
+                args.train_every,
+                settings.data_dir,
+                base_url,
+                env=train_env({f"OURO_{k.upper()}": str(v) for k, v in overrides.items()}),
+                admin_key=settings.admin_api_keys[0] if settings.admin_api_keys else None,
+                log_dir=settings.data_dir / "logs",
+            )
+            loop.start()
+            print(f"Training every {args.train_every:g} s (log: {loop.log_dir})", flush=True)
+        stop.wait()
+        print("Shutting down ...", flush=True)
+        return 0
+    finally:
+        if loop is not None:
+            loop.stop()
+        serve.shutdown()
+        import ray
+
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""``build_app``: the Serve application, as a Serve config file or KubeRay's serveConfigV2 names it.
+
+    applications:
+      - name: ouro
+        route_prefix: /
+        import_path: serve.app:build_app
+        args: {registry_poll_interval_s: 10}     # OuroSettings overrides
+
+Deployments: ``OuroIngress`` (FastAPI), ``LLMServer`` (the engine; replicas, CPUs and
+GPUs set in the config's ``deployments:`` section or by ``llm_num_cpus``) and
+``RegistryCoordinator`` (one replica, no CPU: carries admin refreshes to every replica).
+Every replica builds its ``OuroSettings`` from its own environment plus ``args``, so
+API keys stay in the environment (a Kubernetes Secret) and out of the deployment's
+arguments.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+
+from ouro.registry import sqlite_path
+from ouro.settings import OuroSettings
+from serve.auth import ApiKeyAuth
+from serve.coordinator import RegistryCoordinator
+from serve.ingress import OuroIngress
+from serve.llm_server import (
+    EngineFactory,
+    LLMServer,
+    RegistryFactory,
+    build_engine,
+    build_registry,
+)
+
+
+class UnknownSettingError(ValueError):
+    """``args`` names something OuroSettings does not have."""
+
+
+def settings_from_args(args: dict[str, Any]) -> OuroSettings:
+    """Validate ``args`` as OuroSettings overrides (unknown names are an error, not ignored)."""
+    unknown = sorted(set(args) - set(OuroSettings.model_fields))
+    if unknown:
+        raise UnknownSettingError(f"unknown settings in the app's args: {', '.join(unknown)}")
+    return OuroSettings(**args)
+
+
+def build_app(
+    args: dict[str, Any],
+    *,
+    engine_factory: EngineFactory = build_engine,
+    registry_factory: RegistryFactory = build_registry,
+) -> serve.Application:
+    """The Ouro application; ``args`` are OuroSettings overrides.
+
+    Checked here, where the app is deployed, so a bad config fails the deployment with a
+    clear message: unknown settings, and an open server that was not allowed.
+    """
+    args = dict(args or {})
+    settings = settings_from_args(args)
+    ApiKeyAuth.from_settings(settings)
+    if sqlite_path(settings.tracking_uri) is not None:
+        # A local store: create its tables once, here, before the replicas race to.
+        registry_factory(settings).snapshot()
+    # Batches wait in the replica; beyond that requests queue in the handle, then 429.
+    llm = LLMServer.options(
+        ray_actor_options={"num_cpus": settings.llm_num_cpus},
+        max_ongoing_requests=2 * settings.max_batch_size,
+        max_queued_requests=settings.max_queued_requests,
+    )
+    coordinator = RegistryCoordinator.bind()
+    return OuroIngress.bind(
+        args,
+        llm.bind(args, engine_factory, registry_factory, coordinator),
+        coordinator,
+        registry_factory,
+    )

@@ -1,0 +1,91 @@
+"""Bearer API keys: client keys (chat, models, feedback) and admin keys (stats, refresh).
+
+Keys are held only as hashes (``ouro.apikeys``) and compared in constant time. With no
+key configured at all the server is open, which ``OuroSettings.allow_unauthenticated``
+must allow explicitly; ``python -m serve`` allows it only on a loopback address (or when
+told ``--allow-unauthenticated``). Once any key is configured every API route needs one;
+an admin key also works where a client key does.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass
+
+from ouro.apikeys import hash_api_key, is_known_api_key
+from ouro.errors import OuroError
+from ouro.settings import OuroSettings
+from serve.errors import AuthenticationError, PermissionDeniedError
+
+logger = logging.getLogger(__name__)
+
+BEARER_PREFIX = "bearer "
+
+
+class UnauthenticatedStartupError(OuroError):
+    """No API key is configured and running open was not allowed."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request."""
+
+    key_hash: str | None
+    """Hash of the key used (None when the server is open)."""
+    admin: bool
+    """Whether the key is an admin key."""
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether binding ``host`` keeps the server reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class ApiKeyAuth:
+    """Checks ``Authorization: Bearer <key>`` against the configured key hashes."""
+
+    def __init__(self, client_key_hashes: list[str], admin_key_hashes: list[str]) -> None:
+        self._client = list(client_key_hashes)
+        self._admin = list(admin_key_hashes)
+
+    @classmethod
+    def from_settings(cls, settings: OuroSettings) -> ApiKeyAuth:
+        """Hash the configured keys; refuse to run open unless the settings allow it."""
+        client = [hash_api_key(key) for key in settings.client_api_keys()]
+        admin = [hash_api_key(key) for key in settings.admin_api_keys]
+        auth = cls(client, admin)
+        if auth.open:
+            if not settings.allow_unauthenticated:
+                raise UnauthenticatedStartupError(
+                    "no API key is configured (OURO_API_KEYS, OURO_API_KEYS_FILE, "
+                    "OURO_ADMIN_API_KEYS); configure keys, or allow an open server with "
+                    "OURO_ALLOW_UNAUTHENTICATED=true (python -m serve: --allow-unauthenticated)"
+                )
+            logger.warning("no API keys configured: every route is open to anyone who can connect")
+        return auth
+
+    @property
+    def open(self) -> bool:
+        """True when no key is configured: every request is allowed."""
+        return not self._client and not self._admin
+
+    def authenticate(self, authorization: str | None, *, admin: bool = False) -> Caller:
+        """The caller behind an Authorization header; raises 401/403-mapped errors."""
+        if self.open:
+            return Caller(key_hash=None, admin=True)
+        if not authorization or not authorization.lower().startswith(BEARER_PREFIX):
+            raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
+        key = authorization[len(BEARER_PREFIX) :].strip()
+        is_admin = bool(key) and is_known_api_key(key, self._admin)
+        is_client = bool(key) and is_known_api_key(key, self._client)
+        if not (is_admin or is_client):
+            raise AuthenticationError("invalid API key")
+        if admin and not is_admin:
+            raise PermissionDeniedError("this route needs an admin API key")
+        return Caller(key_hash=hash_api_key(key), admin=is_admin)

@@ -1,0 +1,65 @@
+"""What the ingress sends the LLM server deployment, and what comes back.
+
+A stream from ``LLMServer.generate_stream`` is, in order: one ``ServedModel`` (which
+version answers, known before any token, so it can go in the response headers), any
+number of ``TextDelta``, and one ``Finished``. ``LLMServer.generate`` returns one
+``LLMResult``. Failures are raised (the ingress maps them with ``serve.errors``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ouro.engine import SamplingParams
+
+
+@dataclass(frozen=True)
+class LLMCall:
+    """One chat completion to generate."""
+
+    model: str
+    """The name the client asked for: 'ouro', 'ouro@<alias>', 'ouro@v<N>' or 'ouro-base'."""
+    messages: list[dict]
+    """OpenAI-style messages, content as plain strings."""
+    params: SamplingParams
+    """How to decode."""
+    request_id: str
+    """The HTTP request's id, for the LLM server's logs."""
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """The exact version that answers a request."""
+
+    label: str
+    """'ouro@v<N>' or 'ouro-base': what the response's ``model`` field says."""
+    version: int | None
+    """Registry version; None for the base model."""
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """New text of a streamed answer."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The end of an answer."""
+
+    finish_reason: str
+    """'stop' or 'length'."""
+    prompt_tokens: int
+    completion_tokens: int
+    first_token_s: float
+    """Seconds from the LLM server receiving the call to its first generated token."""
+
+
+@dataclass(frozen=True)
+class LLMResult:
+    """A whole answer (``LLMServer.generate``)."""
+
+    served: ServedModel
+    text: str
+    finished: Finished

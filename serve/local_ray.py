@@ -1,0 +1,74 @@
+"""A local Ray for one machine: bounded object store, and no probe off the machine.
+
+Ray's dashboard looks for ``~/ray_bootstrap_config.yaml`` at start and, when it is
+missing, probes the cloud metadata address (a link-local IP) to guess the cloud it runs
+in, even with usage stats off. Ray's processes therefore get a HOME of their own (under
+the data dir) holding that file with ``provider: {type: local}``. Only Ray's processes
+see it: HOME is switched while Ray starts (they inherit it) and restored right after,
+and the caches that would follow HOME (Hugging Face, torch, XDG) are pinned to where
+they were.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import ray
+
+logger = logging.getLogger(__name__)
+
+RAY_BOOTSTRAP_CONFIG = "ray_bootstrap_config.yaml"
+LOCAL_PROVIDER = "provider:\n  type: local\n"
+DEFAULT_OBJECT_STORE_BYTES = 256 * 1024 * 1024
+
+
+def prepare_ray_home(directory: Path) -> Path:
+    """A HOME for Ray's processes, with the bootstrap file that stops the metadata probe."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / RAY_BOOTSTRAP_CONFIG).write_text(LOCAL_PROVIDER, encoding="utf-8")
+    return directory
+
+
+@contextmanager
+def ray_process_home(home: Path) -> Iterator[None]:
+    """Processes started inside get ``home`` as HOME; caches stay where they were."""
+    original = os.environ.copy()
+    user_home = Path.home()
+    cache = Path(os.environ.get("XDG_CACHE_HOME", user_home / ".cache"))
+    pinned = {
+        "XDG_CACHE_HOME": str(cache),
+        "HF_HOME": str(cache / "huggingface"),
+        "TORCH_HOME": str(cache / "torch"),
+    }
+    for name, value in pinned.items():
+        os.environ.setdefault(name, value)
+    os.environ["HOME"] = str(prepare_ray_home(home))
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(original)
+
+
+def start_local_ray(
+    ray_home: Path,
+    *,
+    num_cpus: int | None = None,
+    object_store_memory: int = DEFAULT_OBJECT_STORE_BYTES,
+) -> Path:
+    """Start a new local Ray instance (never join another one); returns its session dir."""
+    with ray_process_home(ray_home):
+        context = ray.init(
+            address="local",
+            num_cpus=num_cpus or os.cpu_count() or 1,
+            object_store_memory=object_store_memory,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+        )
+    session_dir = Path(context.address_info["session_dir"])
+    logger.info("local Ray started: %s (HOME for its processes: %s)", session_dir, ray_home)
+    return session_dir

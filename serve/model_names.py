@@ -1,0 +1,116 @@
+"""ModelNames: what each model name means now, from a registry snapshot.
+
+- ``ouro`` (and ``ouro@production``): the production version this replica serves (the
+  LLM server switches it only once the new version is loaded), or the base model while
+  the registry has no production version;
+- ``ouro@<alias>``: the version the alias points at in the snapshot;
+- ``ouro@v<N>``: version N, if the registry has it (pinned: it keeps answering while
+  ``ouro`` moves);
+- ``ouro-base``: the base model with no adapter.
+
+Anything else, or an alias or version the registry does not have: UnknownModelError
+(404).
+"""
+
+from __future__ import annotations
+
+from ouro.registry import (
+    ALIAS_PRODUCTION,
+    BASE_MODEL_NAME,
+    SERVED_MODEL_NAME,
+    RegistrySnapshot,
+    UnknownModelError,
+    parse_model_name,
+    version_label,
+)
+from serve.llm_calls import ServedModel
+from serve.protocol import ModelCard
+
+BASE_MODEL = ServedModel(label=BASE_MODEL_NAME, version=None)
+
+
+def served_model(version: int | None) -> ServedModel:
+    """The label a response carries for a version (None: the base model)."""
+    if version is None:
+        return BASE_MODEL
+    return ServedModel(label=version_label(version), version=version)
+
+
+class ModelNames:
+    """Resolves names against the latest snapshot and the production version served."""
+
+    def __init__(self) -> None:
+        self.snapshot: RegistrySnapshot | None = None
+        self.production: int | None = None
+
+    def update(self, snapshot: RegistrySnapshot, production: int | None) -> None:
+        self.snapshot = snapshot
+        self.production = production
+
+    @staticmethod
+    def needs_production(name: str) -> bool:
+        """Whether answering ``name`` needs to know the production version."""
+        return parse_model_name(name).alias == ALIAS_PRODUCTION
+
+    def knows(self, name: str) -> bool:
+        """Whether ``name`` resolves without re-reading the registry."""
+        try:
+            self.resolve(name)
+        except UnknownModelError:
+            return False
+        return True
+
+    def resolve(self, name: str) -> ServedModel:
+        """The version that answers ``name`` now; UnknownModelError if there is none."""
+        ref = parse_model_name(name)
+        if ref.is_base:
+            return BASE_MODEL
+        if ref.alias == ALIAS_PRODUCTION:
+            # The production version this replica serves, which may lag the registry
+            # while a new one is loading.
+            return served_model(self.production)
+        if self.snapshot is None:
+            raise UnknownModelError(f"the model {name!r} does not exist")
+        return served_model(self.snapshot.resolve(ref))
+
+    def listing(self, base_model: str) -> list[ModelCard]:
+        """``GET /v1/models``: every name that resolves now."""
+        snapshot = self.snapshot
+        aliases = snapshot.aliases if snapshot is not None else {}
+        versions = sorted(snapshot.versions) if snapshot is not None else []
+        production = self.production
+        cards = [
+            ModelCard(
+                id=SERVED_MODEL_NAME,
+                root=served_model(production).label if production else base_model,
+                parent=BASE_MODEL_NAME if production else None,
+                version=production,
+                aliases=[ALIAS_PRODUCTION] if production else [],
+            ),
+            ModelCard(id=BASE_MODEL_NAME, root=base_model, parent=None, version=None, aliases=[]),
+        ]
+        for alias, version in sorted(aliases.items()):
+            cards.append(
+                ModelCard(
+                    id=f"{SERVED_MODEL_NAME}@{alias}",
+                    root=version_label(version),
+                    parent=BASE_MODEL_NAME,
+                    version=version,
+                    aliases=[alias],
+                )
+            )
+        for version in versions:
+            cards.append(
+                ModelCard(
+                    id=version_label(version),
+                    root=version_label(version),
+                    parent=BASE_MODEL_NAME,
+                    version=version,
+                    aliases=sorted(a for a, v in aliases.items() if v == version),
+                )
+            )
+        return cards
+
+    def versions_by_name(self) -> dict[str, int | None]:
+        """Each resolvable name and its version (for the version-served metric)."""
+        return {card.id: card.version for card in self.listing(BASE_MODEL_NAME)}

@@ -1,0 +1,148 @@
+"""RegistryWatcher: follows the MLflow registry's aliases and versions without restarts.
+
+It polls ``AdapterRegistry.snapshot()`` every ``interval_s`` and, when a coordinator is
+given, also wakes as soon as an admin asks for a refresh. While the registry is
+unreachable it keeps the last snapshot it read and says so (``state``), so serving
+goes on with the last known mapping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from ray.exceptions import RayError
+from ray.serve.exceptions import RayServeException
+
+from ouro.registry import AdapterRegistry, RegistrySnapshot, RegistryUnavailableError
+
+logger = logging.getLogger(__name__)
+
+SnapshotCallback = Callable[[RegistrySnapshot], Awaitable[None]]
+PolledCallback = Callable[[], Awaitable[object]]
+
+
+@dataclass(frozen=True)
+class RegistryState:
+    """What a watcher knows about the registry."""
+
+    snapshot: RegistrySnapshot | None
+    """The last snapshot read, or None when the registry was never reached."""
+    last_success: float | None
+    """time.time() of the last successful poll."""
+    last_error: str | None
+    """Why the last poll failed; None when it worked."""
+
+    @property
+    def reachable(self) -> bool:
+        return self.last_error is None and self.snapshot is not None
+
+    def age_s(self) -> float | None:
+        return None if self.last_success is None else time.time() - self.last_success
+
+
+class RegistryWatcher:
+    """Polls a registry in the background; ``refresh()`` polls now."""
+
+    def __init__(
+        self,
+        registry: AdapterRegistry,
+        interval_s: float,
+        *,
+        on_snapshot: SnapshotCallback | None = None,
+        on_polled: PolledCallback | None = None,
+        coordinator=None,
+    ) -> None:
+        """``on_snapshot`` gets every snapshot read; ``on_polled`` runs after every poll,
+        successful or not, once ``on_snapshot`` is done."""
+        self._registry = registry
+        self._interval_s = interval_s
+        self._on_snapshot = on_snapshot
+        self._on_polled = on_polled
+        self._coordinator = coordinator
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task | None = None
+        self._state = RegistryState(snapshot=None, last_success=None, last_error=None)
+        self._seen_generation = 0
+        self.acted_generation = 0
+        """Newest coordinator refresh generation this watcher has polled after."""
+
+    @property
+    def state(self) -> RegistryState:
+        return self._state
+
+    async def start(self) -> None:
+        """Poll once (a failure is recorded, not raised), then keep polling in the background."""
+        if self._coordinator is not None:
+            self._seen_generation = await self._coordinator_call("generation") or 0
+            self.acted_generation = self._seen_generation
+        await self.refresh()
+        self._task = asyncio.create_task(self._run(), name="registry-watcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def refresh(self) -> RegistryState:
+        """Read the registry now (concurrent calls share one read) and hand it on."""
+        async with self._lock:
+            generation = self._seen_generation
+            try:
+                snapshot = await asyncio.to_thread(self._registry.snapshot)
+            except RegistryUnavailableError as exc:
+                if self._state.last_error is None:
+                    logger.warning(
+                        "model registry unreachable, serving the last known mapping: %s", exc
+                    )
+                self._state = RegistryState(
+                    self._state.snapshot, self._state.last_success, str(exc)
+                )
+            else:
+                if self._state.last_error is not None:
+                    logger.info("model registry reachable again")
+                self._state = RegistryState(snapshot, time.time(), None)
+                if self._on_snapshot is not None:
+                    await self._on_snapshot(snapshot)
+                self.acted_generation = max(self.acted_generation, generation)
+            if self._on_polled is not None:
+                await self._on_polled()
+            return self._state
+
+    async def _run(self) -> None:
+        while True:
+            await self._wait()
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the loop must outlive any one bad poll; logged
+                logger.exception("registry poll failed unexpectedly; polling on")
+
+    async def _wait(self) -> None:
+        """Sleep one interval, or less when an admin asks for a refresh."""
+        if self._coordinator is None:
+            await asyncio.sleep(self._interval_s)
+            return
+        started = time.monotonic()
+        generation = await self._coordinator_call(
+            "wait_for_refresh", self._seen_generation, self._interval_s
+        )
+        if generation is None:  # the coordinator is away: plain polling meanwhile
+            await asyncio.sleep(max(0.0, self._interval_s - (time.monotonic() - started)))
+            return
+        self._seen_generation = generation
+
+    async def _coordinator_call(self, method: str, *args):
+        try:
+            return await getattr(self._coordinator, method).remote(*args)
+        except (RayError, RayServeException) as exc:
+            logger.debug("registry coordinator unavailable (%s); polling on a timer", exc)
+            return None

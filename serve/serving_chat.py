@@ -1,0 +1,179 @@
+"""Chat completions: validate, resolve the model name, call the LLM server, shape the answer.
+
+``ChatCompletions.create`` returns a JSON response, a server-sent event stream, or an
+error response; it never raises into the transport. A failure after a stream has
+started becomes an error event followed by ``data: [DONE]``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from ouro.engine import SamplingParams
+from ouro.registry import UnknownModelError
+from ouro.settings import OuroSettings
+from serve.errors import InvalidRequestError, error_response, stream_error_event
+from serve.llm_calls import Finished, LLMCall, LLMResult, ServedModel, TextDelta
+from serve.logs import current_request_id
+from serve.metrics import ServeMetrics
+from serve.model_names import ModelNames
+from serve.protocol import (
+    SSE_DONE,
+    AssistantMessage,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    Choice,
+    ChunkChoice,
+    DeltaMessage,
+    Usage,
+    completion_id,
+    now_s,
+)
+
+logger = logging.getLogger(__name__)
+
+MODEL_VERSION_HEADER = "x-ouro-model-version"
+
+
+class ChatCompletions:
+    """The logic behind ``POST /v1/chat/completions``."""
+
+    def __init__(
+        self,
+        settings: OuroSettings,
+        llm_server,
+        names: ModelNames,
+        refresh_names: Callable[[], Awaitable[object]],
+        metrics: ServeMetrics,
+    ) -> None:
+        self._settings = settings
+        self._llm = llm_server
+        self._names = names
+        self._refresh_names = refresh_names
+        self._metrics = metrics
+
+    async def create(self, request: ChatCompletionRequest) -> Response:
+        try:
+            call = self._to_call(request)
+            await self._check_model(request.model)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes its envelope
+            return error_response(exc)
+        if request.stream:
+            return await self._stream(call, request.include_usage())
+        try:
+            result: LLMResult = await self._llm.generate.remote(call)
+        except Exception as exc:  # noqa: BLE001 - mapped by serve.errors (logged there if unexpected)
+            return error_response(exc)
+        self._count(call.model, result.served, result.finished)
+        body = ChatCompletionResponse(
+            model=result.served.label,
+            choices=[
+                Choice(
+                    message=AssistantMessage(content=result.text),
+                    finish_reason=result.finished.finish_reason,
+                )
+            ],
+            usage=Usage.of(result.finished.prompt_tokens, result.finished.completion_tokens),
+        )
+        return JSONResponse(body.model_dump(), headers={MODEL_VERSION_HEADER: result.served.label})
+
+    # -- request checks -------------------------------------------------------------------
+    def _to_call(self, request: ChatCompletionRequest) -> LLMCall:
+        settings = self._settings
+        if request.model_extra:
+            logger.info("ignoring unsupported request fields: %s", sorted(request.model_extra))
+        if request.n != 1:
+            raise InvalidRequestError("only n=1 is supported", "n")
+        if request.stream_options is not None and not request.stream:
+            raise InvalidRequestError(
+                "stream_options is only allowed with stream=true", "stream_options"
+            )
+        if len(request.messages) > settings.max_messages:
+            raise InvalidRequestError(
+                f"too many messages: {len(request.messages)} (the limit is {settings.max_messages})",
+                "messages",
+            )
+        if request.messages[-1].role != "user":
+            raise InvalidRequestError("the last message must be the user's", "messages")
+        max_tokens = request.requested_max_tokens() or settings.default_max_tokens
+        if max_tokens > settings.max_tokens_limit:
+            param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
+            raise InvalidRequestError(
+                f"{param} is {max_tokens}; the limit is {settings.max_tokens_limit}", param
+            )
+        params = SamplingParams(
+            max_tokens=min(max_tokens, settings.max_tokens_limit),
+            temperature=request.temperature,
+            top_p=request.top_p,
+            stop=tuple(request.stop_sequences),
+            seed=request.seed,
+        )
+        return LLMCall(
+            model=request.model,
+            messages=[{"role": m.role, "content": m.text()} for m in request.messages],
+            params=params,
+            request_id=current_request_id(),
+        )
+
+    async def _check_model(self, name: str) -> None:
+        """404 early for names this replica's registry view lacks (after one re-read)."""
+        if self._names.snapshot is None:
+            return  # registry not reached yet: the LLM server says what it can serve
+        try:
+            self._names.resolve(name)
+        except UnknownModelError:
+            await self._refresh_names()
+            self._names.resolve(name)
+
+    # -- streaming --------------------------------------------------------------------------
+    async def _stream(self, call: LLMCall, include_usage: bool) -> Response:
+        events = self._llm.options(stream=True).generate_stream.remote(call)
+        try:
+            served: ServedModel = await events.__anext__()
+        except Exception as exc:  # noqa: BLE001 - before the first byte: a normal error status
+            return error_response(exc)
+        return StreamingResponse(
+            self._sse(call, served, events, include_usage),
+            media_type="text/event-stream",
+            headers={MODEL_VERSION_HEADER: served.label, "Cache-Control": "no-cache"},
+        )
+
+    async def _sse(
+        self, call: LLMCall, served: ServedModel, events: AsyncIterator, include_usage: bool
+    ) -> AsyncIterator[str]:
+        chunk_id, created = completion_id(), now_s()
+
+        def chunk(delta: DeltaMessage, finish_reason=None, choices=True, usage=None) -> str:
+            return ChatCompletionChunk(
+                id=chunk_id,
+                created=created,
+                model=served.label,
+                choices=[ChunkChoice(delta=delta, finish_reason=finish_reason)] if choices else [],
+                usage=usage,
+            ).sse(include_usage)
+
+        yield chunk(DeltaMessage(role="assistant", content=""))
+        try:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    yield chunk(DeltaMessage(content=event.text))
+                elif isinstance(event, Finished):
+                    self._count(call.model, served, event)
+                    yield chunk(DeltaMessage(), finish_reason=event.finish_reason)
+                    if include_usage:
+                        usage = Usage.of(event.prompt_tokens, event.completion_tokens)
+                        yield chunk(DeltaMessage(), choices=False, usage=usage)
+        except Exception as exc:  # noqa: BLE001 - the status line is sent: report in-stream
+            yield stream_error_event(exc)
+        yield SSE_DONE
+
+    def _count(self, requested: str, served: ServedModel, finished: Finished) -> None:
+        metrics = self._metrics
+        metrics.completions.labels(requested=requested, model=served.label).inc()
+        metrics.prompt_tokens.labels(model=served.label).inc(finished.prompt_tokens)
+        metrics.generated_tokens.labels(model=served.label).inc(finished.completion_tokens)
+        metrics.time_to_first_token.labels(model=served.label).observe(finished.first_token_s)

@@ -1,0 +1,90 @@
+"""Feedback: corrections written durably to the ledger, and the admin's counts.
+
+The ledger validates what it stores (the conversation ends with the user turn that was
+answered; the correction is non-empty and differs from the completion; sizes within
+the configured limits) and returns only once the record is fsync'd, so a 201 means the
+correction is on disk. Writes run in a worker thread; the event loop never waits on
+the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+from collections.abc import Callable
+
+from fastapi.responses import JSONResponse, Response
+
+from ouro.ledger import FeedbackLedger, Watermark
+from ouro.settings import OuroSettings
+from serve.auth import Caller
+from serve.errors import error_response
+from serve.metrics import ServeMetrics
+from serve.protocol import FeedbackCreated, FeedbackRequest
+
+logger = logging.getLogger(__name__)
+
+
+def ledger_writer_id(replica_id: str) -> str:
+    """A writer id unique per ingress replica (the ledger names a directory after it)."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:60] or "host"
+    return f"{host}-{re.sub(r'[^A-Za-z0-9._-]', '-', replica_id)}"[:128]
+
+
+class Feedback:
+    """The logic behind ``POST /v1/feedback`` and ``GET /v1/feedback/stats``."""
+
+    def __init__(
+        self,
+        settings: OuroSettings,
+        writer_id: str,
+        metrics: ServeMetrics,
+        last_training_watermark: Callable[[], Watermark | None],
+    ) -> None:
+        # Raises LedgerUnavailableError now, at start-up, for a directory it cannot write.
+        self._ledger = FeedbackLedger.from_settings(settings, writer_id)
+        self._metrics = metrics
+        self._last_training_watermark = last_training_watermark
+        logger.info("feedback ledger %s, writer %s", settings.ledger_dir, writer_id)
+
+    async def create(self, body: FeedbackRequest, caller: Caller) -> Response:
+        if body.model_extra:
+            logger.info("ignoring unsupported feedback fields: %s", sorted(body.model_extra))
+        try:
+            record = await asyncio.to_thread(
+                self._ledger.append,
+                messages=[
+                    message.model_dump(include={"role", "content"}) for message in body.messages
+                ],
+                completion=body.completion,
+                correction=body.correction,
+                model=body.model,
+                completion_id=body.completion_id,
+                reason=body.reason,
+                api_key_hash=caller.key_hash,
+            )
+        except Exception as exc:  # noqa: BLE001 - every failure becomes its envelope
+            return error_response(exc)
+        self._metrics.feedback.inc()
+        created = FeedbackCreated(id=record.id, created_at=record.created_at.isoformat())
+        return JSONResponse(created.model_dump(), status_code=201)
+
+    async def stats(self) -> Response:
+        try:
+            stats = await asyncio.to_thread(self._ledger.stats, self._last_training_watermark())
+        except Exception as exc:  # noqa: BLE001 - every failure becomes its envelope
+            return error_response(exc)
+        return JSONResponse(
+            {
+                "object": "feedback.stats",
+                "total": stats.total,
+                "by_model": stats.by_model,
+                "since_last_training": stats.since_last_training,
+                "bad_lines": stats.bad_lines,
+            }
+        )
+
+    def close(self) -> None:
+        self._ledger.close()
