@@ -23,6 +23,7 @@ from transformers import DynamicCache
 
 from ouro.chat import ChatFormatter
 from ouro.errors import OuroError
+from ouro.models import load_base_model
 
 logger = logging.getLogger(__name__)
 
@@ -234,6 +235,8 @@ class GenerationEngine:
         self._peft: PeftModel | None = None
         self.tokenizer = tokenizer
         self._lock = threading.RLock()
+        # Fast tokenizers fail with "Already borrowed" when used from several threads at once.
+        self._tokenizer_lock = threading.Lock()
         self._adapter_paths: dict[str, Path] = {}
         self.max_positions = int(
             getattr(model.config, "max_position_embeddings", None) or max_context_tokens
@@ -248,8 +251,6 @@ class GenerationEngine:
     @classmethod
     def from_settings(cls, settings) -> GenerationEngine:
         """Load the configured base model and build an engine around it."""
-        from ouro.models import load_base_model
-
         loaded = load_base_model(settings)
         return cls(
             loaded.model,
@@ -397,7 +398,8 @@ class GenerationEngine:
     def _prompt_ids(self, request: GenerationRequest) -> list[int]:
         # Leave room for the answer, but never less than half the context for the prompt.
         room = min(request.params.max_tokens, self.max_positions // 2)
-        return self.formatter.prompt_ids(request.messages, self.max_positions - room)
+        with self._tokenizer_lock:
+            return self.formatter.prompt_ids(request.messages, self.max_positions - room)
 
     def _check_adapters(self, requests: Sequence[GenerationRequest]) -> None:
         with self._lock:
@@ -434,10 +436,11 @@ class GenerationEngine:
                 tokens = self._sample(logits, [rows[index] for index in active])
                 step: list[StreamDelta | None] = [None] * len(rows)
                 keep = []
-                for slot, index in enumerate(active):
-                    step[index] = rows[index].advance(tokens[slot])
-                    if rows[index].finish_reason is None:
-                        keep.append(slot)
+                with self._tokenizer_lock:
+                    for slot, index in enumerate(active):
+                        step[index] = rows[index].advance(tokens[slot])
+                        if rows[index].finish_reason is None:
+                            keep.append(slot)
                 yield step
                 if not keep:
                     return

@@ -1,0 +1,1 @@
+"""Load tests (Locust) and benchmarks; not part of the test suite."""
