@@ -8,6 +8,7 @@ template. Nothing is downloaded. The result is saved with ``save_pretrained`` in
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import hashlib
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from ouro.corpus import load_chatterbot_conversations
+from ouro.settings import OuroSettings
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +61,8 @@ CHAT_TEMPLATE = (
     "{%- endif %}"
 )
 
-DEFAULT_SYSTEM_PROMPT = "You are Ouro, a friendly and helpful assistant."
+DEFAULT_SYSTEM_PROMPT: str = OuroSettings.model_fields["system_prompt"].default
+"""The serving default, so the model is trained under the prompt it is served with."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,8 @@ class TinyModelRecipe:
     """Long conversations are cut into windows of at most this many messages."""
     max_example_tokens: int = 256
     """Longest training example; longer windows are cut."""
+    assistant_only_loss: bool = True
+    """Learn only the assistant turns (the rest is context)."""
     epochs: int = 12
     """Passes over the corpus."""
     batch_size: int = 32
@@ -245,21 +250,35 @@ def build_tiny_model(cache_dir: Path, recipe: TinyModelRecipe = TinyModelRecipe(
 
 def training_examples(
     conversations: list[list[dict]], tokenizer: PreTrainedTokenizerFast, recipe: TinyModelRecipe
-) -> list[list[int]]:
-    """Token ids of each training window, formatted with the chat template."""
+) -> list[tuple[list[int], list[int]]]:
+    """(input ids, labels) of each training window, formatted with the chat template.
+
+    With ``assistant_only_loss`` the labels of everything but the assistant turns are
+    -100 (ignored), so the model spends its capacity on answering.
+    """
     system = {"role": "system", "content": recipe.system_prompt}
     examples = []
     for conversation in conversations:
         for start in range(0, len(conversation), recipe.max_turns_per_example):
             window = conversation[start : start + recipe.max_turns_per_example]
-            encoded = tokenizer.apply_chat_template([system, *window], return_dict=True)
-            examples.append(list(encoded["input_ids"])[: recipe.max_example_tokens])
+            encoded = tokenizer.apply_chat_template(
+                [system, *window], return_dict=True, return_assistant_tokens_mask=True
+            )
+            ids = list(encoded["input_ids"])[: recipe.max_example_tokens]
+            mask = list(encoded["assistant_masks"])[: recipe.max_example_tokens]
+            if recipe.assistant_only_loss:
+                labels = [token if keep else -100 for token, keep in zip(ids, mask, strict=True)]
+            else:
+                labels = list(ids)
+            examples.append((ids, labels))
     return examples
 
 
-def _batches(examples: list[list[int]], batch_size: int, rng: random.Random) -> list[list[int]]:
+def _batches(
+    examples: list[tuple[list[int], list[int]]], batch_size: int, rng: random.Random
+) -> list[list[int]]:
     # Group similar lengths (less padding), then shuffle the batch order.
-    order = sorted(range(len(examples)), key=lambda index: (len(examples[index]), rng.random()))
+    order = sorted(range(len(examples)), key=lambda index: (len(examples[index][0]), rng.random()))
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     rng.shuffle(batches)
     return batches
@@ -290,13 +309,14 @@ def pretrain(
     for _ in range(recipe.epochs):
         for batch in _batches(examples, recipe.batch_size, rng):
             rows = [examples[index] for index in batch]
-            width = max(len(row) for row in rows)
+            width = max(len(ids) for ids, _ in rows)
             input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
             attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for row_index, row in enumerate(rows):
-                input_ids[row_index, : len(row)] = torch.tensor(row)
-                attention_mask[row_index, : len(row)] = 1
-            labels = input_ids.masked_fill(attention_mask == 0, -100)
+            labels = torch.full((len(rows), width), -100, dtype=torch.long)
+            for row_index, (ids, row_labels) in enumerate(rows):
+                input_ids[row_index, : len(ids)] = torch.tensor(ids)
+                attention_mask[row_index, : len(ids)] = 1
+                labels[row_index, : len(ids)] = torch.tensor(row_labels)
             loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -390,3 +410,33 @@ def _similarity(answer: str, reference: str) -> float:
     if answer == reference:
         return 1.0
     return difflib.SequenceMatcher(None, answer, reference).ratio() * 0.999
+
+
+def main() -> None:
+    """``python -m ouro.tiny_model``: build ouro-tiny (or find it cached) and score it."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="default: OURO_DATA_DIR or .ouro"
+    )
+    parser.add_argument("--small", action="store_true", help="the reduced test recipe")
+    parser.add_argument("--max-questions", type=int, default=None, help="score on fewer questions")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    settings = OuroSettings(**({"data_dir": args.data_dir} if args.data_dir else {}))
+    recipe = TinyModelRecipe.small() if args.small else TinyModelRecipe()
+    path = build_tiny_model(settings.model_cache_dir, recipe)
+    accuracy = answer_accuracy(
+        path,
+        system_prompt=recipe.system_prompt,
+        conversations=select_conversations(recipe),
+        max_questions=args.max_questions,
+    )
+    print(f"{path}")
+    print(
+        f"{accuracy.questions} corpus questions, greedy answers: "
+        f"{accuracy.exact:.1%} exact, {accuracy.near:.1%} exact or near"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -84,7 +84,10 @@ def test_recipe_fingerprint_is_stable_and_tracks_every_field():
             changed = dataclasses.replace(MICRO_RECIPE, max_conversations=41)
         else:
             value = getattr(MICRO_RECIPE, field.name)
-            bumped = value * 2 + 1 if isinstance(value, int) else value * 2
+            if isinstance(value, bool):
+                bumped = not value
+            else:
+                bumped = value * 2 + 1 if isinstance(value, int) else value * 2
             changed = dataclasses.replace(MICRO_RECIPE, **{field.name: bumped})
         assert changed.fingerprint() != MICRO_RECIPE.fingerprint(), field.name
 
