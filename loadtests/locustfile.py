@@ -142,17 +142,16 @@ def read_chat_jsonl(path: Path) -> list[list[dict]]:
         if not line.strip():
             continue
         try:
-            messages = json.loads(line)["messages"]
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise LoadTestDataError(
-                f"{path}:{number}: expected a JSON object with 'messages' ({error})"
-            ) from error
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise LoadTestDataError(f"{path}:{number}: not JSON ({error})") from error
+        messages = row.get("messages") if isinstance(row, dict) else None
         if not isinstance(messages, list) or not all(
             isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)
             for m in messages
         ):
             raise LoadTestDataError(
-                f"{path}:{number}: 'messages' must be a list of {{role, content}} objects"
+                f'{path}:{number}: expected {{"messages": [{{"role", "content"}}, ...]}}'
             )
         conversations.append(messages)
     return conversations
@@ -245,13 +244,17 @@ class OuroChatUser(HttpUser):
         self.prompts = PromptSampler([list(c) for c in load_conversations(self.config.data)])
 
     def chat_body(self, messages: list[dict], *, stream: bool) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "model": self.config.model,
             "messages": messages,
             "max_tokens": self.config.max_tokens,
             "temperature": self.config.temperature,
             "stream": stream,
         }
+        if stream:
+            # A last chunk with the token usage, so tokens/s counts tokens, not chunks.
+            body["stream_options"] = {"include_usage": True}
+        return body
 
     def report_tokens_per_second(self, name: str, tokens: int, seconds: float) -> None:
         if tokens > 0 and seconds > 0:
