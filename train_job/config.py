@@ -45,7 +45,7 @@ class TrainJobConfig:
     Groups:
         Storage and registry: data_dir, base_model, mlflow_tracking_uri,
             registered_model_name, experiment_name, auto_promote, notify_url.
-        Data: replay_source, replay_size, held_out_share, regression_source,
+        Data: replay_source, replay_size, correction_share, held_out_share, regression_source,
             regression_size, probe_source, probe_size, min_corrections.
         LoRA: lora_r, lora_alpha, lora_dropout, lora_target_modules.
         Training: learning_rate, lr_scheduler_type, warmup_steps, max_steps,
@@ -110,7 +110,15 @@ class TrainJobConfig:
         },
     )
     replay_size: int = field(
-        default=48, metadata={"help": "Replay conversations sampled per cycle (0: none)."}
+        default=256, metadata={"help": "Replay conversations sampled per cycle (0: none)."}
+    )
+    correction_share: float = field(
+        default=0.5,
+        metadata={
+            "help": "Share of the training rows that are corrections: correction rows "
+            "are repeated to reach it, so a large replay sample (seen about once, "
+            "which keeps it from being memorised) does not drown them."
+        },
     )
     held_out_share: float = field(
         default=0.1,
@@ -232,6 +240,7 @@ class TrainJobConfig:
             for name, ok, rule in (
                 ("replay_size", self.replay_size >= 0, ">= 0"),
                 ("held_out_share", 0.0 <= self.held_out_share < 1.0, "in [0, 1)"),
+                ("correction_share", 0.0 < self.correction_share < 1.0, "in (0, 1)"),
                 ("regression_size", self.regression_size >= 0, ">= 0"),
                 ("probe_size", self.probe_size >= 0, ">= 0"),
                 ("min_corrections", self.min_corrections >= 1, ">= 1"),

@@ -67,7 +67,7 @@ class CycleResult:
 
 
 class StageTimer:
-    """Wall time per stage, logged as each ends."""
+    """Wall time per stage (a stage entered twice adds up), logged as each ends."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -79,8 +79,9 @@ class StageTimer:
         try:
             yield
         finally:
-            self.seconds[name] = time.perf_counter() - start
-            logger.info("stage %s took %.1f s", name, self.seconds[name])
+            elapsed = time.perf_counter() - start
+            self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
+            logger.info("stage %s: %.1f s", name, elapsed)
 
     def total(self) -> dict[str, float]:
         return {**self.seconds, "total": time.perf_counter() - self._started}
@@ -94,8 +95,8 @@ def run_cycle(config: TrainJobConfig, settings: OuroSettings) -> CycleResult:
 
 def _run_locked(config: TrainJobConfig, settings: OuroSettings) -> CycleResult:
     timer = StageTimer()
-    registry = AdapterRegistry(settings.tracking_uri, settings.registered_model_name)
     with timer.stage("collect"):
+        registry = AdapterRegistry(settings.tracking_uri, settings.registered_model_name)
         snapshot = registry.snapshot()  # RegistryUnavailableError within seconds
         collected = collect(settings.ledger_dir, snapshot)
     if collected.new < config.min_corrections:
@@ -108,13 +109,17 @@ def _run_locked(config: TrainJobConfig, settings: OuroSettings) -> CycleResult:
         logger.info("%s", message)
         return CycleResult(Outcome.NOTHING_TO_DO, message, timings=timer.total())
 
-    run = CycleRun.start(
-        registry,
-        config.experiment_name,
-        settings.local_artifacts_dir if not settings.mlflow_tracking_uri else None,
-        run_name=f"cycle-{time.strftime('%Y%m%d-%H%M%S')}",
-        tags={"ouro.base_model": settings.base_model, "ouro.new_corrections": str(collected.new)},
-    )
+    with timer.stage("train"):  # the run's set-up counts as training overhead
+        run = CycleRun.start(
+            registry,
+            config.experiment_name,
+            settings.local_artifacts_dir if not settings.mlflow_tracking_uri else None,
+            run_name=f"cycle-{time.strftime('%Y%m%d-%H%M%S')}",
+            tags={
+                "ouro.base_model": settings.base_model,
+                "ouro.new_corrections": str(collected.new),
+            },
+        )
     status = "FAILED"
     try:
         result = _train_gate_register(config, settings, registry, snapshot, collected, run, timer)
@@ -179,33 +184,35 @@ def _train_gate_register(
             run.log_text(report.to_markdown(), "gate_report.md")
             run.log_artifacts(trained.adapter_dir, "adapter")
             run.set_tags({"mlflow.note.content": report.to_markdown()})
-            if not report.passed:
-                run.set_tags({OUTCOME_TAG: Outcome.GATES_FAILED.value})
-                run.log_metrics({f"time/{k}_s": v for k, v in timer.total().items()})
-                return CycleResult(
-                    Outcome.GATES_FAILED,
-                    f"{report.summary()}; nothing registered",
-                    run_id=run.run_id,
-                    report=report,
-                    timings=timer.total(),
+            version = None
+            if report.passed:
+                _check_no_new_version(registry, snapshot)
+                version = register_version(
+                    registry,
+                    run,
+                    version_tags(
+                        base_model=settings.base_model,
+                        corrections=len(dataset.train),
+                        dataset_hash=dataset.sha256,
+                        gates_passed=True,
+                        gate_results=report.checks_json(),
+                    ),
+                    collected.watermark.encode(),
+                    auto_promote=config.auto_promote,
                 )
-            _check_no_new_version(registry, snapshot)
-            version = register_version(
-                registry,
-                run,
-                version_tags(
-                    base_model=settings.base_model,
-                    corrections=len(dataset.train),
-                    dataset_hash=dataset.sha256,
-                    gates_passed=True,
-                    gate_results=report.checks_json(),
-                ),
-                collected.watermark.encode(),
-                auto_promote=config.auto_promote,
-            )
-            run.set_tags({OUTCOME_TAG: Outcome.REGISTERED.value, "ouro.version": str(version)})
+                run.set_tags({OUTCOME_TAG: Outcome.REGISTERED.value, "ouro.version": str(version)})
+            else:
+                run.set_tags({OUTCOME_TAG: Outcome.GATES_FAILED.value})
     timings = timer.total()
     run.log_metrics({f"time/{k}_s": v for k, v in timings.items()})
+    if version is None:
+        return CycleResult(
+            Outcome.GATES_FAILED,
+            f"{report.summary()}; nothing registered",
+            run_id=run.run_id,
+            report=report,
+            timings=timings,
+        )
     aliases = "candidate, production" if config.auto_promote else "candidate"
     return CycleResult(
         Outcome.REGISTERED,

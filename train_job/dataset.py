@@ -76,7 +76,6 @@ class CycleDataset:
             "regression_conversations": len(self.regression),
             "probe_prompts": len(self.probes),
             "rows": len(self.rows),
-            "correction_rows": len(self.train),
         }
 
 
@@ -86,11 +85,7 @@ def build_dataset(
     """Split the corrections, sample replay/regression/probe sets and build the SFT rows."""
     train, held_out = split_held_out(corrections, config.held_out_share, config.seed)
     questions = {c.question().strip().lower() for c in corrections}
-    regression_pool = [
-        conversation
-        for conversation in load_conversations(config.regression_source)
-        if _first_user(conversation).strip().lower() not in questions
-    ]
+    regression_pool = _distinct_questions(load_conversations(config.regression_source), questions)
     # A fixed, seeded regression set so successive cycles are measured on the same texts.
     random.Random(config.seed).shuffle(regression_pool)
     regression = regression_pool[: config.regression_size]
@@ -105,10 +100,12 @@ def build_dataset(
 
     probes = load_probes(config, regression, questions)
 
-    rows = [correction_row(c, system_prompt) for c in train]
-    rows += [
+    replay_rows = [
         row for conversation in replay for row in conversation_rows(conversation, system_prompt)
     ]
+    repeats = correction_repeats(len(train), len(replay_rows), config.correction_share)
+    rows = [correction_row(c, system_prompt) for c in train for _ in range(repeats)]
+    rows += replay_rows
     dataset = CycleDataset(
         train=train,
         held_out=held_out,
@@ -119,9 +116,10 @@ def build_dataset(
         sha256=dataset_sha256(rows),
     )
     logger.info(
-        "dataset: %s corrections to train, %s held out, %s replay conversations, %s rows, "
+        "dataset: %s corrections to train (x%s), %s held out, %s replay conversations, %s rows, "
         "%s regression conversations, %s probes, sha256 %s",
         len(train),
+        repeats,
         len(held_out),
         len(replay),
         len(rows),
@@ -132,13 +130,21 @@ def build_dataset(
     return dataset
 
 
+def correction_repeats(corrections: int, replay_rows: int, share: float) -> int:
+    """How often each correction row appears so corrections make up ``share`` of the rows."""
+    if corrections == 0 or replay_rows == 0:
+        return 1
+    return max(1, round(share * replay_rows / ((1.0 - share) * corrections)))
+
+
 def split_held_out(
     corrections: Sequence[Correction], share: float, seed: int
 ) -> tuple[list[Correction], list[Correction]]:
-    """Hold out ``floor(share * n)`` corrections, chosen by a seeded hash of their ids.
+    """Hold out ``floor(share * n)`` corrections: those with the smallest seeded hash of their id.
 
-    Ranking by hash (not a shuffle) keeps a correction on the same side as others arrive,
-    so the held-out set of one cycle is mostly the same in the next.
+    Deterministic for the same corrections. As corrections arrive the held-out set shifts
+    (a newcomer with a smaller hash takes a place), so no correction stays unlearned for
+    good, as it would with a fixed per-id coin flip.
     """
     count = int(share * len(corrections))
     if count >= len(corrections):
@@ -216,6 +222,21 @@ def load_probes(
         if text and text.lower() not in questions and text not in unique:
             unique.append(text)
     return [[{"role": "user", "content": text}] for text in unique[: config.probe_size]]
+
+
+def _distinct_questions(conversations: list[Messages], exclude: set[str]) -> list[Messages]:
+    """One conversation per opening question (corpora repeat some), none about ``exclude``.
+
+    So a regression conversation's question never also appears in the replay sample.
+    """
+    seen = set(exclude)
+    distinct = []
+    for conversation in conversations:
+        key = _first_user(conversation).strip().lower()
+        if key not in seen:
+            seen.add(key)
+            distinct.append(conversation)
+    return distinct
 
 
 def _first_user(conversation: Messages) -> str:

@@ -230,8 +230,14 @@ def _stream_log(
         response = core.read_namespaced_pod_log(
             pod, namespace, follow=follow, _preload_content=False
         )
-        for line in response.stream():
-            write(f"[{pod}] {line.decode('utf-8', 'replace').rstrip()}")
+        pending = b""
+        for chunk in response.stream():  # chunks, not lines: split them here
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                write(f"[{pod}] {line.decode('utf-8', 'replace').rstrip()}")
+        if pending.strip():
+            write(f"[{pod}] {pending.decode('utf-8', 'replace').rstrip()}")
         response.release_conn()
     except ApiException as exc:
         logger.warning("cannot read the log of pod/%s: %s", pod, _api_message(exc, "log"))
