@@ -369,14 +369,17 @@ class ChatPage {
   async loadModels() {
     try {
       const list = await this.api.json("v1/models");
-      const ids = (list.data || []).map((model) => model.id).filter(Boolean);
-      if (!ids.length) return;
+      const models = (list.data || []).filter((model) => model.id);
+      if (!models.length) return;
+      const ids = models.map((model) => model.id);
       const previous = this.modelSelect.value;
       this.modelSelect.replaceChildren(
-        ...ids.map((id) => {
+        ...models.map((model) => {
           const option = this.doc.createElement("option");
-          option.value = id;
-          option.textContent = id;
+          option.value = model.id;
+          // Names that follow an alias say which version answers now, e.g. "ouro (v3)".
+          const pinned = model.version == null || model.id === `ouro@v${model.version}`;
+          option.textContent = pinned ? model.id : `${model.id} (v${model.version})`;
           return option;
         }),
       );
