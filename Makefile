@@ -51,4 +51,4 @@ bench: install
 
 loadtest: install
 	$(VENV)/bin/locust -f loadtests/locustfile.py --headless -u 16 -r 4 -t 60s --host $(HOST) \
-		--csv loadtests/results/locust --html loadtests/results/locust.html
+		--stop-timeout 30 --csv loadtests/results/locust --html loadtests/results/locust.html
