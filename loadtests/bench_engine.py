@@ -1,6 +1,6 @@
 """Benchmark: batched mixed-adapter generation vs. one request at a time.
 
-    python -m loadtests.bench_engine [--data-dir .ouro] [--max-tokens 64] [--repeats 3]
+    python -m loadtests.bench_engine [--data-dir .ouro] [--max-tokens 64] [--repeats 3] [--threads N]
 
 For 1, 4 and 16 concurrent requests spread over 4 LoRA adapters on ouro-tiny, it measures
 the aggregate tokens/s of
@@ -106,7 +106,12 @@ def main() -> None:
     parser.add_argument("--base-model", default=None, help="default: the embedded ouro-tiny")
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens per request")
     parser.add_argument("--repeats", type=int, default=3, help="runs per cell (median)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     overrides = {"data_dir": args.data_dir, "device": "cpu", "quantization": "none"}

@@ -270,9 +270,8 @@ class GenerationEngine:
 
     # -- adapters ----------------------------------------------------------------------
     def adapter_names(self) -> list[str]:
-        """Names of the loaded adapters, in load order."""
-        with self._lock:
-            return list(self._adapter_paths)
+        """Names of the loaded adapters, in load order (does not wait for a running batch)."""
+        return list(self._adapter_paths)  # one atomic copy under the GIL
 
     def add_adapter(self, name: str, path: Path) -> None:
         """Load the PEFT LoRA adapter in ``path`` under ``name``.
@@ -326,36 +325,38 @@ class GenerationEngine:
 
     def _load_adapter(self, name: str, path: Path, config: PeftConfig) -> None:
         first = self._peft is None
-        try:
-            if first:
+        if first:
+            try:  # the first adapter wraps the base model (injecting its LoRA layers)
                 wrapper = PeftModel(self._base, config, adapter_name=name)
-            else:
-                wrapper = self._peft
+            except (RuntimeError, ValueError, KeyError, TypeError) as error:
+                raise AdapterIncompatibleError(
+                    f"adapter {name!r} at {path} does not fit the base model: {error}"
+                ) from error
+        else:
+            wrapper = self._peft
+        try:
             result = wrapper.load_adapter(str(path), adapter_name=name, is_trainable=False)
             unexpected = [key for key in result.unexpected_keys if "lora_" in key]
             missing = [key for key in result.missing_keys if f".{name}." in key]
-            if unexpected or missing:
-                raise AdapterIncompatibleError(
-                    f"adapter {name!r} does not match the base model's modules "
-                    f"(unexpected: {unexpected[:3]}, missing: {missing[:3]})"
-                )
-        except (RuntimeError, ValueError, KeyError, OSError, AdapterIncompatibleError) as error:
-            self._discard_half_loaded(name, first, locals().get("wrapper"))
-            if isinstance(error, AdapterIncompatibleError):
-                raise
+            problem = (
+                f"weights for modules the base model lacks: {unexpected[:3]}"
+                if unexpected
+                else f"weights missing for {missing[:3]}"
+                if missing
+                else None
+            )
+        except (RuntimeError, ValueError, KeyError, OSError) as error:
+            problem = str(error)
+        if problem is not None:
+            # Take the half-loaded adapter out again; the loaded ones stay as they were.
+            if first:
+                self._base = wrapper.unload().eval()
+            elif name in wrapper.peft_config:
+                wrapper.delete_adapter(name)
             raise AdapterIncompatibleError(
-                f"adapter {name!r} at {path} does not fit the base model: {error}"
-            ) from error
-        wrapper.eval()
-        self._peft = wrapper
-
-    def _discard_half_loaded(self, name: str, first: bool, wrapper: PeftModel | None) -> None:
-        if wrapper is None:
-            return
-        if first:
-            self._base = wrapper.unload().eval()
-        elif name in wrapper.peft_config:
-            wrapper.delete_adapter(name)
+                f"adapter {name!r} at {path} does not fit the base model: {problem}"
+            )
+        self._peft = wrapper.eval()
 
     # -- generation --------------------------------------------------------------------
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationOutput]:
@@ -402,10 +403,11 @@ class GenerationEngine:
             return self.formatter.prompt_ids(request.messages, self.max_positions - room)
 
     def _check_adapters(self, requests: Sequence[GenerationRequest]) -> None:
-        with self._lock:
-            for request in requests:
-                if request.adapter is not None and request.adapter not in self._adapter_paths:
-                    raise AdapterNotFoundError(f"no adapter named {request.adapter!r} is loaded")
+        # No lock: a running batch must not delay this check; _decode repeats it under the lock.
+        loaded = set(self._adapter_paths)
+        for request in requests:
+            if request.adapter is not None and request.adapter not in loaded:
+                raise AdapterNotFoundError(f"no adapter named {request.adapter!r} is loaded")
 
     def _decode(
         self, requests: list[GenerationRequest], prompts: list[list[int]]

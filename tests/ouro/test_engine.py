@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -276,11 +277,20 @@ def wrong_shape_adapter(tmp_path_factory, tiny_random_model_dir) -> Path:
     return adapter_dir
 
 
-def test_incompatible_first_adapter_leaves_the_base_model_as_it_was(engine, wrong_shape_adapter):
+def test_incompatible_first_adapter_leaves_the_base_model_as_it_was(
+    engine, adapters, wrong_shape_adapter, tmp_path
+):
     batch = [request(index) for index in range(3)]
     before = engine.generate(batch)
     with pytest.raises(AdapterIncompatibleError):
         engine.add_adapter("wrong", wrong_shape_adapter)
+    other_modules = tmp_path / "other-modules"
+    shutil.copytree(adapters["a"], other_modules)
+    config = json.loads((other_modules / "adapter_config.json").read_text())
+    config["target_modules"] = ["query_key_value"]  # a module name this Llama does not have
+    (other_modules / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(AdapterIncompatibleError):
+        engine.add_adapter("other-modules", other_modules)
     assert engine.adapter_names() == []
     assert engine.generate(batch) == before
     assert not any("lora" in name for name, _ in engine.model.named_modules())
