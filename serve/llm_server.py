@@ -51,9 +51,6 @@ LLM_SERVER_NAME = "LLMServer"
 EngineFactory = Callable[[OuroSettings], GenerationEngine]
 RegistryFactory = Callable[[OuroSettings], AdapterRegistry]
 
-_SNAPSHOT_FRESH_S = 1.0
-"""A snapshot this young is not re-read when a request names a version it lacks."""
-
 
 def build_engine(settings: OuroSettings) -> GenerationEngine:
     """The real engine: the configured base model (default engine factory)."""
@@ -88,6 +85,7 @@ class LLMServer:
         self._production_known = False
         self._warm_error: str | None = None
         self._coordinator = coordinator
+        self._background: set[asyncio.Task] = set()
 
         async def load_cached(model_id: str) -> CachedAdapter:
             return await self.slots.load_cached(int(model_id.removeprefix("v")))
@@ -139,23 +137,31 @@ class LLMServer:
                 adapter=lease.name if lease is not None else None,
                 request_id=call.request_id,
             )
-            async for delta in self._decode_batch(request):
-                if delta is None:
-                    continue
-                if isinstance(delta, BaseException):
-                    raise delta
-                if first_token_s is None:
-                    first_token_s = time.monotonic() - started
-                if delta.text:
-                    yield TextDelta(delta.text)
-                if delta.finish_reason is not None:
-                    yield Finished(
-                        finish_reason=delta.finish_reason,
-                        prompt_tokens=delta.prompt_tokens,
-                        completion_tokens=delta.completion_tokens,
-                        first_token_s=first_token_s,
-                    )
-                    return
+            steps = self._decode_batch(request)
+            try:
+                async for delta in steps:
+                    if delta is None:
+                        continue
+                    if isinstance(delta, BaseException):
+                        raise delta
+                    if first_token_s is None:
+                        first_token_s = time.monotonic() - started
+                    if delta.text:
+                        yield TextDelta(delta.text)
+                    if delta.finish_reason is not None:
+                        yield Finished(
+                            finish_reason=delta.finish_reason,
+                            prompt_tokens=delta.prompt_tokens,
+                            completion_tokens=delta.completion_tokens,
+                            first_token_s=first_token_s,
+                        )
+                        return
+            finally:
+                # Serve ends each request of a streaming batch with one more (sentinel)
+                # step; consume it in the background, so nothing is left unretrieved.
+                task = asyncio.get_running_loop().create_task(_drain(steps))
+                self._background.add(task)  # the loop keeps only a weak reference
+                task.add_done_callback(self._background.discard)
 
     async def refresh_registry(self) -> ReplicaReport:
         """Re-read the registry now (this replica only; the coordinator reaches all)."""
@@ -178,9 +184,9 @@ class LLMServer:
                 + (f": {self._warm_error}" if self._warm_error else "")
             )
         if not self.names.knows(name):
-            age = self.watcher.state.age_s()
-            if age is None or age > _SNAPSHOT_FRESH_S:
-                await self.watcher.refresh()
+            # The ingress only forwards names its own registry view resolves, so a miss
+            # here means this replica's view is behind: read the registry now.
+            await self.watcher.refresh()
         return self.names.resolve(name)
 
     async def _lease(self, served: ServedModel) -> AdapterLease | None:
@@ -202,6 +208,7 @@ class LLMServer:
         current = self.names.production
         if self._production_known and target == current:
             self.names.update(snapshot, current)
+            self._warm_error = None
             return
         if target is not None:
             try:
@@ -315,3 +322,11 @@ class LLMServer:
             except (RayError, RayServeException) as exc:
                 logger.debug("could not report to the coordinator: %s", exc)
         return report
+
+
+async def _drain(steps: AsyncIterator) -> None:
+    try:
+        async for _ in steps:
+            pass
+    except Exception as exc:  # noqa: BLE001 - the request it belonged to has reported it
+        logger.debug("batch failed after its request had finished: %s", exc)

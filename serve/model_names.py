@@ -76,9 +76,13 @@ class ModelNames:
     def listing(self, base_model: str) -> list[ModelCard]:
         """``GET /v1/models``: every name that resolves now."""
         snapshot = self.snapshot
-        aliases = snapshot.aliases if snapshot is not None else {}
-        versions = sorted(snapshot.versions) if snapshot is not None else []
         production = self.production
+        # 'production' means what 'ouro' answers with here, like resolve() says.
+        aliases = dict(snapshot.aliases) if snapshot is not None else {}
+        aliases.pop(ALIAS_PRODUCTION, None)
+        if production is not None:
+            aliases[ALIAS_PRODUCTION] = production
+        versions = sorted(snapshot.versions) if snapshot is not None else []
         cards = [
             ModelCard(
                 id=SERVED_MODEL_NAME,

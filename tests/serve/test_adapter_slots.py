@@ -1,0 +1,123 @@
+"""AdapterSlots on a real engine: pins, leases and LRU entries decide when a version leaves."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+
+from ouro.engine import AdapterError, AdapterNotFoundError, GenerationEngine
+from ouro.settings import OuroSettings
+from serve.adapter_slots import AdapterSlots
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_random_model_dir: Path, tmp_path_factory) -> GenerationEngine:
+    settings = OuroSettings(
+        data_dir=tmp_path_factory.mktemp("slots"), base_model=str(tiny_random_model_dir)
+    )
+    return GenerationEngine.from_settings(settings)
+
+
+@pytest.fixture(scope="module")
+def adapter_paths(make_lora_adapter, tiny_random_model_dir: Path) -> dict[int, Path]:
+    return {version: make_lora_adapter(tiny_random_model_dir, version) for version in (1, 2, 3)}
+
+
+@pytest.fixture
+def downloads(adapter_paths) -> list[int]:
+    return []
+
+
+@pytest.fixture
+def slots(engine: GenerationEngine, adapter_paths, downloads: list[int]) -> AdapterSlots:
+    for name in engine.adapter_names():
+        engine.remove_adapter(name)
+
+    def download(version: int) -> Path:
+        downloads.append(version)
+        if version not in adapter_paths:
+            raise AdapterNotFoundError(f"no adapter for version {version}")
+        return adapter_paths[version]
+
+    return AdapterSlots(engine, download)
+
+
+async def settle() -> None:
+    """Wait for the removals scheduled on the loop (and their worker threads) to finish."""
+    await asyncio.sleep(0)  # call_soon_threadsafe callbacks run first
+    while pending := [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
+        await asyncio.gather(*pending)
+
+
+def test_a_pinned_version_stays_until_unpinned_and_its_last_request_ends(
+    slots: AdapterSlots, engine: GenerationEngine
+) -> None:
+    async def scenario() -> None:
+        await slots.pin(1)
+        assert engine.adapter_names() == ["v1"]
+        lease = slots.acquire(1)
+        await slots.unpin(1)
+        await settle()
+        assert engine.adapter_names() == ["v1"], "a running request still holds it"
+        lease.release()
+        await settle()
+        assert engine.adapter_names() == []
+        assert (slots.loads, slots.evictions) == (1, 1)
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_loads_of_one_version_load_it_once(
+    slots: AdapterSlots, downloads: list[int], engine: GenerationEngine
+) -> None:
+    async def scenario() -> None:
+        entries = await asyncio.gather(*(slots.load_cached(2) for _ in range(5)))
+        assert downloads == [2] and slots.loads == 1
+        assert engine.adapter_names() == ["v2"]
+        for entry in entries:
+            entry.__del__()  # what Serve's LRU does on eviction
+        await settle()
+        assert engine.adapter_names() == []
+
+    asyncio.run(scenario())
+
+
+def test_an_eviction_from_another_thread_is_applied_on_the_loop(
+    slots: AdapterSlots, engine: GenerationEngine
+) -> None:
+    async def scenario() -> None:
+        entry = await slots.load_cached(3)
+        await slots.pin(1)
+        evictor = threading.Thread(target=entry.__del__)
+        evictor.start()
+        await asyncio.to_thread(evictor.join)
+        entry.__del__()  # garbage collection later: nothing happens twice
+        await settle()
+        assert engine.adapter_names() == ["v1"]
+        assert slots.evictions == 1
+        await slots.unpin(1)
+        await settle()
+
+    asyncio.run(scenario())
+
+
+def test_a_version_that_fails_to_load_leaves_the_others_alone(
+    slots: AdapterSlots, engine: GenerationEngine
+) -> None:
+    async def scenario() -> None:
+        await slots.pin(1)
+        with pytest.raises(AdapterNotFoundError):
+            await slots.load_cached(9)
+        assert slots.load_failures == 1
+        assert engine.adapter_names() == ["v1"]
+        with pytest.raises(AdapterError):
+            slots.acquire(9)
+        with slots.acquire(1) as lease:
+            assert lease.name == "v1"
+        await slots.unpin(1)
+        await settle()
+
+    asyncio.run(scenario())

@@ -1,0 +1,186 @@
+"""``python -m serve`` as a user runs it: starts, serves, trains on a schedule, stops cleanly,
+and sends nothing off the machine.
+
+The server runs under ``strace`` (when the machine has it) recording every ``socket`` and
+``connect`` of it and all of Ray's processes, so the test can check that no TCP
+connection went anywhere but this machine's own addresses; Ray's dashboard would
+otherwise probe the cloud metadata address at start.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.fixtures.mlflow import free_port
+
+pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 400.0
+STOP_TIMEOUT_S = 120.0
+
+
+@dataclass
+class LocalRun:
+    """What one ``python -m serve`` run did."""
+
+    output: str
+    exit_code: int
+    leftovers: list[str]
+    trace: Path | None
+    answers: dict
+
+
+def wait_for_output(log: Path, pattern: str, process: subprocess.Popen, timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        if re.search(pattern, text):
+            return text
+        if process.poll() is not None:
+            raise AssertionError(
+                f"python -m serve exited early ({process.returncode}):\n{text[-4000:]}"
+            )
+        time.sleep(0.5)
+    raise AssertionError(
+        f"no {pattern!r} in {timeout_s} s:\n{log.read_text(errors='replace')[-4000:]}"
+    )
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory: pytest.TempPathFactory, tiny_random_model_dir: Path) -> LocalRun:
+    work = tmp_path_factory.mktemp("local-run")
+    port = free_port()
+    command = [
+        sys.executable, "-m", "serve",
+        "--host", "127.0.0.1", "--port", str(port),
+        "--data-dir", str(work / "data"),
+        "--base-model", str(tiny_random_model_dir),
+        "--train-every", "3s",
+        "--num-cpus", "2",
+        "--object-store-mb", "128",
+    ]  # fmt: skip
+    trace = None
+    if shutil.which("strace"):
+        trace = work / "trace"
+        trace.mkdir()
+        # -ff: one file per thread, so no call is split across interleaved lines.
+        command = [
+            "strace",
+            "-ff",
+            "-qq",
+            "-e",
+            "trace=socket,connect",
+            "-o",
+            str(trace / "t"),
+            *command,
+        ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OURO_")}
+    log = work / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        text = wait_for_output(
+            log, r"Ouro is serving at http://127\.0\.0\.1:\d+/", process, START_TIMEOUT_S
+        )
+        base_url = re.search(r"Ouro is serving at (http://127\.0\.0\.1:\d+)/", text).group(1)
+        answers = {"base_url": base_url}
+        answers["chat"] = httpx.post(
+            f"{base_url}/v1/chat/completions",
+            json={
+                "model": "ouro",
+                "messages": [{"role": "user", "content": "Hi!"}],
+                "max_tokens": 5,
+            },
+            timeout=120,
+        ).json()
+        answers["models"] = httpx.get(f"{base_url}/v1/models", timeout=60).json()
+        # The schedule's first cycle: no corrections yet, so it has nothing to do, quickly.
+        wait_for_output(log, r"training cycle (done|failed)", process, 300)
+        serve_process = psutil.Process(process.pid)
+        if trace is not None:
+            serve_process = serve_process.children()[0]  # strace -> python -m serve
+        family = [serve_process, *serve_process.children(recursive=True)]
+        serve_process.send_signal(signal.SIGTERM)
+        exit_code = process.wait(STOP_TIMEOUT_S)
+        deadline = time.monotonic() + 30
+        while (
+            alive := [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        ) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        leftovers = [" ".join(p.cmdline()[:3]) for p in alive]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return LocalRun(log.read_text(errors="replace"), exit_code, leftovers, trace, answers)
+
+
+def test_it_serves_trains_on_schedule_and_stops_cleanly_on_sigterm(local_run: LocalRun) -> None:
+    assert local_run.answers["chat"]["model"] == "ouro-base"
+    assert local_run.answers["chat"]["choices"][0]["message"]["content"]
+    assert [model["id"] for model in local_run.answers["models"]["data"]] == ["ouro", "ouro-base"]
+    assert "no API keys configured" in local_run.output  # open on loopback, with a warning
+    assert "training cycle starting" in local_run.output
+    assert "training cycle done" in local_run.output
+    assert "registry refreshed" in local_run.output
+    assert "Shutting down" in local_run.output
+    assert local_run.exit_code == 0, local_run.output[-4000:]
+    assert local_run.leftovers == []
+
+
+def test_nothing_connects_off_the_machine(local_run: LocalRun) -> None:
+    if local_run.trace is None:
+        pytest.skip("strace is not installed: connections cannot be recorded")
+    local = {
+        address.address.split("%")[0]
+        for addresses in psutil.net_if_addrs().values()
+        for address in addresses
+    } | {"0.0.0.0", "::"}
+    off_machine = []
+    traced = list(local_run.trace.iterdir())
+    assert traced, "strace recorded nothing"
+    for path in traced:
+        datagram: set[str] = set()
+        for line in path.read_text(errors="replace").splitlines():
+            if match := re.search(r"socket\(AF_INET6?, SOCK_DGRAM.*\) = (\d+)", line):
+                datagram.add(match.group(1))
+            elif match := re.search(r"socket\(.*\) = (\d+)", line):
+                datagram.discard(match.group(1))
+            elif match := re.search(
+                r'connect\((\d+), \{sa_family=AF_INET6?, .*?(?:inet_addr\("|inet_pton\(AF_INET6, ")([^"]+)"',
+                line,
+            ):
+                fd, address = match.groups()
+                address = address.removeprefix("::ffff:")
+                assert not address.startswith("169.254."), f"cloud metadata probe: {line}"
+                # A UDP connect only picks a route (Ray reads its own IP that way): no packet.
+                if address not in local and fd not in datagram:
+                    off_machine.append(f"{path.name}: {line}")
+    assert off_machine == []
+
+
+def test_it_refuses_to_run_open_on_a_public_address(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OURO_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "serve", "--host", "0.0.0.0", "--port", str(free_port()),
+         "--data-dir", str(tmp_path)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--allow-unauthenticated" in result.stderr
+    assert not (tmp_path / "ray-home").exists()  # refused before starting anything

@@ -1,0 +1,82 @@
+"""Model names resolve against a registry snapshot and the production version served."""
+
+from __future__ import annotations
+
+import pytest
+
+from ouro.registry import AdapterVersion, RegistrySnapshot, UnknownModelError
+from serve.llm_calls import ServedModel
+from serve.model_names import ModelNames
+
+SNAPSHOT = RegistrySnapshot(
+    "ouro-adapter",
+    aliases={"production": 3, "candidate": 4},
+    versions={n: AdapterVersion(version=n, source=f"file:///v{n}") for n in (1, 2, 3, 4)},
+)
+
+
+@pytest.fixture
+def names() -> ModelNames:
+    names = ModelNames()
+    # The replica still serves 2 while it loads 3: 'ouro' follows what it serves.
+    names.update(SNAPSHOT, production=2)
+    return names
+
+
+@pytest.mark.parametrize(
+    ("name", "label", "version"),
+    [
+        ("ouro", "ouro@v2", 2),
+        ("ouro@production", "ouro@v2", 2),
+        ("ouro@candidate", "ouro@v4", 4),
+        ("ouro@v1", "ouro@v1", 1),
+        ("ouro@v3", "ouro@v3", 3),
+        ("ouro-base", "ouro-base", None),
+    ],
+)
+def test_names_resolve_to_the_version_that_answers(
+    names: ModelNames, name: str, label: str, version: int | None
+) -> None:
+    assert names.resolve(name) == ServedModel(label=label, version=version)
+    assert names.knows(name)
+
+
+@pytest.mark.parametrize("name", ["gpt-4", "ouro@v9", "ouro@staging", "ouro@v0", "Ouro", ""])
+def test_other_names_are_unknown(names: ModelNames, name: str) -> None:
+    with pytest.raises(UnknownModelError):
+        names.resolve(name)
+    assert not names.knows(name)
+
+
+def test_without_a_production_version_ouro_is_the_base_model() -> None:
+    names = ModelNames()
+    names.update(RegistrySnapshot("ouro-adapter"), production=None)
+    assert names.resolve("ouro") == ServedModel(label="ouro-base", version=None)
+    assert [card.id for card in names.listing("ouro-tiny")] == ["ouro", "ouro-base"]
+    assert ModelNames.needs_production("ouro") and not ModelNames.needs_production("ouro@v1")
+
+
+def test_the_listing_names_every_name_that_resolves(names: ModelNames) -> None:
+    cards = {card.id: card for card in names.listing("ouro-tiny")}
+    assert set(cards) == {
+        "ouro",
+        "ouro-base",
+        "ouro@candidate",
+        "ouro@production",
+        "ouro@v1",
+        "ouro@v2",
+        "ouro@v3",
+        "ouro@v4",
+    }
+    assert (cards["ouro"].version, cards["ouro"].root, cards["ouro"].parent) == (
+        2,
+        "ouro@v2",
+        "ouro-base",
+    )
+    assert (cards["ouro-base"].root, cards["ouro-base"].parent) == ("ouro-tiny", None)
+    # 'production' is where 'ouro' answers from on this replica (v3 is still loading).
+    assert cards["ouro@v2"].aliases == ["production"]
+    assert cards["ouro@v3"].aliases == []
+    assert cards["ouro@v4"].aliases == ["candidate"]
+    for name, card in cards.items():
+        assert names.resolve(name).version == card.version
