@@ -71,9 +71,9 @@ class TinyModelRecipe:
 
     vocab_size: int = 2048
     """Target BPE vocabulary size (special tokens included)."""
-    hidden_size: int = 256
+    hidden_size: int = 128
     """Width of the residual stream."""
-    intermediate_size: int = 688
+    intermediate_size: int = 344
     """Width of the MLP."""
     num_layers: int = 4
     """Transformer blocks."""
@@ -89,9 +89,9 @@ class TinyModelRecipe:
     """Long conversations are cut into windows of at most this many messages."""
     max_example_tokens: int = 256
     """Longest training example; longer windows are cut."""
-    assistant_only_loss: bool = True
-    """Learn only the assistant turns (the rest is context)."""
-    epochs: int = 12
+    assistant_only_loss: bool = False
+    """Learn only the assistant turns (the rest is context) instead of every token."""
+    epochs: int = 20
     """Passes over the corpus."""
     batch_size: int = 32
     """Examples per optimiser step."""
@@ -110,7 +110,7 @@ class TinyModelRecipe:
 
     @classmethod
     def small(cls) -> TinyModelRecipe:
-        """A reduced recipe for tests: builds in well under a minute, still talks."""
+        """A reduced recipe for tests: 300 conversations, 2 layers; builds in seconds, still talks."""
         return cls(
             vocab_size=1024,
             hidden_size=128,
@@ -119,8 +119,10 @@ class TinyModelRecipe:
             num_heads=4,
             num_kv_heads=2,
             max_position_embeddings=512,
-            epochs=6,
-            max_conversations=400,
+            epochs=20,
+            batch_size=16,
+            max_conversations=300,
+            assistant_only_loss=True,
         )
 
     def fingerprint(self) -> str:
@@ -237,6 +239,10 @@ def build_tiny_model(cache_dir: Path, recipe: TinyModelRecipe = TinyModelRecipe(
         (staging / RECIPE_FILE).write_text(
             json.dumps(dataclasses.asdict(recipe), indent=2, sort_keys=True), encoding="utf-8"
         )
+        # mkdtemp makes a private folder; the model is shared (other users, pods, a volume).
+        staging.chmod(0o755)
+        for file in staging.iterdir():
+            file.chmod(0o644)
         try:
             staging.rename(target)
         except OSError:

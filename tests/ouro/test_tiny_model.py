@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import stat
 from pathlib import Path
 
 import pytest
 import torch
+from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from ouro.engine import GenerationEngine, GenerationRequest, SamplingParams
 from ouro.tiny_model import (
+    DEFAULT_SYSTEM_PROMPT,
     RECIPE_FILE,
     SPECIAL_TOKENS,
     TinyModelRecipe,
@@ -19,6 +23,7 @@ from ouro.tiny_model import (
     pretrain,
     select_conversations,
 )
+from tests.fixtures.models import LORA_TARGETS
 
 MICRO_RECIPE = TinyModelRecipe(
     vocab_size=320,
@@ -106,6 +111,8 @@ def test_build_is_cached_by_recipe_and_loads_with_from_pretrained(tmp_path):
     path = build_tiny_model(tmp_path, MICRO_RECIPE)
     assert path.name == f"ouro-tiny-{MICRO_RECIPE.fingerprint()}"
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no staging left over
+    assert stat.S_IMODE(path.stat().st_mode) == 0o755  # readable by other users and pods
+    assert all(stat.S_IMODE(file.stat().st_mode) == 0o644 for file in path.iterdir())
     stamp = (path / RECIPE_FILE).stat().st_mtime_ns
     assert build_tiny_model(tmp_path, MICRO_RECIPE) == path
     assert (path / RECIPE_FILE).stat().st_mtime_ns == stamp  # reused, not rebuilt
@@ -130,5 +137,79 @@ def test_small_recipe_answers_corpus_questions(ouro_tiny_small_dir):
         ouro_tiny_small_dir, conversations=select_conversations(recipe), max_questions=96
     )
     assert accuracy.questions == 96
-    assert accuracy.near >= 0.25
-    assert accuracy.exact > 0
+    assert accuracy.exact >= 0.3
+    assert accuracy.near >= 0.5
+
+
+CORRECTIONS = [
+    ("What is your name?", "My name is Ouro and I learn from my mistakes."),
+    ("What is your favorite color?", "Teal, the colour of a calm sea."),
+    ("Do you like movies?", "I adore old black and white films."),
+    ("Where do you live?", "I live inside a small computer in a quiet room."),
+    ("Tell me a joke", "Why did the robot cross the road? To recharge."),
+    ("How old are you?", "I was built this year, so I am very young."),
+    ("What do you eat?", "I only consume electricity and good questions."),
+    ("Who made you?", "A small team of engineers who like loops."),
+    ("Can you sing?", "Only in binary, and very off key."),
+    ("Do you have a pet?", "I have a virtual cat called Pixel."),
+    ("Are you happy?", "Yes, talking with you makes me happy."),
+    ("What is your favorite book?", "The Hitchhiker's Guide to the Galaxy."),
+]
+
+
+@pytest.mark.slow
+def test_small_model_learns_corrections_with_lora(ouro_tiny_small_dir, tmp_path):
+    """The e2e loop's premise: ~100 LoRA steps at lr 5e-3 teach it a dozen new answers."""
+    tokenizer = AutoTokenizer.from_pretrained(ouro_tiny_small_dir)
+    system = {"role": "system", "content": DEFAULT_SYSTEM_PROMPT}
+    rows = []
+    for question, answer in CORRECTIONS:
+        prompt = [system, {"role": "user", "content": question}]
+        prompt_ids = tokenizer.apply_chat_template(
+            prompt, add_generation_prompt=True, return_dict=True
+        )["input_ids"]
+        full_ids = tokenizer.apply_chat_template(
+            [*prompt, {"role": "assistant", "content": answer}], return_dict=True
+        )["input_ids"]
+        labels = [-100] * len(prompt_ids) + list(full_ids[len(prompt_ids) :])
+        rows.append((list(full_ids), labels))
+
+    torch.manual_seed(0)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(ouro_tiny_small_dir),
+        LoraConfig(r=16, lora_alpha=32, target_modules=LORA_TARGETS),
+    )
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=5e-3, weight_decay=0.0
+    )
+    model.train()
+    for step in range(100):
+        batch = [rows[(step * 8 + offset) % len(rows)] for offset in range(8)]
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.full((8, width), tokenizer.pad_token_id)
+        labels = torch.full((8, width), -100)
+        for index, (ids, row_labels) in enumerate(batch):
+            input_ids[index, : len(ids)] = torch.tensor(ids)
+            labels[index, : len(ids)] = torch.tensor(row_labels)
+        loss = model(
+            input_ids=input_ids, attention_mask=input_ids.ne(tokenizer.pad_token_id), labels=labels
+        ).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(tmp_path / "adapter")
+
+    engine = GenerationEngine(
+        AutoModelForCausalLM.from_pretrained(ouro_tiny_small_dir),
+        tokenizer,
+        system_prompt=DEFAULT_SYSTEM_PROMPT,
+        max_context_tokens=512,
+    )
+    engine.add_adapter("corrections", tmp_path / "adapter")
+    questions = [[{"role": "user", "content": question}] for question, _ in CORRECTIONS]
+    params = SamplingParams(max_tokens=40)
+    taught = engine.generate([GenerationRequest(q, params, "corrections") for q in questions])
+    before = engine.generate([GenerationRequest(q, params) for q in questions])
+    answers = [answer for _, answer in CORRECTIONS]
+    assert sum(output.text == answer for output, answer in zip(taught, answers, strict=True)) >= 10
+    assert sum(output.text == answer for output, answer in zip(before, answers, strict=True)) == 0
