@@ -46,13 +46,18 @@ def settings_from_args(args: dict[str, Any]) -> OuroSettings:
     return OuroSettings(**args)
 
 
-def build_app(
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """The Ouro application; ``args`` are OuroSettings overrides (Serve's builder: one arg)."""
+    return create_app(args)
+
+
+def create_app(
     args: dict[str, Any],
     *,
     engine_factory: EngineFactory = build_engine,
     registry_factory: RegistryFactory = build_registry,
 ) -> serve.Application:
-    """The Ouro application; ``args`` are OuroSettings overrides.
+    """``build_app`` with the engine and registry factories injectable (Ray Serve LLM style).
 
     Checked here, where the app is deployed, so a bad config fails the deployment with a
     clear message: unknown settings, and an open server that was not allowed.

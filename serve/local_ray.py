@@ -7,12 +7,19 @@ the data dir) holding that file with ``provider: {type: local}``. Only Ray's pro
 see it: HOME is switched while Ray starts (they inherit it) and restored right after,
 and the caches that would follow HOME (Hugging Face, torch, XDG) are pinned to where
 they were.
+
+Ray's token authentication (on by default) normally keeps its token in
+``~/.ray/auth_token``; with HOME moved, and with a process that starts Ray more than
+once (a test session), that file would differ between starts while Ray caches the
+first token in the process. The token is therefore handed to Ray's processes in
+``RAY_AUTH_TOKEN``, one random token per process.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,6 +68,8 @@ def start_local_ray(
     object_store_memory: int = DEFAULT_OBJECT_STORE_BYTES,
 ) -> Path:
     """Start a new local Ray instance (never join another one); returns its session dir."""
+    if not {"RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"} & set(os.environ):
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     with ray_process_home(ray_home):
         context = ray.init(
             address="local",

@@ -21,6 +21,9 @@ from ouro.registry import AdapterRegistry, RegistrySnapshot, RegistryUnavailable
 
 logger = logging.getLogger(__name__)
 
+READ_TIMEOUT_S = 15.0
+"""Longest wait for one registry read before the registry counts as unreachable."""
+
 SnapshotCallback = Callable[[RegistrySnapshot], Awaitable[None]]
 PolledCallback = Callable[[], Awaitable[object]]
 
@@ -67,6 +70,7 @@ class RegistryWatcher:
         self._task: asyncio.Task | None = None
         self._state = RegistryState(snapshot=None, last_success=None, last_error=None)
         self._seen_generation = 0
+        self._last_read_started = float("-inf")
         self.acted_generation = 0
         """Newest coordinator refresh generation this watcher has polled after."""
 
@@ -92,19 +96,30 @@ class RegistryWatcher:
             self._task = None
 
     async def refresh(self) -> RegistryState:
-        """Read the registry now (concurrent calls share one read) and hand it on."""
+        """Read the registry now and hand it on.
+
+        Calls that arrive while a read is under way share the next one: a burst of
+        requests naming a version this replica has not seen costs one registry read.
+        """
+        asked = time.monotonic()
         async with self._lock:
+            if self._last_read_started > asked:
+                return self._state
+            self._last_read_started = time.monotonic()
             generation = self._seen_generation
             try:
-                snapshot = await asyncio.to_thread(self._registry.snapshot)
-            except RegistryUnavailableError as exc:
+                # MLflow retries for minutes when the server dies mid-call: stop waiting
+                # (the worker thread finishes on its own) and say the registry is away.
+                snapshot = await asyncio.wait_for(
+                    asyncio.to_thread(self._registry.snapshot), READ_TIMEOUT_S
+                )
+            except (RegistryUnavailableError, TimeoutError) as exc:
+                error = str(exc) or f"no answer from the registry in {READ_TIMEOUT_S:g} s"
                 if self._state.last_error is None:
                     logger.warning(
-                        "model registry unreachable, serving the last known mapping: %s", exc
+                        "model registry unreachable, serving the last known mapping: %s", error
                     )
-                self._state = RegistryState(
-                    self._state.snapshot, self._state.last_success, str(exc)
-                )
+                self._state = RegistryState(self._state.snapshot, self._state.last_success, error)
             else:
                 if self._state.last_error is not None:
                     logger.info("model registry reachable again")
@@ -118,8 +133,8 @@ class RegistryWatcher:
 
     async def _run(self) -> None:
         while True:
-            await self._wait()
             try:
+                await self._wait()
                 await self.refresh()
             except asyncio.CancelledError:
                 raise

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ouro.engine import SamplingParams
-from ouro.registry import UnknownModelError
+from ouro.registry import UnknownModelError, parse_model_name
 from ouro.settings import OuroSettings
 from serve.errors import InvalidRequestError, error_response, stream_error_event
 from serve.llm_calls import Finished, LLMCall, LLMResult, ServedModel, TextDelta
@@ -121,6 +121,7 @@ class ChatCompletions:
 
     async def _check_model(self, name: str) -> None:
         """404 early for names this replica's registry view lacks (after one re-read)."""
+        parse_model_name(name)  # not one of the served forms: 404 without a registry read
         if self._names.snapshot is None:
             return  # registry not reached yet: the LLM server says what it can serve
         try:
