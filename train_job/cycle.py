@@ -183,7 +183,13 @@ def _train_gate_register(
             run.log_json(report.to_dict(), "gate_report.json")
             run.log_text(report.to_markdown(), "gate_report.md")
             run.log_artifacts(trained.adapter_dir, "adapter")
-            run.set_tags({"mlflow.note.content": report.to_markdown()})
+            # The run's description in the MLflow UI (tag values are limited to a few KB).
+            run.set_tags(
+                {
+                    "mlflow.note.content": report.to_markdown(answers=False)
+                    + "\nAnswers: see gate_report.md.\n"
+                }
+            )
             version = None
             if report.passed:
                 _check_no_new_version(registry, snapshot)

@@ -152,7 +152,9 @@ class GateReport:
             "probes": self.probes,
         }
 
-    def to_markdown(self) -> str:
+    def to_markdown(self, *, answers: bool = True) -> str:
+        """The report for people; ``answers=False`` keeps only the checks (short enough for
+        an MLflow run description)."""
         lines = [
             f"# Gate report: {'PASSED' if self.passed else 'FAILED'}",
             "",
@@ -165,7 +167,7 @@ class GateReport:
             result = "reported" if c.passed is None else ("pass" if c.passed else "FAIL")
             threshold = "-" if c.threshold is None else f"{c.comparison} {_fmt(c.threshold)}"
             lines.append(f"| {c.name} | {_fmt(c.value)} | {threshold} | {result} |")
-        if self.answers:
+        if answers and self.answers:
             lines += [
                 "",
                 "| split | question | correction | new answer | F1 | baseline F1 |",
@@ -232,6 +234,20 @@ def evaluate_gates(
         _rate_check("fix_rate", answers, "train", config.fix_rate_min, config),
         _rate_check("generalisation", answers, "held_out", config.generalisation_min, config),
     ]
+    exact = _share(
+        [_normalise(a.answer) == _normalise(a.correction) for a in answers if a.split == "train"]
+    )
+    checks.append(
+        GateCheck(
+            "exact_match_rate",
+            exact,
+            None,
+            ">=",
+            None,
+            "trained answers equal to their correction (case and spaces "
+            "ignored); BERTScore cannot tell a one-word factual slip",
+        )
+    )
     baseline_fix = _share(
         [a.baseline_f1 >= config.answer_f1_threshold for a in answers if a.split == "train"]
     )
@@ -384,6 +400,10 @@ def _answers(
 
 def _share(flags: list[bool]) -> float | None:
     return sum(flags) / len(flags) if flags else None
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.lower().split())
 
 
 def _round(value: float | None) -> float | None:

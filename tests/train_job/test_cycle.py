@@ -34,9 +34,23 @@ DEFAULTS = TrainJobConfig()
 
 
 @pytest.fixture
-def job(tmp_path: Path, mlflow_server: str, mlflow_model_name: str, ouro_tiny_small_dir: Path):
-    """Command-line arguments of a cycle on a fresh data dir, and its registry."""
+def job(
+    tmp_path: Path,
+    mlflow_server: str,
+    mlflow_model_name: str,
+    ouro_tiny_small_dir: Path,
+    small_model_chat_jsonl: Path,
+):
+    """Command-line arguments of a cycle on a fresh data dir, and its registry.
+
+    Replay and regression conversations are the ones the small model was trained on, as
+    the chatterbot corpus is for the embedded model; every other setting is the default.
+    """
     args = [
+        "--replay-source",
+        str(small_model_chat_jsonl),
+        "--regression-source",
+        str(small_model_chat_jsonl),
         "--data-dir",
         str(tmp_path),
         "--mlflow-uri",
