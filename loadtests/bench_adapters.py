@@ -1,0 +1,171 @@
+"""Scenario "multi-adapter throughput": Ouro over HTTP vs. the original project's way.
+
+16 concurrent clients spread over 4 adapter versions (client i asks for
+``ouro@v<i % 4 + 1>``), each sending the same prompts in both systems:
+
+- Ouro: the clients talk to ``python -m serve`` over HTTP; requests for different
+  versions share one batch in the engine.
+- The original way, run in this process: one request at a time, in the order a FIFO
+  server receives them from those clients (round-robin over the versions, so nearly
+  every request changes adapter), and changing adapter reloads it from disk into a
+  PeftModel (the engine's ``remove_adapter`` + ``add_adapter``) before Hugging Face
+  ``generate`` runs (``loadtests.bench_engine.run_one_at_a_time``). It gets no HTTP and
+  no server, which favours it.
+
+Rounds alternate between the two (ABBA); ``multi_adapter_speedup`` is the median of Ouro's
+tokens/s over the median of the original way's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import statistics
+import time
+from pathlib import Path
+
+from loadtests.bench_engine import run_one_at_a_time
+from loadtests.bench_load import LoadSummary, async_client, chat_body, closed_loop
+from loadtests.bench_stack import ServeProcess
+from ouro.engine import GenerationEngine, GenerationRequest, SamplingParams
+from ouro.registry import version_label
+
+logger = logging.getLogger(__name__)
+
+
+def client_version(client_index: int, versions: list[int]) -> int:
+    return versions[client_index % len(versions)]
+
+
+def client_prompt(
+    prompts: list[list[dict]], clients: int, client_index: int, request_index: int
+) -> list[dict]:
+    return prompts[(request_index * clients + client_index) % len(prompts)]
+
+
+def arrival_order(
+    prompts: list[list[dict]], versions: list[int], clients: int, requests_per_client: int
+) -> list[tuple[int, list[dict]]]:
+    """(version, messages) in the order a one-at-a-time server receives them."""
+    return [
+        (client_version(i, versions), client_prompt(prompts, clients, i, j))
+        for j in range(requests_per_client)
+        for i in range(clients)
+    ]
+
+
+def original_way(
+    engine: GenerationEngine,
+    adapter_dirs: dict[int, Path],
+    jobs: list[tuple[int, list[dict]]],
+    max_tokens: int,
+) -> dict:
+    """One request at a time; a new adapter is loaded from disk whenever it changes."""
+    current: str | None = None
+    tokens = 0
+    switches = 0
+    reload_s = 0.0
+    started = time.perf_counter()
+    try:
+        for version, messages in jobs:
+            name = version_label(version)
+            if name != current:
+                switch_started = time.perf_counter()
+                if current is not None:
+                    engine.remove_adapter(current)
+                    current = None
+                engine.add_adapter(name, adapter_dirs[version])
+                current = name
+                reload_s += time.perf_counter() - switch_started
+                switches += 1
+            request = GenerationRequest(messages, SamplingParams(max_tokens=max_tokens), name)
+            tokens += run_one_at_a_time(engine, [request])
+    finally:
+        if current is not None:
+            engine.remove_adapter(current)
+    elapsed = time.perf_counter() - started
+    return {
+        "requests": len(jobs),
+        "tokens": tokens,
+        "seconds": elapsed,
+        "tokens_per_s": tokens / elapsed,
+        "requests_per_s": len(jobs) / elapsed,
+        "adapter_loads": switches,
+        "adapter_load_s": reload_s,
+    }
+
+
+async def _ouro_round(
+    stack: ServeProcess,
+    prompts: list[list[dict]],
+    versions: list[int],
+    clients: int,
+    requests_per_client: int,
+    max_tokens: int,
+) -> LoadSummary:
+    def body(client_index: int, request_index: int) -> dict:
+        return chat_body(
+            client_prompt(prompts, clients, client_index, request_index),
+            version_label(client_version(client_index, versions)),
+            max_tokens,
+        )
+
+    async with async_client(stack.base_url, stack.client_key, clients) as client:
+        records = await closed_loop(client, body, clients, requests_per_client=requests_per_client)
+    return LoadSummary.of(records)
+
+
+def run_multi_adapter(
+    engine: GenerationEngine,
+    stack: ServeProcess,
+    adapter_dirs: dict[int, Path],
+    prompts: list[list[dict]],
+    *,
+    clients: int,
+    rounds: int,
+    requests_per_client: int,
+    max_tokens: int,
+) -> dict:
+    versions = sorted(adapter_dirs)
+    # Warm-up: each version loaded once in Serve (a one-time cost per replica).
+    asyncio.run(_ouro_round(stack, prompts, versions, len(versions), 1, 4))
+    jobs = arrival_order(prompts, versions, clients, requests_per_client)
+    ouro_rounds: list[LoadSummary] = []
+    original_rounds: list[dict] = []
+    for index in range(rounds):
+        order = ("ouro", "original") if index % 2 == 0 else ("original", "ouro")
+        for system in order:
+            if system == "ouro":
+                ouro_rounds.append(
+                    asyncio.run(
+                        _ouro_round(
+                            stack, prompts, versions, clients, requests_per_client, max_tokens
+                        )
+                    )
+                )
+            else:
+                original_rounds.append(original_way(engine, adapter_dirs, jobs, max_tokens))
+    ouro_tps = statistics.median(r.tokens_per_s for r in ouro_rounds)
+    original_tps = statistics.median(r["tokens_per_s"] for r in original_rounds)
+    speedup = ouro_tps / original_tps
+    logger.info(
+        "multi-adapter: Ouro %.1f tok/s vs original way %.1f tok/s: %.2fx",
+        ouro_tps,
+        original_tps,
+        speedup,
+    )
+    return {
+        "clients": clients,
+        "adapter_versions": [version_label(v) for v in versions],
+        "rounds": rounds,
+        "requests_per_client": requests_per_client,
+        "max_tokens": max_tokens,
+        "ouro_tokens_per_s": ouro_tps,
+        "original_tokens_per_s": original_tps,
+        "ouro_requests_per_s": statistics.median(r.requests_per_s for r in ouro_rounds),
+        "original_requests_per_s": statistics.median(r["requests_per_s"] for r in original_rounds),
+        "ouro_failed_requests": sum(r.failed for r in ouro_rounds),
+        "speedup": speedup,
+        "ouro_rounds": [r.to_dict() for r in ouro_rounds],
+        "original_rounds": original_rounds,
+    }

@@ -1,0 +1,94 @@
+"""Scenario "saturation": throughput and latency as closed-loop clients grow.
+
+Each level runs its clients for a fixed time against ``ouro`` (the production version).
+429 answers (the server's queue is full) are counted as shed load, not as crashes; any
+other failure is counted apart. The knee is the level after which adding clients stops
+paying: the next level adds less than 10% throughput, or its p99 latency is more than
+``P99_EXPLOSION`` times this level's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from itertools import pairwise
+
+from loadtests.bench_load import LoadSummary, async_client, chat_body, closed_loop
+from loadtests.bench_stack import ServeProcess
+from ouro.registry import SERVED_MODEL_NAME
+
+logger = logging.getLogger(__name__)
+
+MIN_GAIN = 1.10
+P99_EXPLOSION = 3.0
+KNEE_RULE = (
+    f"the first level whose next level adds < {MIN_GAIN - 1:.0%} tokens/s "
+    f"or has a p99 latency > {P99_EXPLOSION:g}x its own; the last level if none"
+)
+
+
+def find_knee(levels: Sequence[dict]) -> int:
+    """Client count at the knee (see KNEE_RULE)."""
+    for current, following in pairwise(levels):
+        gain = following["tokens_per_s"] / max(current["tokens_per_s"], 1e-9)
+        p99_now = current["latency"]["p99"]
+        p99_next = following["latency"]["p99"]
+        exploded = (
+            p99_now is not None and p99_next is not None and p99_next > P99_EXPLOSION * p99_now
+        )
+        if gain < MIN_GAIN or exploded:
+            return current["clients"]
+    return levels[-1]["clients"]
+
+
+async def _level(
+    stack: ServeProcess, prompts: list[list[dict]], clients: int, duration_s: float, max_tokens: int
+) -> LoadSummary:
+    def body(client_index: int, request_index: int) -> dict:
+        messages = prompts[(request_index * clients + client_index) % len(prompts)]
+        return chat_body(messages, SERVED_MODEL_NAME, max_tokens)
+
+    async with async_client(stack.base_url, stack.client_key, clients) as client:
+        records = await closed_loop(client, body, clients, duration_s=duration_s)
+    return LoadSummary.of(records)
+
+
+def run_saturation(
+    stack: ServeProcess,
+    prompts: list[list[dict]],
+    *,
+    levels: Sequence[int],
+    level_s: float,
+    max_tokens: int,
+) -> dict:
+    results = []
+    for clients in levels:
+        summary = asyncio.run(_level(stack, prompts, clients, level_s, max_tokens))
+        row = {"clients": clients, **summary.to_dict()}
+        row["other_failures"] = summary.failed - summary.rejected_429
+        results.append(row)
+        logger.info(
+            "%d clients: %.1f req/s, %.1f tok/s, p50 %s s, p99 %s s, %d x 429, %d other failures",
+            clients,
+            summary.requests_per_s,
+            summary.tokens_per_s,
+            _seconds(summary.latency.p50),
+            _seconds(summary.latency.p99),
+            summary.rejected_429,
+            row["other_failures"],
+        )
+    return {
+        "level_s": level_s,
+        "max_tokens": max_tokens,
+        "model": SERVED_MODEL_NAME,
+        "levels": results,
+        "knee_clients": find_knee(results),
+        "knee_rule": KNEE_RULE,
+        "rejected_429": sum(r["rejected_429"] for r in results),
+        "other_failures": sum(r["other_failures"] for r in results),
+    }
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
