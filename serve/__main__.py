@@ -16,6 +16,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -23,8 +24,6 @@ from pathlib import Path
 
 import httpx
 
-from ouro.models import resolve_base_model
-from ouro.registry import AdapterRegistry, RegistryUnavailableError
 from ouro.settings import OuroSettings
 from serve.auth import ApiKeyAuth, UnauthenticatedStartupError, is_loopback_host
 from serve.logs import configure_logging
@@ -94,6 +93,18 @@ def check_auth_policy(args: argparse.Namespace, overrides: dict) -> None:
     )
 
 
+def port_is_free(host: str, port: int) -> bool:
+    """Whether HOST:PORT can be bound now (Serve's proxy would retry a busy port forever)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def wait_until_ready(base_url: str, stop: threading.Event) -> bool:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline and not stop.is_set():
@@ -116,6 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     except UnauthenticatedStartupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not port_is_free(args.host, args.port):
+        print(f"error: {args.host}:{args.port} is already in use", file=sys.stderr)
+        return 2
+    # Imported only now: the checks above answer in a moment, these take seconds.
+    from ouro.models import resolve_base_model
+    from ouro.registry import AdapterRegistry, RegistryUnavailableError
+
     settings = OuroSettings(**overrides)
     try:
         # Creates the local store on first use, and checks a server is reachable.
@@ -126,7 +144,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Preparing the base model {settings.base_model} ...", flush=True)
     resolve_base_model(settings)  # builds ouro-tiny once; replicas then only load it
 
-    # Imported here: Ray is only needed once the checks above have passed.
     from ray import serve
 
     from serve.app import build_app

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ouro.apikeys import hash_api_key, is_known_api_key
 from ouro.errors import OuroError
 from ouro.settings import OuroSettings
-from serve.errors import AuthenticationError, PermissionDeniedError
+from serve.exceptions import AuthenticationError, PermissionDeniedError
 
 logger = logging.getLogger(__name__)
 

@@ -22,13 +22,8 @@ from ouro.ledger import Watermark
 from ouro.registry import ALIAS_PRODUCTION, RegistrySnapshot
 from ouro.settings import OuroSettings
 from serve.auth import ApiKeyAuth
-from serve.errors import (
-    InvalidRequestError,
-    NotFoundError,
-    PayloadTooLargeError,
-    ServeError,
-    error_response,
-)
+from serve.errors import error_response
+from serve.exceptions import InvalidRequestError, NotFoundError, PayloadTooLargeError, ServeError
 from serve.llm_server import RegistryFactory, build_registry
 from serve.logs import configure_logging
 from serve.metrics import ServeMetrics

@@ -37,7 +37,7 @@ from ouro.errors import OuroError
 from ouro.registry import ALIAS_PRODUCTION, AdapterRegistry, RegistrySnapshot
 from ouro.settings import OuroSettings
 from serve.adapter_slots import AdapterLease, AdapterSlots, CachedAdapter, adapter_name
-from serve.errors import NotReadyError
+from serve.exceptions import NotReadyError
 from serve.llm_calls import Finished, LLMCall, LLMResult, ServedModel, TextDelta
 from serve.logs import configure_logging, set_request_id
 from serve.model_names import ModelNames
@@ -112,14 +112,17 @@ class LLMServer:
         """The whole answer to one call."""
         served: ServedModel | None = None
         text: list[str] = []
-        async for event in self.generate_stream(call):
-            if isinstance(event, ServedModel):
-                served = event
-            elif isinstance(event, TextDelta):
-                text.append(event.text)
-            else:
-                assert served is not None
-                return LLMResult(served=served, text="".join(text), finished=event)
+        events = self.generate_stream(call)
+        try:
+            async for event in events:
+                if isinstance(event, ServedModel):
+                    served = event
+                elif isinstance(event, TextDelta):
+                    text.append(event.text)
+                elif served is not None:
+                    return LLMResult(served=served, text="".join(text), finished=event)
+        finally:
+            await events.aclose()  # releases the adapter lease now, not at garbage collection
         raise RuntimeError("generation ended without finishing")
 
     async def generate_stream(self, call: LLMCall) -> AsyncIterator:

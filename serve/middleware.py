@@ -15,7 +15,8 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serve.errors import PayloadTooLargeError, error_response
+from serve.errors import error_response
+from serve.exceptions import PayloadTooLargeError
 from serve.logs import reset_request_id, set_request_id
 from serve.metrics import ServeMetrics
 

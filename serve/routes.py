@@ -13,7 +13,8 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import FileResponse, Response
 
 from serve.auth import Caller
-from serve.errors import NotFoundError, error_response
+from serve.errors import error_response
+from serve.exceptions import NotFoundError
 from serve.metrics import CONTENT_TYPE
 from serve.protocol import ChatCompletionRequest, FeedbackRequest, ModelList
 

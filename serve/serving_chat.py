@@ -15,7 +15,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ouro.engine import SamplingParams
 from ouro.registry import UnknownModelError, parse_model_name
 from ouro.settings import OuroSettings
-from serve.errors import InvalidRequestError, error_response, stream_error_event
+from serve.errors import error_response, stream_error_event
+from serve.exceptions import InvalidRequestError
 from serve.llm_calls import Finished, LLMCall, LLMResult, ServedModel, TextDelta
 from serve.logs import current_request_id
 from serve.metrics import ServeMetrics

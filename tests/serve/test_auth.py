@@ -8,7 +8,7 @@ import pytest
 
 from ouro.settings import OuroSettings
 from serve.auth import ApiKeyAuth, UnauthenticatedStartupError, is_loopback_host
-from serve.errors import AuthenticationError, PermissionDeniedError
+from serve.exceptions import AuthenticationError, PermissionDeniedError
 
 CLIENT = "sk-client-0123456789abcdef"
 ADMIN = "sk-admin-0123456789abcdef"

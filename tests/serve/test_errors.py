@@ -14,15 +14,13 @@ from ouro.engine import AdapterIncompatibleError, AdapterNotFoundError
 from ouro.engine import InvalidRequestError as EngineRequestError
 from ouro.ledger import FeedbackTooLargeError, InvalidFeedbackError, LedgerUnavailableError
 from ouro.registry import AdapterArtifactError, RegistryUnavailableError, UnknownModelError
-from serve.errors import (
+from serve.errors import api_error, error_response, stream_error_event
+from serve.exceptions import (
     AuthenticationError,
     InvalidRequestError,
     NotReadyError,
     PayloadTooLargeError,
     PermissionDeniedError,
-    api_error,
-    error_response,
-    stream_error_event,
 )
 from serve.protocol import ChatCompletionRequest
 

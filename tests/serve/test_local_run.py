@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -174,13 +175,26 @@ def test_nothing_connects_off_the_machine(local_run: LocalRun) -> None:
     assert off_machine == []
 
 
-def test_it_refuses_to_run_open_on_a_public_address(tmp_path: Path) -> None:
+def run_serve(args: list[str], data_dir: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OURO_")}
-    result = subprocess.run(
-        [sys.executable, "-m", "serve", "--host", "0.0.0.0", "--port", str(free_port()),
-         "--data-dir", str(tmp_path)],
+    return subprocess.run(
+        [sys.executable, "-m", "serve", "--data-dir", str(data_dir), *args],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
+
+
+def test_it_refuses_to_run_open_on_a_public_address(tmp_path: Path) -> None:
+    result = run_serve(["--host", "0.0.0.0", "--port", str(free_port())], tmp_path)
     assert result.returncode == 2
     assert "--allow-unauthenticated" in result.stderr
     assert not (tmp_path / "ray-home").exists()  # refused before starting anything
+
+
+def test_it_refuses_a_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = run_serve(["--port", str(taken.getsockname()[1])], tmp_path)
+    assert result.returncode == 2
+    assert "already in use" in result.stderr
+    assert not (tmp_path / "ray-home").exists()
