@@ -356,3 +356,24 @@ def test_detokenizer_holds_back_a_possible_stop_string(engine):
     ]
     assert "".join(pieces) == "one two EN three "
     assert detokenizer.stopped
+
+
+def test_peft_forward_honours_adapter_names_per_row(tiny_random_model_dir, adapters):
+    """What the engine relies on: one forward, each row through its own adapter (or none)."""
+    base = AutoModelForCausalLM.from_pretrained(tiny_random_model_dir).eval()
+    input_ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12], [5, 6, 7, 8]])
+    with torch.inference_mode():
+        plain = base(input_ids=input_ids).logits
+    model = PeftModel.from_pretrained(base, adapters["a"], adapter_name="a")
+    model.load_adapter(adapters["b"], adapter_name="b")
+    model.eval()
+    with torch.inference_mode():
+        mixed = model(input_ids=input_ids, adapter_names=["a", "__base__", "b"]).logits
+        model.set_adapter("a")
+        only_a = model(input_ids=input_ids).logits
+        model.set_adapter("b")
+        only_b = model(input_ids=input_ids).logits
+    torch.testing.assert_close(mixed[0], only_a[0])
+    torch.testing.assert_close(mixed[1], plain[1])
+    torch.testing.assert_close(mixed[2], only_b[2])
+    assert not torch.allclose(only_a[0], plain[0])
