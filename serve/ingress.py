@@ -23,7 +23,13 @@ from ouro.registry import ALIAS_PRODUCTION, RegistrySnapshot
 from ouro.settings import OuroSettings
 from serve.auth import ApiKeyAuth
 from serve.errors import error_response
-from serve.exceptions import InvalidRequestError, NotFoundError, PayloadTooLargeError, ServeError
+from serve.exceptions import (
+    InvalidRequestError,
+    NotFoundError,
+    NotReadyError,
+    PayloadTooLargeError,
+    ServeError,
+)
 from serve.llm_server import RegistryFactory, build_registry
 from serve.logs import configure_logging
 from serve.metrics import ServeMetrics
@@ -111,9 +117,6 @@ class OuroIngress:
         auth = ApiKeyAuth.from_settings(self.settings)
         replica_id = serve.get_replica_context().replica_id.unique_id
         self.names = ModelNames()
-        health: Health | None = None
-        metrics = ServeMetrics(replica_reports=lambda: health.replica_reports if health else [])
-        self.metrics = metrics
         self.watcher = RegistryWatcher(
             registry_factory(self.settings),
             self.settings.registry_poll_interval_s,
@@ -124,17 +127,22 @@ class OuroIngress:
         health = Health(
             self.watcher, llm_server, coordinator, self.settings.registry_poll_interval_s
         )
+        # Scrapes export the LLM replicas' latest reports, as fetched for that scrape.
+        self.metrics = ServeMetrics(replica_reports=lambda: health.replica_reports)
         self.services = IngressServices(
             settings=self.settings,
             auth=auth,
             names=self.names,
             base_model_name=self.settings.base_model,
-            metrics=metrics,
+            metrics=self.metrics,
             chat=ChatCompletions(
-                self.settings, llm_server, self.names, self.watcher.refresh, metrics
+                self.settings, llm_server, self.names, self.watcher.refresh, self.metrics
             ),
             feedback=Feedback(
-                self.settings, ledger_writer_id(replica_id), metrics, self._last_training_watermark
+                self.settings,
+                ledger_writer_id(replica_id),
+                self.metrics,
+                self._last_training_watermark,
             ),
             health=health,
         )
@@ -143,6 +151,11 @@ class OuroIngress:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_api(self.services)
+
+    async def check_health(self) -> None:
+        """Serve's health check: a replica that stopped following the registry is replaced."""
+        if not self.watcher.running:
+            raise NotReadyError("the registry watcher has stopped")
 
     async def _on_snapshot(self, snapshot: RegistrySnapshot) -> None:
         self.names.update(snapshot, snapshot.aliases.get(ALIAS_PRODUCTION))

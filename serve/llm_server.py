@@ -7,7 +7,8 @@
   share a batch (the engine gives each row its own adapter).
 - Adapters: ``@serve.multiplexed`` is the LRU of non-production versions (loader:
   ``AdapterRegistry.download`` then ``engine.add_adapter``). The production version is
-  pinned outside that LRU, so it is never evicted while it is production.
+  pinned outside that LRU, so it is never evicted while it is production (an engine
+  holds at most ``max_adapters_per_replica`` + 1 adapters).
 - Swaps: each replica runs its own registry watcher. When ``production`` moves to a new
   version, the replica loads it first (warm), then switches ``ouro`` to it; requests
   that started on the old version hold a lease on it and finish there. No request
@@ -175,9 +176,9 @@ class LLMServer:
         return self._make_report()
 
     async def check_health(self) -> None:
-        """Serve's health check: the engine exists (a failed model load never gets here)."""
-        if self.engine is None:
-            raise NotReadyError("engine not loaded")
+        """Serve's health check: a replica that stopped following the registry is replaced."""
+        if not self.watcher.running:
+            raise NotReadyError("the registry watcher has stopped")
 
     # -- names and adapters ------------------------------------------------------------------
     async def _resolve(self, name: str) -> ServedModel:

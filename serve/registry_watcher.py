@@ -78,6 +78,11 @@ class RegistryWatcher:
     def state(self) -> RegistryState:
         return self._state
 
+    @property
+    def running(self) -> bool:
+        """Whether the background polling is alive."""
+        return self._task is not None and not self._task.done()
+
     async def start(self) -> None:
         """Poll once (a failure is recorded, not raised), then keep polling in the background."""
         if self._coordinator is not None:
