@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from peft import PeftConfig, PeftModel, PeftType
+from peft.tuners.lora import LoraLayer
 from transformers import DynamicCache
 
 from ouro.chat import ChatFormatter
@@ -223,6 +224,82 @@ class _Row:
         )
 
 
+class _LoraBank:
+    """Every loaded adapter's LoRA weights, layer by layer, side by side for one matmul.
+
+    PEFT's mixed-adapter forward loops over the adapters inside every layer at every step;
+    on a small model that Python work costs more than the arithmetic. Here each LoRA layer
+    does the same sum for the whole batch at once (the idea behind S-LoRA and Punica):
+    ``h = x @ [A_1; ...; A_n]^T``, keep the columns of each row's own adapter (a 0/1 mask;
+    none for base rows), ``delta = h @ [s_1 B_1, ..., s_n B_n]^T``. PEFT itself runs only
+    the base layer (every row is ``__base__`` to it).
+    """
+
+    def __init__(self, layers: list[torch.nn.Module], names: list[str]) -> None:
+        self.index = {name: position for position, name in enumerate(names)}
+        self.weights: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        owners: dict[
+            tuple[int, ...], torch.Tensor
+        ] = {}  # layers with the same column layout share one
+        for layer in layers:
+            present = [name for name in names if name in layer.lora_A]
+            if not present:
+                continue
+            a = torch.cat([layer.lora_A[name].weight for name in present])
+            b = torch.cat([layer.lora_B[name].weight * layer.scaling[name] for name in present], 1)
+            layout = tuple(self.index[name] for name in present for _ in range(layer.r[name]))
+            owner = owners.setdefault(layout, torch.tensor(layout, device=a.device))
+            self.weights[layer] = (a, b, owner)
+        self.masks: dict[int, torch.Tensor] = {}
+        self.base_names: list[str] = []
+        self._handles: list = []
+
+    @staticmethod
+    def unsupported(layer: torch.nn.Module, name: str) -> str | None:
+        """Why ``name``'s weights in ``layer`` cannot be banked (None: they can)."""
+        if name in getattr(layer, "lora_variant", {}) or layer.use_dora.get(name, False):
+            return "LoRA variants such as DoRA are not served"
+        if name in layer.lora_embedding_A:
+            return "LoRA on embeddings is not served"
+        if layer.lora_B[name].bias is not None:
+            return "LoRA with a bias is not served"
+        if getattr(layer, "fan_in_fan_out", False):
+            return "transposed (fan_in_fan_out) layers are not served"
+        return None
+
+    def route(self, adapters: list[str | None]) -> None:
+        """Point the batch's rows at their adapters (None: the base model)."""
+        self.base_names = [BASE_ADAPTER] * len(adapters)
+        rows = [self.index[name] if name is not None else -1 for name in adapters]
+        self.masks = {}
+        for a, _, owner in self.weights.values():
+            if id(owner) not in self.masks:
+                row_tensor = torch.tensor(rows, device=owner.device)
+                mask = (owner.unsqueeze(0) == row_tensor.unsqueeze(1)).to(a.dtype)
+                self.masks[id(owner)] = mask.unsqueeze(1)  # (batch, 1, columns)
+
+    def __enter__(self) -> _LoraBank:
+        for layer in self.weights:
+            self._handles.append(layer.register_forward_pre_hook(self._base_only, with_kwargs=True))
+            self._handles.append(layer.register_forward_hook(self._add_lora, with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _base_only(self, layer, args, kwargs):
+        kwargs["adapter_names"] = self.base_names
+        return args, kwargs
+
+    def _add_lora(self, layer, args, kwargs, output):
+        a, b, owner = self.weights[layer]
+        x = (args[0] if args else kwargs["x"]).to(a.dtype)
+        hidden = (x @ a.T) * self.masks[id(owner)]
+        return output + (hidden @ b.T).to(output.dtype)
+
+
 class GenerationEngine:
     """A base model, its loaded LoRA adapters, and batched generation over both.
 
@@ -238,6 +315,7 @@ class GenerationEngine:
         # Fast tokenizers fail with "Already borrowed" when used from several threads at once.
         self._tokenizer_lock = threading.Lock()
         self._adapter_paths: dict[str, Path] = {}
+        self._bank: _LoraBank | None = None  # rebuilt after each adapter change
         self.max_positions = int(
             getattr(model.config, "max_position_embeddings", None) or max_context_tokens
         )
@@ -292,6 +370,7 @@ class GenerationEngine:
             self._check_base_model(name, config)
             self._load_adapter(name, path, config)
             self._adapter_paths[name] = path.resolve()
+            self._bank = None
         logger.info("loaded adapter %s from %s", name, path)
 
     def remove_adapter(self, name: str) -> None:
@@ -300,6 +379,7 @@ class GenerationEngine:
             if name not in self._adapter_paths:
                 raise AdapterNotFoundError(f"no adapter named {name!r} is loaded")
             del self._adapter_paths[name]
+            self._bank = None
             if self._adapter_paths:
                 self._peft.delete_adapter(name)
             else:
@@ -312,6 +392,11 @@ class GenerationEngine:
         if config.peft_type != PeftType.LORA:
             raise AdapterIncompatibleError(
                 f"adapter {name!r} is {config.peft_type}; only LoRA adapters are served"
+            )
+        if getattr(config, "modules_to_save", None):
+            raise AdapterIncompatibleError(
+                f"adapter {name!r} retrains whole modules ({config.modules_to_save}); "
+                "only LoRA weights are served"
             )
         base_name = config.base_model_name_or_path
         if base_name and Path(base_name).name != Path(self._base.name_or_path or "").name:
@@ -343,7 +428,7 @@ class GenerationEngine:
                 if unexpected
                 else f"weights missing for {missing[:3]}"
                 if missing
-                else None
+                else self._unsupported(wrapper, name)
             )
         except (RuntimeError, ValueError, KeyError, OSError) as error:
             problem = str(error)
@@ -357,6 +442,15 @@ class GenerationEngine:
                 f"adapter {name!r} at {path} does not fit the base model: {problem}"
             )
         self._peft = wrapper.eval()
+
+    @staticmethod
+    def _unsupported(wrapper: PeftModel, name: str) -> str | None:
+        for module in wrapper.modules():
+            if isinstance(module, LoraLayer) and name in module.r:
+                reason = _LoraBank.unsupported(module, name)
+                if reason is not None:
+                    return reason
+        return None
 
     # -- generation --------------------------------------------------------------------
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationOutput]:
@@ -414,7 +508,7 @@ class GenerationEngine:
     ) -> Iterator[list[StreamDelta | None]]:
         if not requests:
             return
-        with self._lock, torch.inference_mode():
+        with self._lock:
             self._check_adapters(requests)  # an adapter may have gone since stream() was called
             rows = [
                 _Row(
@@ -426,26 +520,37 @@ class GenerationEngine:
                 )
                 for request, prompt in zip(requests, prompts, strict=True)
             ]
-            model = self.model
-            device = self.device
+            with self._lora_bank() as bank:
+                yield from self._decode_rows(rows, prompts, bank)
+
+    def _decode_rows(
+        self, rows: list[_Row], prompts: list[list[int]], bank: _LoraBank
+    ) -> Iterator[list[StreamDelta | None]]:
+        # inference_mode only around tensor work: it is thread state, and must not stay on
+        # in the caller's code while this generator waits at a yield.
+        device = self.device
+        with torch.inference_mode():
             input_ids, attention_mask = self._left_pad(prompts, device)
             positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
             cache = DynamicCache(config=self._base.config)
-            active = list(range(len(rows)))
-            logits = self._forward(model, input_ids, attention_mask, positions, cache, rows)
+            bank.route([row.request.adapter for row in rows])
+            logits = self._forward(input_ids, attention_mask, positions, cache)
             positions = positions[:, -1:]
-            while True:
+        active = list(range(len(rows)))
+        while True:
+            with torch.inference_mode():
                 tokens = self._sample(logits, [rows[index] for index in active])
-                step: list[StreamDelta | None] = [None] * len(rows)
-                keep = []
-                with self._tokenizer_lock:
-                    for slot, index in enumerate(active):
-                        step[index] = rows[index].advance(tokens[slot])
-                        if rows[index].finish_reason is None:
-                            keep.append(slot)
-                yield step
-                if not keep:
-                    return
+            step: list[StreamDelta | None] = [None] * len(rows)
+            keep = []
+            with self._tokenizer_lock:
+                for slot, index in enumerate(active):
+                    step[index] = rows[index].advance(tokens[slot])
+                    if rows[index].finish_reason is None:
+                        keep.append(slot)
+            yield step
+            if not keep:
+                return
+            with torch.inference_mode():
                 next_tokens = torch.tensor(tokens, device=device).unsqueeze(-1)
                 if len(keep) < len(active):
                     # Finished rows leave the batch (and its KV cache).
@@ -455,18 +560,22 @@ class GenerationEngine:
                     positions = positions[selected]
                     next_tokens = next_tokens[selected]
                     active = [active[slot] for slot in keep]
+                    bank.route([rows[index].request.adapter for index in active])
                 attention_mask = torch.cat(
                     [attention_mask, attention_mask.new_ones((len(active), 1))], dim=-1
                 )
                 positions = positions + 1
-                logits = self._forward(
-                    model,
-                    next_tokens,
-                    attention_mask,
-                    positions,
-                    cache,
-                    [rows[index] for index in active],
-                )
+                logits = self._forward(next_tokens, attention_mask, positions, cache)
+
+    def _lora_bank(self) -> _LoraBank:
+        if self._bank is None:
+            layers = [] if self._peft is None else self._lora_layers()
+            with torch.inference_mode():
+                self._bank = _LoraBank(layers, list(self._adapter_paths))
+        return self._bank
+
+    def _lora_layers(self) -> list[torch.nn.Module]:
+        return [module for module in self._peft.modules() if isinstance(module, LoraLayer)]
 
     def _left_pad(
         self, prompts: list[list[int]], device: torch.device
@@ -479,18 +588,14 @@ class GenerationEngine:
             attention_mask[index, width - len(prompt) :] = 1
         return input_ids.to(device), attention_mask.to(device)
 
-    def _forward(self, model, input_ids, attention_mask, positions, cache, rows) -> torch.Tensor:
-        kwargs = {}
-        if self._peft is not None:
-            kwargs["adapter_names"] = [row.request.adapter or BASE_ADAPTER for row in rows]
-        output = model(
+    def _forward(self, input_ids, attention_mask, positions, cache) -> torch.Tensor:
+        output = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=positions,
             past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
-            **kwargs,
         )
         return output.logits[:, -1, :].float()
 

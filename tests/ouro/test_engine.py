@@ -277,6 +277,21 @@ def wrong_shape_adapter(tmp_path_factory, tiny_random_model_dir) -> Path:
     return adapter_dir
 
 
+@pytest.fixture(scope="module")
+def unsupported_adapters(tmp_path_factory, tiny_random_model_dir) -> dict[str, Path]:
+    """PEFT adapters the engine does not serve: DoRA, and one that retrains whole modules."""
+    configs = {
+        "dora": LoraConfig(r=4, target_modules=["q_proj"], use_dora=True),
+        "modules-to-save": LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"]),
+    }
+    paths = {}
+    for name, config in configs.items():
+        model = AutoModelForCausalLM.from_pretrained(tiny_random_model_dir)
+        paths[name] = tmp_path_factory.mktemp(name)
+        get_peft_model(model, config).save_pretrained(paths[name])
+    return paths
+
+
 def test_incompatible_first_adapter_leaves_the_base_model_as_it_was(
     engine, adapters, wrong_shape_adapter, tmp_path
 ):
@@ -297,7 +312,7 @@ def test_incompatible_first_adapter_leaves_the_base_model_as_it_was(
 
 
 def test_incompatible_adapter_leaves_loaded_adapters_working(
-    engine, adapters, wrong_shape_adapter, tmp_path
+    engine, adapters, wrong_shape_adapter, unsupported_adapters, tmp_path
 ):
     engine.add_adapter("a", adapters["a"])
     batch = [request(0, "a"), request(1), request(2, "a")]
@@ -310,6 +325,10 @@ def test_incompatible_adapter_leaves_loaded_adapters_working(
     (broken / "adapter_config.json").write_text('{"peft_type": "LORA", "r": "eight"')
     with pytest.raises(AdapterIncompatibleError):
         engine.add_adapter("broken", broken)
+
+    for unsupported in ("dora", "modules-to-save"):
+        with pytest.raises(AdapterIncompatibleError):
+            engine.add_adapter(unsupported, unsupported_adapters[unsupported])
 
     assert engine.adapter_names() == ["a"]
     assert engine.generate(batch) == before
