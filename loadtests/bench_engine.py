@@ -144,9 +144,10 @@ def main() -> None:
             rows.append((count, baseline, batched))
             logger.info("%s requests: %.1f vs %.1f tokens/s", count, baseline, batched)
 
-    print(f"Base model: {settings.base_model}; {ADAPTERS} LoRA adapters (rank 16, all linear")
     print(
-        f"layers); greedy, max_tokens={args.max_tokens}; torch threads={torch.get_num_threads()}."
+        f"Base model: {settings.base_model}; {ADAPTERS} LoRA adapters (rank 16, all linear "
+        f"layers); greedy, max_tokens={args.max_tokens}; torch threads={torch.get_num_threads()}; "
+        f"{args.clock} clock, median of {args.repeats} runs."
     )
     print()
     print(
