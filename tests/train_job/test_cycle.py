@@ -164,7 +164,7 @@ def test_a_cycle_killed_while_training_registers_nothing_and_the_next_one_does(
 ) -> None:
     args, registry = job
     seed_ledger(tmp_path / "feedback", CORRECTION_PAIRS)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     process = subprocess.Popen(
         [sys.executable, "-m", "train_job", "run", *args],
         cwd=REPO_ROOT,
