@@ -85,7 +85,7 @@ class BenchSizes:
     prompt_scan: int = 256
     """Corpus questions scanned for long greedy answers (serving overhead)."""
     overhead_warmup: int = 3
-    overhead_pairs: int = 20
+    overhead_pairs: int = 30
     """Engine/HTTP pairs at one client."""
     concurrent_clients: int = 16
     overhead_rounds: int = 4
@@ -96,10 +96,10 @@ class BenchSizes:
     swap_timeout_s: float = 180.0
     swap_max_tokens: int = 16
     multi_clients: int = 16
-    multi_rounds: int = 4
-    multi_requests_per_client: int = 2
+    multi_rounds: int = 6
+    multi_requests_per_client: int = 4
     saturation_levels: tuple[int, ...] = (1, 4, 16, 64)
-    saturation_level_s: float = 25.0
+    saturation_level_s: float = 30.0
     locust_s: int = 120
 
     @classmethod

@@ -13,7 +13,9 @@
   no server, which favours it.
 
 Rounds alternate between the two (ABBA); ``multi_adapter_speedup`` is the median of Ouro's
-tokens/s over the median of the original way's.
+tokens/s over the median of the original way's. A third system in the same rotation,
+Ouro's engine called in-process with the same jobs in mixed batches of 16, separates what
+batching gives from what the server costs.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import statistics
 import time
 from pathlib import Path
 
-from loadtests.bench_engine import run_one_at_a_time
+from loadtests.bench_engine import run_batched, run_one_at_a_time
 from loadtests.bench_load import LoadSummary, async_client, chat_body, closed_loop
 from loadtests.bench_stack import ServeProcess
 from ouro.engine import GenerationEngine, GenerationRequest, SamplingParams
@@ -95,6 +97,40 @@ def original_way(
     }
 
 
+def engine_mixed_batches(
+    engine: GenerationEngine,
+    adapter_dirs: dict[int, Path],
+    jobs: list[tuple[int, list[dict]]],
+    batch_size: int,
+    max_tokens: int,
+) -> dict:
+    """Ouro's engine called in-process: the same jobs in mixed-adapter batches of
+    ``batch_size`` (adapters loaded once, untimed). What batching gives without Serve."""
+    for version, path in adapter_dirs.items():
+        engine.add_adapter(version_label(version), path)
+    try:
+        requests = [
+            GenerationRequest(messages, SamplingParams(max_tokens=max_tokens), version_label(v))
+            for v, messages in jobs
+        ]
+        started = time.perf_counter()
+        tokens = sum(
+            run_batched(engine, requests[start : start + batch_size])
+            for start in range(0, len(requests), batch_size)
+        )
+        elapsed = time.perf_counter() - started
+    finally:
+        for version in adapter_dirs:
+            engine.remove_adapter(version_label(version))
+    return {
+        "requests": len(jobs),
+        "tokens": tokens,
+        "seconds": elapsed,
+        "tokens_per_s": tokens / elapsed,
+        "requests_per_s": len(jobs) / elapsed,
+    }
+
+
 async def _ouro_round(
     stack: ServeProcess,
     prompts: list[list[dict]],
@@ -132,8 +168,9 @@ def run_multi_adapter(
     jobs = arrival_order(prompts, versions, clients, requests_per_client)
     ouro_rounds: list[LoadSummary] = []
     original_rounds: list[dict] = []
+    engine_rounds: list[dict] = []
     for index in range(rounds):
-        order = ("ouro", "original") if index % 2 == 0 else ("original", "ouro")
+        order = ("ouro", "original", "engine") if index % 2 == 0 else ("engine", "original", "ouro")
         for system in order:
             if system == "ouro":
                 ouro_rounds.append(
@@ -143,14 +180,21 @@ def run_multi_adapter(
                         )
                     )
                 )
-            else:
+            elif system == "original":
                 original_rounds.append(original_way(engine, adapter_dirs, jobs, max_tokens))
+            else:
+                engine_rounds.append(
+                    engine_mixed_batches(engine, adapter_dirs, jobs, clients, max_tokens)
+                )
     ouro_tps = statistics.median(r.tokens_per_s for r in ouro_rounds)
     original_tps = statistics.median(r["tokens_per_s"] for r in original_rounds)
+    engine_tps = statistics.median(r["tokens_per_s"] for r in engine_rounds)
     speedup = ouro_tps / original_tps
     logger.info(
-        "multi-adapter: Ouro %.1f tok/s vs original way %.1f tok/s: %.2fx",
+        "multi-adapter: Ouro %.1f tok/s (its engine in-process %.1f) vs original way %.1f tok/s: "
+        "%.2fx",
         ouro_tps,
+        engine_tps,
         original_tps,
         speedup,
     )
@@ -166,6 +210,9 @@ def run_multi_adapter(
         "original_requests_per_s": statistics.median(r["requests_per_s"] for r in original_rounds),
         "ouro_failed_requests": sum(r.failed for r in ouro_rounds),
         "speedup": speedup,
+        "engine_in_process_tokens_per_s": engine_tps,
+        "engine_in_process_speedup": engine_tps / original_tps,
         "ouro_rounds": [r.to_dict() for r in ouro_rounds],
         "original_rounds": original_rounds,
+        "engine_in_process_rounds": engine_rounds,
     }

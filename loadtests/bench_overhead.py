@@ -18,6 +18,7 @@ import asyncio
 import logging
 import statistics
 import time
+from collections import Counter
 from dataclasses import asdict
 
 import httpx
@@ -30,7 +31,7 @@ from loadtests.bench_load import (
     chat_body,
     closed_loop,
 )
-from loadtests.bench_stack import ServeProcess
+from loadtests.bench_stack import ServeProcess, cpu_seconds_by_process
 from ouro.corpus import load_chatterbot_conversations
 from ouro.engine import GenerationEngine, GenerationRequest, SamplingParams
 from ouro.registry import BASE_MODEL_NAME
@@ -228,18 +229,31 @@ def concurrent_clients(
     """Throughput at ``clients`` concurrent clients: HTTP vs one engine batch, alternating."""
     engine_rounds: list[LoadSummary] = []
     http_rounds: list[LoadSummary] = []
+    engine_cpu_s = 0.0
+    client_cpu_s = 0.0
+    serve_cpu_s: Counter[str] = Counter()
     for index in range(rounds):
         order = ("engine", "http") if index % 2 == 0 else ("http", "engine")
         for system in order:
+            cpu_before = time.process_time()
             if system == "engine":
                 engine_rounds.append(
                     _engine_batch_round(engine, prompts, clients, requests_per_client, max_tokens)
                 )
+                engine_cpu_s += time.process_time() - cpu_before
             else:
+                serve_before = cpu_seconds_by_process(stack)
                 http_rounds.append(
                     asyncio.run(
                         _http_round(stack, prompts, clients, requests_per_client, max_tokens)
                     )
+                )
+                client_cpu_s += time.process_time() - cpu_before
+                serve_cpu_s.update(
+                    {
+                        name: seconds - serve_before.get(name, 0.0)
+                        for name, seconds in cpu_seconds_by_process(stack).items()
+                    }
                 )
     engine_tps = statistics.median(r.tokens_per_s for r in engine_rounds)
     http_tps = statistics.median(r.tokens_per_s for r in http_rounds)
@@ -258,6 +272,17 @@ def concurrent_clients(
         "http_requests_per_s": statistics.median(r.requests_per_s for r in http_rounds),
         "http_failed_requests": failures,
         "http_over_engine_throughput": http_tps / engine_tps,
+        # CPU time per request, whatever else ran on the machine: where the work went.
+        "cpu_ms_per_request": {
+            "engine_in_process": 1000 * engine_cpu_s / sum(r.requests for r in engine_rounds),
+            "http_client": 1000 * client_cpu_s / sum(r.requests for r in http_rounds),
+            "serve_total": 1000 * sum(serve_cpu_s.values()) / sum(r.requests for r in http_rounds),
+            "serve_by_process": {
+                name: 1000 * seconds / sum(r.requests for r in http_rounds)
+                for name, seconds in serve_cpu_s.most_common()
+                if seconds > 0
+            },
+        },
         "http_rounds": [r.to_dict() for r in http_rounds],
         "engine_rounds": [r.to_dict() for r in engine_rounds],
     }

@@ -151,6 +151,17 @@ def markdown(result: dict) -> str:
                 f"{split['http_per_extra_token'] * 1000:.2f} vs "
                 f"{split['engine_per_extra_token'] * 1000:.2f} ms per further token.",
             ]
+        cpu = many.get("cpu_ms_per_request")
+        if cpu:
+            parts = ", ".join(
+                f"{name} {ms:.1f}" for name, ms in list(cpu["serve_by_process"].items())[:5]
+            )
+            lines += [
+                "",
+                f"CPU per request at {many['clients']} clients: {cpu['engine_in_process']:.1f} ms "
+                f"in the engine in-process; {cpu['serve_total']:.1f} ms in the Serve stack's "
+                f"processes ({parts}) plus {cpu['http_client']:.1f} ms in the HTTP client.",
+            ]
     if "multi_adapter" in scenarios:
         multi = scenarios["multi_adapter"]
         lines += [
@@ -164,6 +175,10 @@ def markdown(result: dict) -> str:
             f"| {_fmt(multi['ouro_tokens_per_s'], 1)} | {_fmt(multi['speedup'])}x |",
             f"| requests/s | {_fmt(multi['original_requests_per_s'])} "
             f"| {_fmt(multi['ouro_requests_per_s'])} | |",
+            f"| tokens/s, Ouro's engine in-process (mixed batches, no server) "
+            f"| {_fmt(multi['original_tokens_per_s'], 1)} "
+            f"| {_fmt(multi['engine_in_process_tokens_per_s'], 1)} "
+            f"| {_fmt(multi['engine_in_process_speedup'])}x |",
         ]
     if "saturation" in scenarios:
         saturation = scenarios["saturation"]
@@ -233,11 +248,19 @@ def plot(result: dict, path: Path) -> None:
     if "multi_adapter" in scenarios:
         multi = scenarios["multi_adapter"]
         adapters_ax.bar(
-            ["original way\n(one at a time,\nreload adapter)", "Ouro over HTTP\n(mixed batch)"],
-            [multi["original_tokens_per_s"], multi["ouro_tokens_per_s"]],
-            color=["#999999", "#2a7ab9"],
+            [
+                "original way\n(one at a time,\nreload adapter)",
+                "Ouro over HTTP\n(mixed batches)",
+                "Ouro's engine\nin-process",
+            ],
+            [
+                multi["original_tokens_per_s"],
+                multi["ouro_tokens_per_s"],
+                multi["engine_in_process_tokens_per_s"],
+            ],
+            color=["#999999", "#2a7ab9", "#9cc3e0"],
         )
-        for index, key in enumerate(("original_rounds", "ouro_rounds")):
+        for index, key in enumerate(("original_rounds", "ouro_rounds", "engine_in_process_rounds")):
             rates = [r["tokens_per_s"] for r in multi[key]]
             adapters_ax.scatter([index] * len(rates), rates, color="black", s=12, zorder=3)
         adapters_ax.set_ylabel("tokens/s (median of rounds)")

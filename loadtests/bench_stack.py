@@ -7,8 +7,9 @@
 - Adapter versions are LoRA adapters with random non-zero weights
   (``loadtests.bench_engine.make_adapters``), logged and registered the way the training
   job does it (``train_job.register.CycleRun`` + ``AdapterRegistry.register_adapter``).
-- ``python -m serve`` runs in its own session and is stopped with SIGTERM (its clean
-  shutdown of Serve and Ray), then anything of it still alive is killed by pid.
+- ``python -m serve`` runs in its own process group (in this session) and is stopped
+  with SIGTERM (its clean shutdown of Serve and Ray), then anything of it still alive
+  is killed by pid.
 """
 
 from __future__ import annotations
@@ -159,15 +160,18 @@ def serve_process(
     env = offline_env({"OURO_API_KEYS": client_key, "OURO_ADMIN_API_KEYS": admin_key})
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
-        # A session of its own: Ctrl-C in the terminal reaches the harness, which then
-        # stops the server in order instead of both racing to shut Ray down.
+        # A process group of its own: Ctrl-C in the terminal reaches only the harness,
+        # which then stops the server in order. The same session, though: Linux shares
+        # CPU fairly between sessions (autogroups) first, so a server in a session of its
+        # own would get more of a busy machine than the in-process engine it is
+        # compared with.
         process = subprocess.Popen(
             command,
             cwd=REPO_ROOT,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            process_group=0,
         )
     stack = ServeProcess(f"http://127.0.0.1:{port}", client_key, admin_key, process, log_path)
     try:
@@ -237,3 +241,23 @@ def match_replica_niceness(stack: ServeProcess, replica_name: str = "LLMServer")
         if os.getpriority(os.PRIO_PROCESS, thread.id) < niceness:
             os.setpriority(os.PRIO_PROCESS, thread.id, niceness)
     return niceness
+
+
+def cpu_seconds_by_process(stack: ServeProcess) -> dict[str, float]:
+    """CPU time (user + system) used so far by each process of python -m serve, by name.
+
+    Differences of two readings say where the CPU went while the stack did some work,
+    whatever else the machine was running.
+    """
+    prefix = "ray::ServeReplica:"
+    totals: dict[str, float] = {}
+    root = psutil.Process(stack.process.pid)
+    for process in (root, *root.children(recursive=True)):
+        try:
+            times = process.cpu_times()
+            name = "python -m serve" if process.pid == root.pid else process.name()
+        except psutil.NoSuchProcess:
+            continue
+        name = name.removeprefix(prefix).split(".", 1)[0]
+        totals[name] = totals.get(name, 0.0) + times.user + times.system
+    return totals
