@@ -70,6 +70,8 @@ RESULTS_DIR = REPO_ROOT / "loadtests" / "results"
 JSON_NAME = "latest.json"
 PLOT_NAME = "bench.png"
 OVERHEAD_PROMPTS = 8
+RESULT_ENV = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "OURO_LLM_NUM_CPUS")
+"""Environment that changes the figures; written into the recorded command when set."""
 FALLBACK_KNEE = 16
 """Locust's user count when the saturation scenario did not run."""
 
@@ -258,7 +260,13 @@ def run(args: argparse.Namespace) -> dict:
     figures = headline(scenarios)
     machine["load_average_at_end"] = list(os.getloadavg())
     return {
-        "command": " ".join(["python -m loadtests.bench", *sys.argv[1:]]),
+        "command": " ".join(
+            [
+                *(f"{name}={os.environ[name]}" for name in RESULT_ENV if name in os.environ),
+                "python -m loadtests.bench",
+                *sys.argv[1:],
+            ]
+        ),
         "make_target": "make bench",
         "quick": args.quick,
         "machine": machine,
