@@ -21,6 +21,7 @@ for _name, _value in {
 # Tests run servers, training and the test process side by side on two cores: one torch
 # thread each avoids oversubscription (10-50x slowdowns were measured without it).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DIR = REPO_ROOT.parent / "shared"
