@@ -206,6 +206,8 @@ def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentP
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _setup_logging()
+    # MLflow writes run links to stdout when a run ends; stdout is for the command's result.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     parser = build_parser()
     try:
         if argv[:1] == ["run"]:
@@ -302,8 +304,14 @@ def _format_result(result) -> str:
                 f"  {check.name:<20} {value:>8}  {threshold:<10} {verdict:<8} {check.detail}"
             )
     if result.timings:
-        lines.append("timings: " + " | ".join(f"{k} {v:.1f} s" for k, v in result.timings.items()))
+        lines.append(
+            "timings: " + " | ".join(f"{k} {_seconds(v)}" for k, v in result.timings.items())
+        )
     return "\n".join(lines)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f} s" if value >= 0.1 else f"{value:.2f} s"
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from mlflow.exceptions import MlflowException
 
 from ouro.errors import OuroError
@@ -94,6 +95,8 @@ def run_cycle(config: TrainJobConfig, settings: OuroSettings) -> CycleResult:
 
 
 def _run_locked(config: TrainJobConfig, settings: OuroSettings) -> CycleResult:
+    if config.cpu_threads > 0:
+        torch.set_num_threads(config.cpu_threads)
     timer = StageTimer()
     with timer.stage("collect"):
         registry = AdapterRegistry(settings.tracking_uri, settings.registered_model_name)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-from transformers import TrainerCallback, set_seed
+from transformers import ProgressCallback, TrainerCallback, set_seed
 from trl import SFTConfig, SFTTrainer
 
 from ouro.models import load_base_model, resolve_base_model
@@ -56,6 +56,15 @@ class _LogForwarder(TrainerCallback):
         if logs:
             numbers = {k: float(v) for k, v in logs.items() if isinstance(v, int | float)}
             self.sink(state.global_step, numbers)
+
+
+class _LossProgress(ProgressCallback):
+    """transformers' progress bar (on stderr) with the loss in it, instead of printing every
+    step's log dict to stdout, which belongs to the command's result."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.training_bar is not None and logs and "loss" in logs:
+            self.training_bar.set_postfix(loss=f"{float(logs['loss']):.4f}", refresh=False)
 
 
 def lora_config(config: TrainJobConfig) -> LoraConfig:
@@ -111,6 +120,8 @@ def train_adapter(
         processing_class=tokenizer,
         callbacks=[_LogForwarder(on_log)] if on_log else None,
     )
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(_LossProgress)
     logger.info("training a LoRA adapter (%s) on %s rows", backend, len(fitted))
     output = trainer.train()
     adapter_dir = work_dir / "adapter"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import signal
@@ -160,7 +161,7 @@ def test_garbage_corrections_fail_the_gates_and_register_nothing(
 
 
 def test_a_cycle_killed_while_training_registers_nothing_and_the_next_one_does(
-    job, tmp_path: Path
+    job, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     args, registry = job
     seed_ledger(tmp_path / "feedback", CORRECTION_PAIRS)
@@ -191,7 +192,11 @@ def test_a_cycle_killed_while_training_registers_nothing_and_the_next_one_does(
     (killed,) = experiment_runs(registry, args[args.index("--experiment-name") + 1])
     assert killed.info.status == "RUNNING"  # never finished, never registered
 
-    assert main(["run", *args, "--auto-promote"]) == 0  # the lock died with the process
+    capsys.readouterr()
+    assert main(["run", *args, "--auto-promote", "--json"]) == 0  # the lock died with it
+    result = json.loads(capsys.readouterr().out)  # stdout holds the result and nothing else
+    assert result["outcome"] == "registered" and result["version"] == 1 and result["promoted"]
+    assert set(result["timings_s"]) == {"collect", "train", "gates", "register", "total"}
     snapshot = registry.snapshot()
     assert snapshot.aliases == {ALIAS_CANDIDATE: 1, ALIAS_PRODUCTION: 1}
     assert snapshot.versions[1].gates_passed is True
