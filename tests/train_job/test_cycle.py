@@ -10,6 +10,7 @@ import signal
 import string
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -160,37 +161,62 @@ def test_garbage_corrections_fail_the_gates_and_register_nothing(
     assert run.data.metrics["gate/passed"] == 0.0
 
 
-def test_a_cycle_killed_while_training_registers_nothing_and_the_next_one_does(
-    job, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
-    args, registry = job
-    seed_ledger(tmp_path / "feedback", CORRECTION_PAIRS)
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+def signal_during_training(args: list[str], sig: signal.Signals) -> tuple[int, str]:
+    """Run a cycle in a subprocess, send ``sig`` once training has started; (exit code, stderr)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "train_job", "run", *args],
         cwd=REPO_ROOT,
-        env=env,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
-        for line in process.stderr:  # wait until training has really started
+    lines: list[str] = []
+    training = threading.Event()
+
+    def read_stderr() -> None:  # keep draining, or a full pipe would block the child
+        for line in process.stderr:
+            lines.append(line)
             if "training a LoRA adapter" in line:
-                break
-        else:
-            pytest.fail(f"the cycle ended before training (exit {process.wait()})")
+                training.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    try:
+        if not training.wait(timeout=300):
+            pytest.fail(f"training never started:\n{''.join(lines)[-3000:]}")
         time.sleep(1.0)
-        process.send_signal(signal.SIGKILL)
-        assert process.wait(timeout=60) == -signal.SIGKILL
+        process.send_signal(sig)
+        code = process.wait(timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+    reader.join(timeout=10)
+    return code, "".join(lines)
 
+
+def test_a_cycle_killed_while_training_registers_nothing_and_the_next_one_does(
+    job, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    args, registry = job
+    experiment = args[args.index("--experiment-name") + 1]
+    seed_ledger(tmp_path / "feedback", CORRECTION_PAIRS)
+
+    # SIGTERM (a Job deleted, a node drained): the run is marked KILLED, nothing registered.
+    code, stderr = signal_during_training(args, signal.SIGTERM)
+    assert code == 143, stderr[-3000:]
+    assert "interrupted by SIGTERM: nothing registered" in stderr
     assert registry.snapshot().versions == {}
-    (killed,) = experiment_runs(registry, args[args.index("--experiment-name") + 1])
-    assert killed.info.status == "RUNNING"  # never finished, never registered
+    (terminated,) = experiment_runs(registry, experiment)
+    assert terminated.info.status == "KILLED"
+
+    # SIGKILL: no chance to clean up; the run never finishes, nothing is registered.
+    code, _ = signal_during_training(args, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    assert registry.snapshot().versions == {}
+    statuses = sorted(run.info.status for run in experiment_runs(registry, experiment))
+    assert statuses == ["KILLED", "RUNNING"]
 
     capsys.readouterr()
     assert main(["run", *args, "--auto-promote", "--json"]) == 0  # the lock died with it

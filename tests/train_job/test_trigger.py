@@ -15,6 +15,7 @@ import pytest
 import pytest_asyncio
 from kubernetes import client
 
+from train_job.cli import main
 from train_job.trigger import (
     MANUAL_ANNOTATION,
     TriggerBusyError,
@@ -186,3 +187,29 @@ def test_a_cronjob_without_uid_cannot_own_the_job() -> None:
     cronjob.metadata.uid = None
     with pytest.raises(TriggerError, match="uid"):
         job_from_cronjob(cronjob, "x")
+
+
+@pytest.mark.asyncio
+async def test_the_cli_uses_a_kubeconfig_and_refuses_a_second_run(kmock, api, tmp_path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: test\n"
+        f"clusters: [{{name: kmock, cluster: {{server: '{str(kmock.url).rstrip('/')}'}}}}]\n"
+        "users: [{name: tester, user: {token: not-checked}}]\n"
+        "contexts: [{name: test, context: {cluster: kmock, user: tester}}]\n",
+        encoding="utf-8",
+    )
+    argv = [
+        "trigger",
+        "--cronjob",
+        CRONJOB,
+        "--namespace",
+        NAMESPACE,
+        "--kubeconfig",
+        str(kubeconfig),
+    ]
+
+    assert await asyncio.to_thread(main, argv) == 0
+    assert len(await stored_jobs(kmock)) == 1
+    assert await asyncio.to_thread(main, argv) == 5  # its first Job is still running
+    assert await asyncio.to_thread(main, [*argv[:-2], "--kubeconfig", str(tmp_path / "no")]) == 1
