@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data import load_chat_jsonl
 from ouro.corpus import load_chatterbot_conversations
 from train_job.config import CHATTERBOT_SOURCE, TrainJobConfig, TrainJobConfigError
 
@@ -197,7 +198,7 @@ def load_conversations(source: str) -> list[Messages]:
         raise TrainJobConfigError(
             f"conversation source {source!r} is neither {CHATTERBOT_SOURCE!r} nor a file"
         )
-    return _load_chat_jsonl(path)
+    return load_chat_jsonl(path)
 
 
 def load_probes(
@@ -241,9 +242,3 @@ def _distinct_questions(conversations: list[Messages], exclude: set[str]) -> lis
 
 def _first_user(conversation: Messages) -> str:
     return next((m["content"] for m in conversation if m.get("role") == "user"), "")
-
-
-def _load_chat_jsonl(path: Path) -> list[Messages]:
-    from data import load_chat_jsonl  # the data pipeline's reader of its own output
-
-    return load_chat_jsonl(path)
