@@ -202,3 +202,27 @@ async def closed_loop(
 
     await asyncio.gather(*(one_client(index) for index in range(clients)))
     return records
+
+
+async def prompt_rotation_load(
+    base_url: str,
+    api_key: str,
+    model: str,
+    prompts: list[list[dict]],
+    clients: int,
+    max_tokens: int,
+    *,
+    requests_per_client: int | None = None,
+    duration_s: float | None = None,
+) -> LoadSummary:
+    """Closed-loop load on one model name; the clients take the prompts in turn."""
+
+    def body(client_index: int, request_index: int) -> dict:
+        messages = prompts[(request_index * clients + client_index) % len(prompts)]
+        return chat_body(messages, model, max_tokens)
+
+    async with async_client(base_url, api_key, clients) as client:
+        records = await closed_loop(
+            client, body, clients, requests_per_client=requests_per_client, duration_s=duration_s
+        )
+    return LoadSummary.of(records)

@@ -27,9 +27,8 @@ from loadtests.bench_load import (
     CHAT_PATH,
     LatencyStats,
     LoadSummary,
-    async_client,
     chat_body,
-    closed_loop,
+    prompt_rotation_load,
 )
 from loadtests.bench_stack import ServeProcess, cpu_seconds_by_process
 from ouro.corpus import load_chatterbot_conversations
@@ -204,18 +203,6 @@ def _rates(requests: int, tokens: int, seconds: float) -> LoadSummary:
     )
 
 
-async def _http_round(
-    stack: ServeProcess, prompts: list[list[dict]], clients: int, repeats: int, max_tokens: int
-) -> LoadSummary:
-    def body(client_index: int, request_index: int) -> dict:
-        messages = prompts[(request_index * clients + client_index) % len(prompts)]
-        return chat_body(messages, BASE_MODEL_NAME, max_tokens)
-
-    async with async_client(stack.base_url, stack.client_key, clients) as client:
-        records = await closed_loop(client, body, clients, requests_per_client=repeats)
-    return LoadSummary.of(records)
-
-
 def concurrent_clients(
     engine: GenerationEngine,
     stack: ServeProcess,
@@ -245,7 +232,15 @@ def concurrent_clients(
                 serve_before = cpu_seconds_by_process(stack)
                 http_rounds.append(
                     asyncio.run(
-                        _http_round(stack, prompts, clients, requests_per_client, max_tokens)
+                        prompt_rotation_load(
+                            stack.base_url,
+                            stack.client_key,
+                            BASE_MODEL_NAME,
+                            prompts,
+                            clients,
+                            max_tokens,
+                            requests_per_client=requests_per_client,
+                        )
                     )
                 )
                 client_cpu_s += time.process_time() - cpu_before

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from itertools import pairwise
 
-from loadtests.bench_load import LoadSummary, async_client, chat_body, closed_loop
+from loadtests.bench_load import prompt_rotation_load
 from loadtests.bench_stack import ServeProcess
 from ouro.registry import SERVED_MODEL_NAME
 
@@ -42,18 +42,6 @@ def find_knee(levels: Sequence[dict]) -> int:
     return levels[-1]["clients"]
 
 
-async def _level(
-    stack: ServeProcess, prompts: list[list[dict]], clients: int, duration_s: float, max_tokens: int
-) -> LoadSummary:
-    def body(client_index: int, request_index: int) -> dict:
-        messages = prompts[(request_index * clients + client_index) % len(prompts)]
-        return chat_body(messages, SERVED_MODEL_NAME, max_tokens)
-
-    async with async_client(stack.base_url, stack.client_key, clients) as client:
-        records = await closed_loop(client, body, clients, duration_s=duration_s)
-    return LoadSummary.of(records)
-
-
 def run_saturation(
     stack: ServeProcess,
     prompts: list[list[dict]],
@@ -64,7 +52,17 @@ def run_saturation(
 ) -> dict:
     results = []
     for clients in levels:
-        summary = asyncio.run(_level(stack, prompts, clients, level_s, max_tokens))
+        summary = asyncio.run(
+            prompt_rotation_load(
+                stack.base_url,
+                stack.client_key,
+                SERVED_MODEL_NAME,
+                prompts,
+                clients,
+                max_tokens,
+                duration_s=level_s,
+            )
+        )
         row = {"clients": clients, **summary.to_dict()}
         row["other_failures"] = summary.failed - summary.rejected_429
         results.append(row)
