@@ -40,6 +40,7 @@ run: install
 	$(PY) -m serve --host 127.0.0.1 --port 8000 --data-dir $(DATA_DIR)
 
 test: install-test chart-check
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install-test

@@ -7,11 +7,10 @@ arguments override) and pass it down; nothing reads the environment at import ti
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 EMBEDDED_MODEL = "ouro-tiny"
 """``base_model`` value that selects the embedded default model the project builds itself."""
