@@ -234,7 +234,7 @@ def test_rollback_walks_back_through_promotions_to_the_base_model(
 
     # Promote again, then someone moves the alias by hand in the MLflow UI.
     registry.set_alias(ALIAS_PRODUCTION, v1)
-    MlflowClient(registry_uri=mlflow_server).set_registered_model_alias(
+    MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server).set_registered_model_alias(
         mlflow_model_name, ALIAS_PRODUCTION, str(v3)
     )
     assert registry.rollback() == v1  # undoes the hand-made move
@@ -254,7 +254,9 @@ def test_rollback_skips_versions_deleted_since(
     v1, v2, v3 = register(registry, adapter_dir, 3)
     for version in (v1, v2, v3):
         registry.set_alias(ALIAS_PRODUCTION, version)
-    MlflowClient(registry_uri=mlflow_server).delete_model_version(mlflow_model_name, str(v2))
+    MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server).delete_model_version(
+        mlflow_model_name, str(v2)
+    )
     assert registry.rollback() == v1
 
 
