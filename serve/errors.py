@@ -32,6 +32,7 @@ from ouro.registry import (
 )
 from serve.exceptions import (
     InvalidRequestError,
+    NotFoundError,
     NotReadyError,
     OverloadedError,
     PayloadTooLargeError,
@@ -97,37 +98,17 @@ def api_error(exc: BaseException) -> ApiError:
     if isinstance(exc, InvalidFeedbackError):
         return api_error(InvalidRequestError(_message(exc), exc.param))
     if isinstance(exc, UnknownModelError):
-        info = ErrorInfo(
-            message=_message(exc),
-            type="invalid_request_error",
-            param="model",
-            code="model_not_found",
-        )
-        return ApiError(404, info)
+        return api_error(NotFoundError(_message(exc), "model", code="model_not_found"))
     if isinstance(exc, AdapterNotFoundError):
-        info = ErrorInfo(
-            message=f"the model version cannot be loaded: {_message(exc)}",
-            type="invalid_request_error",
-            param="model",
-            code="model_not_found",
-        )
-        return ApiError(404, info)
+        message = f"the model version cannot be loaded: {_message(exc)}"
+        return api_error(NotFoundError(message, "model", code="model_not_found"))
     if isinstance(exc, AdapterIncompatibleError | AdapterArtifactError):
-        info = ErrorInfo(
-            message=f"the model version is broken: {_message(exc)}",
-            type="invalid_request_error",
-            param="model",
-            code="model_unusable",
-        )
-        return ApiError(400, info)
+        message = f"the model version is broken: {_message(exc)}"
+        return api_error(InvalidRequestError(message, "model", code="model_unusable"))
     if isinstance(exc, PromptTooLongError):
-        info = ErrorInfo(
-            message=_message(exc),
-            type="invalid_request_error",
-            param="messages",
-            code="context_length_exceeded",
+        return api_error(
+            InvalidRequestError(_message(exc), "messages", code="context_length_exceeded")
         )
-        return ApiError(400, info)
     if isinstance(exc, EngineRequestError):
         return api_error(InvalidRequestError(_message(exc)))
     if isinstance(exc, BackPressureError):

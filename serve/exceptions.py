@@ -16,10 +16,12 @@ class ServeError(OuroError):
     type = "server_error"
     code: str | None = None
 
-    def __init__(self, message: str, param: str | None = None) -> None:
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        if code is not None:  # a more specific code than the class's own
+            self.code = code
 
 
 class InvalidRequestError(ServeError):
