@@ -100,12 +100,29 @@ class OuroSettings(BaseSettings):
     default_max_tokens: int = Field(
         256, gt=0, description="max_tokens when a request does not set it."
     )
-    max_batch_size: int = Field(16, gt=0, description="Most requests generated in one batch.")
-    batch_wait_timeout_s: float = Field(
-        0.01, ge=0, description="How long a batch waits to fill before it starts."
+    max_running_requests: int = Field(
+        16, gt=0, description="Most requests an LLM replica decodes at once (its batch)."
+    )
+    max_kv_cache_tokens: int = Field(
+        32768,
+        gt=0,
+        description="KV-cache tokens an LLM replica's running requests may reserve "
+        "(prompt + max_tokens each); requests past it wait.",
+    )
+    max_prefill_tokens_per_step: int = Field(
+        256,
+        gt=0,
+        description="Prompt tokens prefilled per decoding step; longer prompts are spread "
+        "over several steps so running requests keep decoding.",
+    )
+    stream_interval_s: float = Field(
+        0.05,
+        ge=0,
+        description="Streamed text is sent to the ingress at most this often (the first "
+        "token at once); 0 sends every step's text.",
     )
     max_queued_requests: int = Field(
-        64, gt=0, description="Requests waiting per replica before 429 is answered."
+        64, gt=0, description="Requests waiting per LLM replica before 429 is answered."
     )
     max_adapters_per_replica: int = Field(
         4, gt=0, description="LoRA adapter versions kept loaded per replica (LRU)."

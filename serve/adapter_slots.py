@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ouro.engine import AdapterError, GenerationEngine
+from ouro.engine import AdapterError, AsyncEngine
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class _Slot:
 class AdapterSlots:
     """Loads and unloads adapter versions in one engine; all methods run on one event loop."""
 
-    def __init__(self, engine: GenerationEngine, download: Download) -> None:
+    def __init__(self, engine: AsyncEngine, download: Download) -> None:
         self._engine = engine
         self._download = download
         # One slot per version ever used (never deleted, so a waiter never holds a stale one).
@@ -120,7 +120,7 @@ class AdapterSlots:
             name = adapter_name(version)
             try:
                 path = await asyncio.to_thread(self._download, version)
-                await asyncio.to_thread(self._engine.add_adapter, name, path)
+                await self._engine.add_adapter(name, path)
             except BaseException:
                 self.load_failures += 1
                 raise
@@ -137,7 +137,7 @@ class AdapterSlots:
             try:
                 if slot.needed or not slot.loaded:
                     return
-                await asyncio.to_thread(self._engine.remove_adapter, adapter_name(slot.version))
+                await self._engine.remove_adapter(adapter_name(slot.version))
                 slot.loaded = False
                 self.evictions += 1
                 logger.info("adapter version %s removed", slot.version)

@@ -68,10 +68,11 @@ def create_app(
     if sqlite_path(settings.tracking_uri) is not None:
         # A local store: create its tables once, here, before the replicas race to.
         registry_factory(settings).snapshot()
-    # Batches wait in the replica; beyond that requests queue in the handle, then 429.
+    # A replica takes as many requests as its engine runs plus lets wait; past that they
+    # queue in the handle, then 429.
     llm = LLMServer.options(
         ray_actor_options={"num_cpus": settings.llm_num_cpus},
-        max_ongoing_requests=2 * settings.max_batch_size,
+        max_ongoing_requests=settings.max_running_requests + settings.max_queued_requests,
         max_queued_requests=settings.max_queued_requests,
     )
     coordinator = RegistryCoordinator.bind()

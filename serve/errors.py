@@ -21,7 +21,13 @@ from ray.exceptions import RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from ouro.chat import PromptTooLongError
-from ouro.engine import AdapterIncompatibleError, AdapterNotFoundError
+from ouro.engine import (
+    AdapterIncompatibleError,
+    AdapterNotFoundError,
+    EngineOverloadedError,
+    EngineStoppedError,
+    RequestAbortedError,
+)
 from ouro.engine import InvalidRequestError as EngineRequestError
 from ouro.ledger import FeedbackTooLargeError, InvalidFeedbackError, LedgerUnavailableError
 from ouro.registry import (
@@ -111,8 +117,14 @@ def api_error(exc: BaseException) -> ApiError:
         )
     if isinstance(exc, EngineRequestError):
         return api_error(InvalidRequestError(_message(exc)))
-    if isinstance(exc, BackPressureError):
+    if isinstance(exc, BackPressureError | EngineOverloadedError):
         return api_error(OverloadedError("the server is busy; retry shortly"))
+    if isinstance(exc, EngineStoppedError):
+        logger.error("engine stopped: %s", exc)
+        return api_error(NotReadyError("the model server is restarting; retry shortly"))
+    if isinstance(exc, RequestAbortedError):
+        # Its adapter version was removed under it (an operator deleted it, or a forget).
+        return api_error(NotReadyError(f"the request was cut short: {_message(exc)}"))
     if isinstance(exc, RegistryUnavailableError):
         return api_error(NotReadyError(f"the model registry is unreachable: {_message(exc)}"))
     if isinstance(exc, RegistryError):

@@ -1,19 +1,21 @@
-"""LLMServer: the deployment that owns a GenerationEngine and the adapters loaded into it.
+"""LLMServer: the deployment that owns an engine and the adapters loaded into it.
 
-- Batching: every request goes through one ``@serve.batch`` streaming generator, which
-  feeds ``GenerationEngine.stream`` (one list of deltas per decoding step). Serve
-  splits a batch by *multiplexed model id*, so the ingress does not set one: the adapter
-  travels in the request body (``LLMCall.model``) and requests for different versions
-  share a batch (the engine gives each row its own adapter).
+- Generation: every request goes straight to ``AsyncEngine.generate``; the engine's
+  scheduler batches them continuously (requests join and leave the running batch at
+  every step), so nothing here waits for a batch to form or to finish. A cancelled call
+  (the HTTP client went away) aborts its row at the engine's next step.
+- Streaming: the first token goes to the ingress at once, later text at most every
+  ``stream_interval_s`` (Ray Serve LLM's stream batching), so a token is not one Ray
+  message; ``generate`` (non-streamed) returns one result.
 - Adapters: ``@serve.multiplexed`` is the LRU of non-production versions (loader:
-  ``AdapterRegistry.download`` then ``engine.add_adapter``). The production version is
-  pinned outside that LRU, so it is never evicted while it is production (an engine
-  holds at most ``max_adapters_per_replica`` + 1 adapters).
+  ``AdapterRegistry.download`` then ``engine.add_adapter``). The ingress sets the
+  version as Serve's multiplexed model id, so Serve routes a version's requests to
+  replicas that already hold it. The production version is pinned outside that LRU,
+  so it is never evicted while it is production.
 - Swaps: each replica runs its own registry watcher. When ``production`` moves to a new
   version, the replica loads it first (warm), then switches ``ouro`` to it; requests
   that started on the old version hold a lease on it and finish there. No request
   waits for the cold load.
-- Engine calls run in a worker thread; the replica's event loop is never blocked.
 
 The engine and registry factories are injected (Ray Serve LLM style), so a test can
 pass small ones; the defaults build the real engine and MLflow registry.
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import nullcontext
@@ -33,7 +34,7 @@ from ray import serve
 from ray.exceptions import RayError
 from ray.serve.exceptions import RayServeException
 
-from ouro.engine import GenerationEngine, GenerationRequest, StreamDelta
+from ouro.engine import AsyncEngine, GenerationEngine, GenerationRequest
 from ouro.errors import OuroError
 from ouro.registry import ALIAS_PRODUCTION, AdapterRegistry, RegistrySnapshot
 from ouro.settings import OuroSettings
@@ -79,14 +80,14 @@ class LLMServer:
         # Ray sets OMP threads to the actor's CPUs; torch needs telling as well.
         torch.set_num_threads(max(1, int(self.settings.llm_num_cpus)))
         self.replica_id = serve.get_replica_context().replica_id.unique_id
-        self.engine = await asyncio.to_thread(engine_factory, self.settings)
+        self.engine = AsyncEngine(await asyncio.to_thread(engine_factory, self.settings))
+        self.engine.start()
         self.registry = registry_factory(self.settings)
         self.slots = AdapterSlots(self.engine, self._download)
         self.names = ModelNames()
         self._production_known = False
         self._warm_error: str | None = None
         self._coordinator = coordinator
-        self._background: set[asyncio.Task] = set()
 
         async def load_cached(model_id: str) -> CachedAdapter:
             return await self.slots.load_cached(int(model_id.removeprefix("v")))
@@ -95,8 +96,6 @@ class LLMServer:
         self._load_cached = serve.multiplexed(
             max_num_models_per_replica=self.settings.max_adapters_per_replica
         )(load_cached)
-        self._decode_batch.set_max_batch_size(self.settings.max_batch_size)
-        self._decode_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
 
         self.watcher = RegistryWatcher(
             self.registry,
@@ -127,31 +126,35 @@ class LLMServer:
         raise RuntimeError("generation ended without finishing")
 
     async def generate_stream(self, call: LLMCall) -> AsyncIterator:
-        """ServedModel, then TextDelta per new text, then Finished (see serve.llm_calls)."""
+        """ServedModel, then TextDelta as text comes, then Finished (see serve.llm_calls).
+
+        A request the engine refuses (bad prompt or settings, a full queue) raises before
+        ServedModel, so the ingress can still answer with an error status.
+        """
         set_request_id(call.request_id)
         started = time.monotonic()
         served = await self._resolve(call.model)
         lease = await self._lease(served)
         with lease or nullcontext():
-            yield served
-            first_token_s: float | None = None
             request = GenerationRequest(
                 messages=call.messages,
                 params=call.params,
                 adapter=lease.name if lease is not None else None,
                 request_id=call.request_id,
             )
-            steps = self._decode_batch(request)
+            deltas = self.engine.generate(request)
             try:
-                async for delta in steps:
-                    if delta is None:
-                        continue
-                    if isinstance(delta, BaseException):
-                        raise delta
-                    if first_token_s is None:
-                        first_token_s = time.monotonic() - started
-                    if delta.text:
-                        yield TextDelta(delta.text)
+                delta = await anext(deltas)
+                first_token_s = time.monotonic() - started
+                yield served
+                interval = self.settings.stream_interval_s
+                pending, sent_at = delta.text, None
+                while True:
+                    now = time.monotonic()
+                    due = sent_at is None or now - sent_at >= interval
+                    if pending and (due or delta.finish_reason is not None):
+                        yield TextDelta(pending)
+                        pending, sent_at = "", now
                     if delta.finish_reason is not None:
                         yield Finished(
                             finish_reason=delta.finish_reason,
@@ -160,12 +163,10 @@ class LLMServer:
                             first_token_s=first_token_s,
                         )
                         return
+                    delta = await anext(deltas)
+                    pending += delta.text
             finally:
-                # Serve ends each request of a streaming batch with one more (sentinel)
-                # step; consume it in the background, so nothing is left unretrieved.
-                task = asyncio.get_running_loop().create_task(_drain(steps))
-                self._background.add(task)  # the loop keeps only a weak reference
-                task.add_done_callback(self._background.discard)
+                await deltas.aclose()  # aborts the row if the call ends early
 
     async def refresh_registry(self) -> ReplicaReport:
         """Re-read the registry now (this replica only; the coordinator reaches all)."""
@@ -176,7 +177,9 @@ class LLMServer:
         return self._make_report()
 
     async def check_health(self) -> None:
-        """Serve's health check: a replica that stopped following the registry is replaced."""
+        """Serve's health check: a replica whose engine loop died, or that stopped
+        following the registry, is replaced."""
+        self.engine.check_health()
         if not self.watcher.running:
             raise NotReadyError("the registry watcher has stopped")
 
@@ -231,75 +234,6 @@ class LLMServer:
         if current is not None and current != target:
             await self.slots.unpin(current)
 
-    # -- batching ---------------------------------------------------------------------------
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def _decode_batch(self, requests: list[GenerationRequest]) -> AsyncIterator[list]:
-        """One list per decoding step, one slot per request (Serve's streaming batch).
-
-        A slot is the request's StreamDelta, its error (a request the engine refuses,
-        so the others still run), None (nothing new yet), or StopIteration once it
-        has finished.
-        """
-        errors = await asyncio.to_thread(self._refused, requests)
-        if errors:
-            yield [errors.get(index) for index in range(len(requests))]
-        valid = [index for index in range(len(requests)) if index not in errors]
-        done = [StopIteration] * len(requests)
-        if not valid:
-            yield done
-            return
-        async for step in self._engine_steps([requests[index] for index in valid]):
-            out: list = list(done)
-            for slot, delta in zip(valid, step, strict=True):
-                out[slot] = delta if delta is not None else StopIteration
-            yield out
-
-    def _refused(self, requests: list[GenerationRequest]) -> dict[int, OuroError]:
-        """The requests the engine would refuse (bad prompt or settings), by position."""
-        errors = {}
-        for index, request in enumerate(requests):
-            try:
-                self.engine.prompt_ids(request)
-            except OuroError as exc:
-                errors[index] = exc
-        return errors
-
-    async def _engine_steps(
-        self, requests: list[GenerationRequest]
-    ) -> AsyncIterator[list[StreamDelta | None]]:
-        """GenerationEngine.stream run in a worker thread, its steps handed to the loop."""
-        loop = asyncio.get_running_loop()
-        steps_queue: asyncio.Queue = asyncio.Queue()
-        cancelled = threading.Event()
-
-        def produce() -> None:
-            try:
-                steps = self.engine.stream(requests)
-                try:
-                    for step in steps:
-                        loop.call_soon_threadsafe(steps_queue.put_nowait, (step, None))
-                        if cancelled.is_set():
-                            break
-                finally:
-                    steps.close()  # releases the engine's lock at once
-            except Exception as exc:  # noqa: BLE001 - handed to the requests, which raise it
-                loop.call_soon_threadsafe(steps_queue.put_nowait, (None, exc))
-            else:
-                loop.call_soon_threadsafe(steps_queue.put_nowait, (None, None))
-
-        worker = loop.run_in_executor(None, produce)
-        try:
-            while True:
-                step, error = await steps_queue.get()
-                if error is not None:
-                    raise error
-                if step is None:
-                    return
-                yield step
-        finally:
-            cancelled.set()
-            await asyncio.shield(worker)
-
     # -- reports ----------------------------------------------------------------------------
     def _make_report(self) -> ReplicaReport:
         state = self.watcher.state
@@ -316,6 +250,7 @@ class LLMServer:
             registry_reachable=state.reachable,
             registry_error=state.last_error,
             warm_error=self._warm_error,
+            engine=self.engine.stats(),
         )
 
     async def _send_report(self) -> ReplicaReport:
@@ -327,10 +262,3 @@ class LLMServer:
                 logger.debug("could not report to the coordinator: %s", exc)
         return report
 
-
-async def _drain(steps: AsyncIterator) -> None:
-    try:
-        async for _ in steps:
-            pass
-    except Exception as exc:  # noqa: BLE001 - the request it belonged to has reported it
-        logger.debug("batch failed after its request had finished: %s", exc)

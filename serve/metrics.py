@@ -5,7 +5,8 @@ app's route serves them directly. Ray's own ``ray.serve.metrics`` go to Ray's me
 agent on another port, which a cluster's Prometheus may scrape as well; what a client
 sees (status, tokens, time to first token, which version answered) is counted here.
 Adapter loads and evictions happen in the LLM server replicas: they report their
-counters to the coordinator, and ``ReplicaReportCollector`` exports the latest reports.
+counters, and their engines' scheduler state, to the coordinator, and
+``ReplicaReportCollector`` exports the latest reports.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from ouro.engine import EngineStats
+from ouro.engine.types import BATCH_SIZE_BUCKETS, STEP_SECONDS_BUCKETS
 from serve.replica_report import ReplicaReport
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -52,6 +55,7 @@ class ReplicaReportCollector(Collector):
             "Version an LLM server replica answers 'ouro' with (0: the base model).",
             labels=["replica"],
         )
+        engine = _EngineFamilies()
         for report in self._reports():
             replica = report.replica_id
             loads.add_metric([replica], report.adapter_loads)
@@ -59,7 +63,78 @@ class ReplicaReportCollector(Collector):
             failures.add_metric([replica], report.adapter_load_failures)
             loaded.add_metric([replica], len(report.adapters_loaded))
             production.add_metric([replica], report.production_version or 0)
+            if report.engine is not None:
+                engine.add(replica, report.engine)
         yield from (loads, evictions, failures, loaded, production)
+        yield from engine.families()
+
+
+class _EngineFamilies:
+    """The engines' scheduler metrics, one sample per LLM server replica."""
+
+    def __init__(self) -> None:
+        labels = ["replica"]
+        self.running = GaugeMetricFamily(
+            "ouro_engine_running_requests", "Requests decoding or prefilling.", labels=labels
+        )
+        self.waiting = GaugeMetricFamily(
+            "ouro_engine_waiting_requests", "Requests waiting for a place.", labels=labels
+        )
+        self.kv_usage = GaugeMetricFamily(
+            "ouro_engine_kv_cache_usage",
+            "Share of the KV-cache token budget reserved by running requests (0..1).",
+            labels=labels,
+        )
+        self.aborted = CounterMetricFamily(
+            "ouro_engine_aborted_requests",
+            "Requests aborted before they finished (client gone, adapter removed).",
+            labels=labels,
+        )
+        self.failed = CounterMetricFamily(
+            "ouro_engine_failed_requests",
+            "Requests that failed inside the engine (their neighbours went on).",
+            labels=labels,
+        )
+        self.step_seconds = HistogramMetricFamily(
+            "ouro_engine_step_seconds", "Time of one scheduling step.", labels=labels
+        )
+        self.batch_size = HistogramMetricFamily(
+            "ouro_engine_batch_size", "Requests in one step (prefill and decode).", labels=labels
+        )
+
+    def add(self, replica: str, stats: EngineStats) -> None:
+        self.running.add_metric([replica], stats.running_requests)
+        self.waiting.add_metric([replica], stats.waiting_requests)
+        self.kv_usage.add_metric([replica], stats.kv_cache_usage)
+        self.aborted.add_metric([replica], stats.aborted_requests)
+        self.failed.add_metric([replica], stats.failed_requests)
+        self.step_seconds.add_metric(
+            [replica],
+            _buckets(STEP_SECONDS_BUCKETS, stats.step_seconds_buckets),
+            stats.step_seconds_sum,
+        )
+        self.batch_size.add_metric(
+            [replica],
+            _buckets(BATCH_SIZE_BUCKETS, stats.batch_size_buckets),
+            stats.batch_size_sum,
+        )
+
+    def families(self) -> tuple:
+        return (
+            self.running,
+            self.waiting,
+            self.kv_usage,
+            self.aborted,
+            self.failed,
+            self.step_seconds,
+            self.batch_size,
+        )
+
+
+def _buckets(bounds: tuple[float, ...], cumulative: tuple[int, ...]) -> list[tuple[str, int]]:
+    return [(str(bound), count) for bound, count in zip(bounds, cumulative, strict=False)] + [
+        ("+Inf", cumulative[-1])
+    ]
 
 
 class ServeMetrics:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ouro.engine import EngineStats
+
 
 @dataclass(frozen=True)
 class ReplicaReport:
@@ -29,4 +31,7 @@ class ReplicaReport:
     warm_error: str | None = field(
         default=None,
         metadata={"help": "Why the newest production version could not be loaded, if so."},
+    )
+    engine: EngineStats | None = field(
+        default=None, metadata={"help": "The engine's scheduler state and counters."}
     )

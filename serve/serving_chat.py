@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ouro.engine import SamplingParams
 from ouro.registry import UnknownModelError, parse_model_name
 from ouro.settings import OuroSettings
+from serve.adapter_slots import adapter_name
 from serve.errors import error_response, stream_error_event
 from serve.exceptions import InvalidRequestError
 from serve.llm_calls import Finished, LLMCall, LLMResult, ServedModel, TextDelta
@@ -60,13 +61,17 @@ class ChatCompletions:
     async def create(self, request: ChatCompletionRequest) -> Response:
         try:
             call = self._to_call(request)
-            await self._check_model(request.model)
+            served = await self._check_model(request.model)
         except Exception as exc:  # noqa: BLE001 - every failure becomes its envelope
             return error_response(exc)
+        llm = self._llm
+        if served is not None and served.version is not None:
+            # Serve routes a version's requests to replicas that already hold it.
+            llm = llm.options(multiplexed_model_id=adapter_name(served.version))
         if request.stream:
-            return await self._stream(call, request.include_usage())
+            return await self._stream(llm, call, request.include_usage())
         try:
-            result: LLMResult = await self._llm.generate.remote(call)
+            result: LLMResult = await llm.generate.remote(call)
         except Exception as exc:  # noqa: BLE001 - mapped by serve.errors (logged there if unexpected)
             return error_response(exc)
         self._count(call.model, result.served, result.finished)
@@ -120,20 +125,21 @@ class ChatCompletions:
             request_id=current_request_id(),
         )
 
-    async def _check_model(self, name: str) -> None:
-        """404 early for names this replica's registry view lacks (after one re-read)."""
+    async def _check_model(self, name: str) -> ServedModel | None:
+        """What ``name`` resolves to in this replica's registry view (None: not read yet);
+        404 early for names it lacks (after one re-read)."""
         parse_model_name(name)  # not one of the served forms: 404 without a registry read
         if self._names.snapshot is None:
-            return  # registry not reached yet: the LLM server says what it can serve
+            return None  # registry not reached yet: the LLM server says what it can serve
         try:
-            self._names.resolve(name)
+            return self._names.resolve(name)
         except UnknownModelError:
             await self._refresh_names()
-            self._names.resolve(name)
+            return self._names.resolve(name)
 
     # -- streaming --------------------------------------------------------------------------
-    async def _stream(self, call: LLMCall, include_usage: bool) -> Response:
-        events = self._llm.options(stream=True).generate_stream.remote(call)
+    async def _stream(self, llm, call: LLMCall, include_usage: bool) -> Response:
+        events = llm.options(stream=True).generate_stream.remote(call)
         try:
             served: ServedModel = await events.__anext__()
         except Exception as exc:  # noqa: BLE001 - before the first byte: a normal error status

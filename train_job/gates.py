@@ -208,7 +208,7 @@ def evaluate_gates(
         engine.add_adapter(BASELINE_ADAPTER, baseline_dir)
         baseline_adapter = BASELINE_ADAPTER
     scorer = scorer or BertScorer()
-    batch_size = settings.max_batch_size
+    batch_size = settings.max_running_requests
 
     corrections = [*dataset.train, *dataset.held_out]
     limits = [_answer_budget(engine, c, config, settings) for c in corrections]

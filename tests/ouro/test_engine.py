@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -15,11 +16,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from ouro.engine import (
     AdapterIncompatibleError,
     AdapterNotFoundError,
+    AsyncEngine,
     GenerationEngine,
     GenerationRequest,
     IncrementalDetokenizer,
     InvalidRequestError,
     SamplingParams,
+    StreamDelta,
 )
 from tests.fixtures.models import LORA_TARGETS
 
@@ -177,24 +180,24 @@ def test_streamed_text_equals_generated_text_for_a_mixed_batch(engine, adapters)
     ]
     expected = engine.generate(batch)
 
-    texts = [""] * len(batch)
-    finished = [None] * len(batch)
-    steps = 0
-    for step in engine.stream(batch):
-        steps += 1
-        assert len(step) == len(batch)
-        for index, delta in enumerate(step):
-            if finished[index] is not None:
-                assert delta is None  # nothing more once a request has finished
-                continue
-            texts[index] += delta.text
-            if delta.finish_reason:
-                finished[index] = delta
-    assert steps == max(output.completion_tokens for output in expected)
-    for output, text, final in zip(expected, texts, finished, strict=True):
-        assert text == output.text
-        assert final.finish_reason == output.finish_reason
-        assert final.completion_tokens == output.completion_tokens
+
+    async def stream_all() -> list[list[StreamDelta]]:
+        async def collect(req) -> list[StreamDelta]:
+            return [delta async for delta in runner.generate(req)]
+
+        return await asyncio.gather(*(collect(req) for req in batch))
+
+    runner = AsyncEngine(engine)
+    runner.start()
+    try:
+        streams = asyncio.run(stream_all())
+    finally:
+        runner.shutdown()
+    for output, deltas in zip(expected, streams, strict=True):
+        assert "".join(delta.text for delta in deltas) == output.text
+        assert [delta.finish_reason for delta in deltas[:-1]] == [None] * (len(deltas) - 1)
+        assert deltas[-1].finish_reason == output.finish_reason
+        assert deltas[-1].completion_tokens == output.completion_tokens
 
 
 def test_usage_counts_prompt_and_completion_tokens(engine):
@@ -261,7 +264,7 @@ def test_unknown_adapter_in_a_request_is_a_typed_error(engine, adapters):
     engine.add_adapter("a", adapters["a"])
     engine.remove_adapter("a")
     with pytest.raises(AdapterNotFoundError):
-        engine.stream([request(0, "a")])
+        engine.add_request(request(0, "a"), sink=None)
     with pytest.raises(AdapterNotFoundError):
         engine.remove_adapter("a")
 

@@ -8,17 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from ouro.engine import AdapterError, AdapterNotFoundError, GenerationEngine
+from ouro.engine import AdapterError, AdapterNotFoundError, AsyncEngine
 from ouro.settings import OuroSettings
 from serve.adapter_slots import AdapterSlots
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_random_model_dir: Path, tmp_path_factory) -> GenerationEngine:
+def engine(tiny_random_model_dir: Path, tmp_path_factory) -> AsyncEngine:
     settings = OuroSettings(
         data_dir=tmp_path_factory.mktemp("slots"), base_model=str(tiny_random_model_dir)
     )
-    return GenerationEngine.from_settings(settings)
+    return AsyncEngine.from_settings(settings)
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +32,9 @@ def downloads(adapter_paths) -> list[int]:
 
 
 @pytest.fixture
-def slots(engine: GenerationEngine, adapter_paths, downloads: list[int]) -> AdapterSlots:
+def slots(engine: AsyncEngine, adapter_paths, downloads: list[int]) -> AdapterSlots:
     for name in engine.adapter_names():
-        engine.remove_adapter(name)
+        engine.engine.remove_adapter(name)
 
     def download(version: int) -> Path:
         downloads.append(version)
@@ -53,7 +53,7 @@ async def settle() -> None:
 
 
 def test_a_pinned_version_stays_until_unpinned_and_its_last_request_ends(
-    slots: AdapterSlots, engine: GenerationEngine
+    slots: AdapterSlots, engine: AsyncEngine
 ) -> None:
     async def scenario() -> None:
         await slots.pin(1)
@@ -71,7 +71,7 @@ def test_a_pinned_version_stays_until_unpinned_and_its_last_request_ends(
 
 
 def test_concurrent_loads_of_one_version_load_it_once(
-    slots: AdapterSlots, downloads: list[int], engine: GenerationEngine
+    slots: AdapterSlots, downloads: list[int], engine: AsyncEngine
 ) -> None:
     async def scenario() -> None:
         entries = await asyncio.gather(*(slots.load_cached(2) for _ in range(5)))
@@ -86,7 +86,7 @@ def test_concurrent_loads_of_one_version_load_it_once(
 
 
 def test_an_eviction_from_another_thread_is_applied_on_the_loop(
-    slots: AdapterSlots, engine: GenerationEngine
+    slots: AdapterSlots, engine: AsyncEngine
 ) -> None:
     async def scenario() -> None:
         entry = await slots.load_cached(3)
@@ -105,7 +105,7 @@ def test_an_eviction_from_another_thread_is_applied_on_the_loop(
 
 
 def test_a_version_that_fails_to_load_leaves_the_others_alone(
-    slots: AdapterSlots, engine: GenerationEngine
+    slots: AdapterSlots, engine: AsyncEngine
 ) -> None:
     async def scenario() -> None:
         await slots.pin(1)

@@ -46,7 +46,7 @@ def stack(serve_stack_factory, mlflow_server: str, tiny_random_model_dir: Path) 
             "default_max_tokens": 12,
             "max_body_bytes": MAX_BODY_BYTES,
             "max_feedback_field_chars": MAX_FIELD_CHARS,
-            "max_batch_size": 4,
+            "max_running_requests": 4,
             "max_queued_requests": 2,
         }
     )

@@ -70,7 +70,7 @@ def stack(serve_stack_factory, mlflow: MlflowServer, versions, tiny_random_model
             "registered_model_name": "ouro-adapter",
             "registry_poll_interval_s": 1.0,
             "max_adapters_per_replica": 2,
-            "max_batch_size": 8,
+            "max_running_requests": 8,
             "allow_unauthenticated": True,
         }
     )

@@ -1,0 +1,155 @@
+"""AsyncEngine: the engine's interface for servers, in the shape of Ray Serve LLM's LLMEngine.
+
+A daemon thread drives :meth:`GenerationEngine.step` while there is work (and sleeps on
+an event when there is none); callers on an event loop use ``generate`` (an async
+iterator of deltas), ``abort``, ``add_adapter`` / ``remove_adapter``, ``check_health``
+and ``stats``. Closing or cancelling a ``generate`` iterator before its last delta
+aborts the request: its row leaves the batch at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from ouro.engine.core import GenerationEngine
+from ouro.engine.types import (
+    EngineStats,
+    EngineStoppedError,
+    GenerationRequest,
+    StreamDelta,
+)
+
+logger = logging.getLogger(__name__)
+
+_IDLE_WAIT_S = 0.5
+"""How long the idle loop sleeps between checks that it should still run."""
+
+
+class AsyncEngine:
+    """Runs a GenerationEngine's step loop in a thread; async methods for an event loop."""
+
+    def __init__(self, engine: GenerationEngine) -> None:
+        self.engine = engine
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._loop_error: BaseException | None = None
+
+    @classmethod
+    def from_settings(cls, settings) -> AsyncEngine:
+        return cls(GenerationEngine.from_settings(settings))
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the step loop (idempotent)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="ouro-engine", daemon=True)
+        self._thread.start()
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop the loop after its current step."""
+        self._stopping.set()
+        self.engine.wake()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def check_health(self) -> None:
+        """Raise EngineStoppedError unless the step loop is running."""
+        if self._thread is None or not self._thread.is_alive():
+            reason = f": {self._loop_error}" if self._loop_error else ""
+            raise EngineStoppedError(f"the engine loop is not running{reason}")
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    def _run(self) -> None:
+        engine = self.engine
+        try:
+            while not self._stopping.is_set():
+                if engine.wait_for_work(_IDLE_WAIT_S):
+                    engine.step()
+        except BaseException as error:  # noqa: BLE001 - recorded for check_health, then raised
+            self._loop_error = error
+            logger.exception("the engine loop stopped")
+            raise
+
+    # -- requests ------------------------------------------------------------------------------
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+        """The request's deltas as the engine produces them (several steps' worth merged
+        when the consumer is slower than the engine). Raises the engine's error for a
+        request it refuses (before the first delta) or that fails; leaving the loop
+        early aborts the request."""
+        self.check_health()
+        loop = asyncio.get_running_loop()
+        sink = _LoopSink(loop)
+        prompt = await asyncio.to_thread(self.engine.prompt_ids, request)
+        seq_id = self.engine.add_request(request, sink, prompt)
+        finished = False
+        try:
+            while not finished:
+                delta = await sink.next()
+                finished = delta.finish_reason is not None
+                yield delta
+        finally:
+            if not finished:
+                self.engine.abort_sequence(seq_id)
+
+    def abort(self, request_id: str) -> None:
+        """Stop the live requests with this id at the next step."""
+        self.engine.abort(request_id)
+
+    # -- adapters ------------------------------------------------------------------------------
+    def adapter_names(self) -> list[str]:
+        return self.engine.adapter_names()
+
+    async def add_adapter(self, name: str, path: Path) -> None:
+        """Load an adapter between two steps (the load runs in a worker thread)."""
+        await asyncio.to_thread(self.engine.add_adapter, name, path)
+
+    async def remove_adapter(self, name: str) -> None:
+        """Unload an adapter between two steps; requests still on it are aborted."""
+        await asyncio.to_thread(self.engine.remove_adapter, name)
+
+
+class _LoopSink:
+    """Hands deltas from the engine thread to one request's consumer on an event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._items: list = []
+        self._ready = asyncio.Event()
+
+    # engine thread
+    def put(self, delta: StreamDelta) -> None:
+        self._loop.call_soon_threadsafe(self._deliver, delta)
+
+    def fail(self, error: BaseException) -> None:
+        self._loop.call_soon_threadsafe(self._deliver, error)
+
+    # event loop
+    def _deliver(self, item) -> None:
+        self._items.append(item)
+        self._ready.set()
+
+    async def next(self) -> StreamDelta:
+        """Everything delivered since the last call, merged into one delta."""
+        await self._ready.wait()
+        items, self._items = self._items, []
+        self._ready.clear()
+        for item in items:
+            if isinstance(item, BaseException):
+                raise item
+        last = items[-1]
+        if len(items) == 1:
+            return last
+        return StreamDelta(
+            text="".join(item.text for item in items),
+            finish_reason=last.finish_reason,
+            prompt_tokens=last.prompt_tokens,
+            completion_tokens=last.completion_tokens,
+        )

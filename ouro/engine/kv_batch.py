@@ -1,0 +1,125 @@
+"""A batch of rows sharing one left-padded KV cache, which rows can join and leave.
+
+Every row's cache is aligned on the right: column ``width - 1`` holds each row's newest
+token, and shorter rows are padded on the left (attention mask 0). That keeps one
+``DynamicCache`` per batch, so a decoding step is a single forward for all rows:
+
+- *join*: a group prefilled apart (its own cache) is merged in by left-padding whichever
+  cache is narrower and concatenating along the batch dimension (a copy, once per join);
+- *leave*: ``index_select`` on the batch dimension; columns that became padding in every
+  remaining row are cut off, so the width follows the longest live row.
+
+Each row keeps its own positions (RoPE was applied with the row's real positions when its
+keys were cached), so padding never changes a row's numbers.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+
+class KVBatch:
+    """Rows' cache, attention mask and next positions; tensors on the model's device."""
+
+    def __init__(
+        self, config, cache: DynamicCache, attention_mask: torch.Tensor, positions: torch.Tensor
+    ) -> None:
+        self.config = config
+        """The model's config (what a fresh cache is built from)."""
+        self.cache = cache
+        self.attention_mask = attention_mask
+        """(rows, width): 1 where a row has a real cached token."""
+        self.positions = positions
+        """(rows, 1): the position of each row's next token."""
+
+    @classmethod
+    def empty(cls, config, device: torch.device) -> KVBatch:
+        return cls(
+            config,
+            DynamicCache(config=config),
+            torch.zeros((0, 0), dtype=torch.long, device=device),
+            torch.zeros((0, 1), dtype=torch.long, device=device),
+        )
+
+    @property
+    def rows(self) -> int:
+        return self.attention_mask.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.attention_mask.shape[1]
+
+    def step_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention mask and positions for feeding one new token per row."""
+        mask = torch.cat([self.attention_mask, self.attention_mask.new_ones((self.rows, 1))], 1)
+        return mask, self.positions
+
+    def advance(self) -> None:
+        """Record that one token per row was just cached (call after the forward)."""
+        self.attention_mask = torch.cat(
+            [self.attention_mask, self.attention_mask.new_ones((self.rows, 1))], 1
+        )
+        self.positions = self.positions + 1
+
+    def select(self, keep: list[int]) -> None:
+        """Keep only the rows at ``keep`` (in that order); trim columns nobody uses."""
+        if len(keep) == self.rows:
+            return
+        index = torch.tensor(keep, dtype=torch.long, device=self.attention_mask.device)
+        if keep:
+            self.cache.batch_select_indices(index)
+        else:
+            self.cache = DynamicCache(config=self.config)
+        self.attention_mask = self.attention_mask[index]
+        self.positions = self.positions[index]
+        self._trim()
+
+    def merge(self, other: KVBatch) -> None:
+        """Append ``other``'s rows after this batch's rows."""
+        if other.rows == 0:
+            return
+        if self.rows == 0:
+            self.cache, self.attention_mask, self.positions = (
+                other.cache,
+                other.attention_mask,
+                other.positions,
+            )
+            return
+        width = max(self.width, other.width)
+        mine, theirs = _layers(self.cache), _layers(other.cache)
+        for own, new in zip(mine, theirs, strict=True):
+            own.keys = torch.cat([_pad_left(own.keys, width), _pad_left(new.keys, width)], 0)
+            own.values = torch.cat([_pad_left(own.values, width), _pad_left(new.values, width)], 0)
+        self.attention_mask = torch.cat(
+            [_pad_left(self.attention_mask, width), _pad_left(other.attention_mask, width)], 0
+        )
+        self.positions = torch.cat([self.positions, other.positions], 0)
+
+    def _trim(self) -> None:
+        if self.rows == 0:
+            self.attention_mask = self.attention_mask[:, :0]
+            return
+        used = self.attention_mask.any(dim=0).nonzero()
+        start = int(used[0]) if len(used) else self.width
+        if start == 0:
+            return
+        for layer in _layers(self.cache):
+            layer.keys = layer.keys[:, :, start:, :]
+            layer.values = layer.values[:, :, start:, :]
+        self.attention_mask = self.attention_mask[:, start:]
+
+
+def _layers(cache: DynamicCache) -> list:
+    return [layer for layer in cache.layers if getattr(layer, "keys", None) is not None]
+
+
+def _pad_left(tensor: torch.Tensor, width: int) -> torch.Tensor:
+    """Left-pad the sequence dimension (-2 for (b, h, s, d) caches, -1 for masks) with 0."""
+    dim = -2 if tensor.dim() == 4 else -1
+    missing = width - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim)

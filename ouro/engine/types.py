@@ -1,0 +1,175 @@
+"""What goes into the engine and what comes out: requests, sampling settings, deltas, errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ouro.errors import OuroError
+
+FINISH_STOP = "stop"
+FINISH_LENGTH = "length"
+
+SEED_RANGE = (-(2**63), 2**64)
+"""Seeds ``torch.Generator.manual_seed`` accepts: [low, high)."""
+MIN_TEMPERATURE = 1e-4
+"""Positive temperatures below this decode greedily: dividing logits by less overflows."""
+
+
+class AdapterError(OuroError):
+    """A LoRA adapter could not be used."""
+
+
+class AdapterNotFoundError(AdapterError):
+    """No adapter at that path, or no adapter loaded under that name."""
+
+
+class AdapterIncompatibleError(AdapterError):
+    """The adapter does not fit the base model (other architecture, shapes or modules)."""
+
+
+class InvalidRequestError(OuroError, ValueError):
+    """A generation request that cannot be served as asked."""
+
+
+class EngineOverloadedError(OuroError):
+    """The engine's waiting queue is full: try again later."""
+
+
+class EngineStoppedError(OuroError):
+    """The engine is not running (never started, shut down, or its loop died)."""
+
+
+class RequestAbortedError(OuroError):
+    """The request was aborted before it finished (client gone, or its adapter removed)."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request is decoded."""
+
+    max_tokens: int = 256
+    """Most tokens to generate."""
+    temperature: float = 0.0
+    """0 means greedy (deterministic); higher values sample more freely. Values below
+    MIN_TEMPERATURE decode greedily (the limit of sampling as temperature goes to 0)."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p."""
+    stop: tuple[str, ...] = ()
+    """Strings that end the answer (not included in it)."""
+    seed: int | None = None
+    """Seeds this request's sampling; None draws a fresh seed."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stop", tuple(self.stop))
+        if self.max_tokens < 1:
+            raise InvalidRequestError("max_tokens must be at least 1")
+        if not self.temperature >= 0:  # also catches NaN
+            raise InvalidRequestError("temperature must not be negative")
+        if not 0.0 < self.top_p <= 1.0:
+            raise InvalidRequestError("top_p must be in (0, 1]")
+        if any(not stop for stop in self.stop):
+            raise InvalidRequestError("stop strings must not be empty")
+        if self.seed is not None and not SEED_RANGE[0] <= self.seed < SEED_RANGE[1]:
+            raise InvalidRequestError(f"seed must be in [{SEED_RANGE[0]}, {SEED_RANGE[1]})")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < MIN_TEMPERATURE
+
+
+@dataclass
+class GenerationRequest:
+    """One conversation to answer."""
+
+    messages: list[dict]
+    """OpenAI-style messages: [{"role": ..., "content": ...}, ...]."""
+    params: SamplingParams = field(default_factory=SamplingParams)
+    """Decoding settings."""
+    adapter: str | None = None
+    """Name of a loaded adapter, or None for the base model."""
+    request_id: str = ""
+    """Unique among the engine's live requests (``abort`` names it); empty: one is drawn."""
+
+
+@dataclass(frozen=True)
+class GenerationOutput:
+    """A finished answer."""
+
+    text: str
+    """The generated text (stop string and end-of-turn token excluded)."""
+    finish_reason: str
+    """'stop' (end of turn or a stop string) or 'length' (max_tokens or the context)."""
+    prompt_tokens: int
+    """Tokens in the prompt after formatting and truncation."""
+    completion_tokens: int
+    """Tokens generated."""
+
+
+@dataclass(frozen=True)
+class StreamDelta:
+    """What one or more decoding steps added to one request."""
+
+    text: str
+    """New text since the previous delta (may be empty while text is held back)."""
+    finish_reason: str | None
+    """Set on the request's last delta."""
+    prompt_tokens: int
+    """Tokens in the prompt."""
+    completion_tokens: int
+    """Tokens generated so far."""
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """The scheduler's budgets (vLLM's max_num_seqs, KV blocks and max_num_batched_tokens)."""
+
+    max_running_requests: int = 16
+    """Most requests decoding at once (the batch)."""
+    max_waiting_requests: int = 64
+    """Most requests waiting for a place; past that ``EngineOverloadedError``."""
+    max_kv_cache_tokens: int = 16384
+    """KV-cache tokens the running requests may reserve (prompt + max_tokens each)."""
+    max_prefill_tokens_per_step: int = 256
+    """Prompt tokens prefilled per step; longer prompts are prefilled over several steps
+    (chunked prefill) so the rows already decoding keep moving."""
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_running_requests",
+            "max_waiting_requests",
+            "max_kv_cache_tokens",
+            "max_prefill_tokens_per_step",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+
+
+STEP_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot of the engine's state and counters (exported as Prometheus metrics)."""
+
+    running_requests: int
+    """Requests in the decode batch or being prefilled."""
+    waiting_requests: int
+    """Requests waiting for a place."""
+    kv_cache_usage: float
+    """Reserved KV-cache tokens / ``max_kv_cache_tokens`` (0..1)."""
+    aborted_requests: int
+    """Requests aborted since start (cumulative)."""
+    failed_requests: int
+    """Requests that failed inside the engine since start (cumulative)."""
+    finished_requests: int
+    """Requests that finished normally since start (cumulative)."""
+    steps: int
+    """Steps run since start."""
+    step_seconds_sum: float
+    step_seconds_buckets: tuple[int, ...]
+    """Cumulative counts of steps at most each ``STEP_SECONDS_BUCKETS`` bound (then +Inf)."""
+    batch_size_sum: int
+    batch_size_buckets: tuple[int, ...]
+    """Cumulative counts of steps whose batch size is at most each ``BATCH_SIZE_BUCKETS``
+    bound (then +Inf)."""
