@@ -10,6 +10,7 @@ everything (also on Ctrl-C, SIGTERM or an error), and writes ``latest.json`` and
 
   serving_overhead  a greedy 32-token completion: HTTP + Serve vs. the engine in-process
   swap              production moves v1 -> v2 under load: failed requests, time to switch
+  ttft              time to first token of a new request: idle vs. while 15 others decode
   multi_adapter     16 clients over 4 versions: Ouro vs. one-at-a-time with adapter reloads
   saturation        1, 4, 16, 64 clients: throughput, p50/p99, 429s, the knee
   locust            the project's locustfile at the knee for 2 minutes
@@ -58,6 +59,7 @@ from loadtests.bench_stack import (
     serve_process,
 )
 from loadtests.bench_swap import SwapTimeoutError, run_swap
+from loadtests.bench_ttft import run_ttft
 from ouro.engine import GenerationEngine
 from ouro.errors import OuroError
 from ouro.registry import ALIAS_PRODUCTION, AdapterRegistry
@@ -65,7 +67,7 @@ from ouro.settings import OuroSettings
 
 logger = logging.getLogger("loadtests.bench")
 
-SCENARIOS = ("serving_overhead", "swap", "multi_adapter", "saturation", "locust")
+SCENARIOS = ("serving_overhead", "swap", "ttft", "multi_adapter", "saturation", "locust")
 RESULTS_DIR = REPO_ROOT / "loadtests" / "results"
 JSON_NAME = "latest.json"
 PLOT_NAME = "bench.png"
@@ -97,6 +99,9 @@ class BenchSizes:
     swap_tail_s: float = 10.0
     swap_timeout_s: float = 180.0
     swap_max_tokens: int = 16
+    ttft_background: int = 15
+    ttft_probes: int = 20
+    ttft_background_max_tokens: int = 64
     multi_clients: int = 16
     multi_rounds: int = 6
     multi_requests_per_client: int = 4
@@ -115,6 +120,8 @@ class BenchSizes:
             overhead_requests_per_client=1,
             swap_steady_s=3.0,
             swap_tail_s=2.0,
+            ttft_background=3,
+            ttft_probes=2,
             multi_rounds=1,
             multi_requests_per_client=1,
             saturation_levels=(1, 4),
@@ -225,6 +232,14 @@ def run(args: argparse.Namespace) -> dict:
                     tail_s=sizes.swap_tail_s,
                     timeout_s=sizes.swap_timeout_s,
                     max_tokens=sizes.swap_max_tokens,
+                ),
+                "ttft": lambda: run_ttft(
+                    stack,
+                    questions,
+                    background=sizes.ttft_background,
+                    probes=sizes.ttft_probes,
+                    probe_max_tokens=sizes.max_tokens,
+                    background_max_tokens=sizes.ttft_background_max_tokens,
                 ),
                 "multi_adapter": lambda: run_multi_adapter(
                     engine,

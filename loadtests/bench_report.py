@@ -20,6 +20,8 @@ PACKAGES = ("torch", "transformers", "peft", "ray", "mlflow", "locust", "httpx")
 TARGETS = {
     "serving_overhead_ratio": ("<=", 1.25),
     "multi_adapter_speedup": (">=", 5.0),
+    "http_efficiency": (">=", 0.7),
+    "ttft_under_load_ratio": ("<=", 3.0),
     "swap_failed_requests": ("<=", 0),
     "locust_failures": ("<=", 0),
 }
@@ -74,7 +76,13 @@ def headline(scenarios: dict) -> dict:
     """The issue's headline figures, from whichever scenarios ran."""
     figures: dict = {}
     if "serving_overhead" in scenarios:
-        figures["serving_overhead_ratio"] = scenarios["serving_overhead"]["single_client"]["ratio"]
+        overhead = scenarios["serving_overhead"]
+        figures["serving_overhead_ratio"] = overhead["single_client"]["ratio"]
+        breakdown = overhead["single_client"]["breakdown_s"]
+        figures["serving_fixed_cost_ms"] = 1000 * breakdown["fixed_overhead_per_request"]
+        figures["http_efficiency"] = overhead["concurrent"]["http_over_engine_throughput"]
+    if "ttft" in scenarios:
+        figures["ttft_under_load_ratio"] = scenarios["ttft"]["ttft_under_load_ratio"]
     if "multi_adapter" in scenarios:
         figures["multi_adapter_speedup"] = scenarios["multi_adapter"]["speedup"]
     if "swap" in scenarios:
@@ -82,6 +90,9 @@ def headline(scenarios: dict) -> dict:
         figures["swap_seconds"] = scenarios["swap"]["swap_seconds"]
     if "saturation" in scenarios:
         figures["knee_clients"] = scenarios["saturation"]["knee_clients"]
+        figures["llm_replica_peak_mib"] = max(
+            level["llm_replica_peak_mib"] for level in scenarios["saturation"]["levels"]
+        )
     if "locust" in scenarios:
         figures["locust_failures"] = scenarios["locust"]["failures"]
     return figures
@@ -187,16 +198,26 @@ def markdown(result: dict) -> str:
             f"Saturation, `ouro`, {saturation['level_s']:g} s per level, "
             f"knee at {saturation['knee_clients']} clients:",
             "",
-            "| clients | requests/s | tokens/s | p50 (s) | p99 (s) | 429 | other failures |",
-            "|---:|---:|---:|---:|---:|---:|---:|",
+            "| clients | requests/s | tokens/s | p50 (s) | p99 (s) | 429 | other failures "
+            "| LLM replica peak RSS (MiB) |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for level in saturation["levels"]:
             lines.append(
                 f"| {level['clients']} | {_fmt(level['requests_per_s'])} "
                 f"| {_fmt(level['tokens_per_s'], 1)} | {_fmt(level['latency']['p50'], 3)} "
                 f"| {_fmt(level['latency']['p99'], 3)} | {level['rejected_429']} "
-                f"| {level['other_failures']} |"
+                f"| {level['other_failures']} | {_fmt(level.get('llm_replica_peak_mib'), 0)} |"
             )
+    if "ttft" in scenarios:
+        ttft = scenarios["ttft"]
+        lines += [
+            "",
+            f"Time to first token (streamed, `ouro`): p50 {_fmt(ttft['idle_ttft_p50_s'], 3)} s "
+            f"on an idle server, {_fmt(ttft['loaded_ttft_p50_s'], 3)} s while "
+            f"{ttft['background_clients']} other clients decode "
+            f"(ratio {_fmt(ttft['ttft_under_load_ratio'])}, {ttft['probes']} probes each).",
+        ]
     if "swap" in scenarios:
         swap = scenarios["swap"]
         lines += [

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from itertools import pairwise
 
 from loadtests.bench_load import prompt_rotation_load
-from loadtests.bench_stack import ServeProcess
+from loadtests.bench_stack import PeakMemory, ServeProcess
 from ouro.registry import SERVED_MODEL_NAME
 
 logger = logging.getLogger(__name__)
@@ -52,18 +52,19 @@ def run_saturation(
 ) -> dict:
     results = []
     for clients in levels:
-        summary = asyncio.run(
-            prompt_rotation_load(
-                stack.base_url,
-                stack.client_key,
-                SERVED_MODEL_NAME,
-                prompts,
-                clients,
-                max_tokens,
-                duration_s=level_s,
+        with PeakMemory(stack) as memory:
+            summary = asyncio.run(
+                prompt_rotation_load(
+                    stack.base_url,
+                    stack.client_key,
+                    SERVED_MODEL_NAME,
+                    prompts,
+                    clients,
+                    max_tokens,
+                    duration_s=level_s,
+                )
             )
-        )
-        row = {"clients": clients, **summary.to_dict()}
+        row = {"clients": clients, **summary.to_dict(), "llm_replica_peak_mib": memory.peak_mib}
         row["other_failures"] = summary.failed - summary.rejected_429
         results.append(row)
         logger.info(

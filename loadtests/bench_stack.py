@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -222,6 +223,46 @@ def _stop(process: subprocess.Popen) -> None:
         logger.info("killed %d leftover processes of python -m serve", len(leftovers))
 
 
+def replica_processes(stack: ServeProcess, replica_name: str = "LLMServer") -> list[psutil.Process]:
+    """The Serve replica processes of ``replica_name`` under python -m serve."""
+    return [
+        child
+        for child in psutil.Process(stack.process.pid).children(recursive=True)
+        if replica_name in child.name()
+    ]
+
+
+class PeakMemory:
+    """Samples the LLM server replicas' resident memory in a thread; ``peak_mib`` after."""
+
+    def __init__(self, stack: ServeProcess, interval_s: float = 0.25) -> None:
+        self._processes = replica_processes(stack)
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self.peak_mib = 0.0
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while True:
+            total = 0
+            for process in self._processes:
+                try:
+                    total += process.memory_info().rss
+                except psutil.NoSuchProcess:
+                    continue
+            self.peak_mib = max(self.peak_mib, total / 2**20)
+            if self._stop.wait(self._interval_s):
+                return
+
+
 def match_replica_niceness(stack: ServeProcess, replica_name: str = "LLMServer") -> int:
     """Give every thread of this process the LLM replica's niceness; returns it.
 
@@ -229,11 +270,7 @@ def match_replica_niceness(stack: ServeProcess, replica_name: str = "LLMServer")
     stack would get less CPU than an in-process engine at niceness 0. The comparison
     is only fair at equal priority. (On Linux each thread has its own niceness.)
     """
-    replicas = [
-        child
-        for child in psutil.Process(stack.process.pid).children(recursive=True)
-        if replica_name in child.name()
-    ]
+    replicas = replica_processes(stack, replica_name)
     if not replicas:
         raise StackError(f"no {replica_name} replica among the processes of python -m serve")
     niceness = replicas[0].nice()

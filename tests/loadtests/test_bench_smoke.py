@@ -96,6 +96,7 @@ def test_report_files_from_a_small_result(tmp_path) -> None:
                     "latency": {"p50": 0.1 * c, "p99": 0.2 * c},
                     "rejected_429": 0,
                     "other_failures": 0,
+                    "llm_replica_peak_mib": 500.0 + c,
                 }
                 for c, r in ((1, 5.0), (4, 9.0))
             ],
@@ -103,7 +104,7 @@ def test_report_files_from_a_small_result(tmp_path) -> None:
         "locust": {"users": 4, "duration_s": 10, "failures": 2},
     }
     figures = headline(scenarios)
-    assert figures == {"knee_clients": 4, "locust_failures": 2}
+    assert figures == {"knee_clients": 4, "llm_replica_peak_mib": 504.0, "locust_failures": 2}
     targets = check_targets(figures)
     assert targets == {"locust_failures": {"target": "<= 0", "value": 2, "met": False}}
     result = {
@@ -120,7 +121,7 @@ def test_report_files_from_a_small_result(tmp_path) -> None:
     }
     table = markdown(result)
     assert "| `locust_failures` | 2 | <= 0 | **no** |" in table
-    assert "| 4 | 9.00 | 90.0 | 0.400 | 0.800 | 0 | 0 |" in table
+    assert "| 4 | 9.00 | 90.0 | 0.400 | 0.800 | 0 | 0 | 504 |" in table
 
     write_json(result, tmp_path / "latest.json")
     plot(result, tmp_path / "bench.png")
