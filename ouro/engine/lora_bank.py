@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 BASE_ADAPTER = "__base__"
@@ -36,6 +39,8 @@ class LoraBank:
             self.weights[layer] = (a, b, owner)
         self.masks: dict[int, torch.Tensor] = {}
         self.base_names: list[str] = []
+        self.active = False
+        """Hooks act only inside ``routed``; other calls of the model see plain PEFT."""
         self._handles: list = []
 
     @staticmethod
@@ -62,22 +67,36 @@ class LoraBank:
                 mask = (owner.unsqueeze(0) == row_tensor.unsqueeze(1)).to(a.dtype)
                 self.masks[id(owner)] = mask.unsqueeze(1)  # (batch, 1, columns)
 
-    def __enter__(self) -> LoraBank:
+    @contextmanager
+    def routed(self, adapters: list[str | None]) -> Iterator[None]:
+        """Within the block, forwards apply each row's adapter from the bank."""
+        self.route(adapters)
+        self.active = True
+        try:
+            yield
+        finally:
+            self.active = False
+
+    def attach(self) -> None:
+        """Hook the bank into its layers (once; the hooks are idle outside ``routed``)."""
         for layer in self.weights:
             self._handles.append(layer.register_forward_pre_hook(self._base_only, with_kwargs=True))
             self._handles.append(layer.register_forward_hook(self._add_lora, with_kwargs=True))
-        return self
 
-    def __exit__(self, *exc_info) -> None:
+    def detach(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
 
     def _base_only(self, layer, args, kwargs):
+        if not self.active:
+            return None
         kwargs["adapter_names"] = self.base_names
         return args, kwargs
 
     def _add_lora(self, layer, args, kwargs, output):
+        if not self.active:
+            return None
         a, b, owner = self.weights[layer]
         x = (args[0] if args else kwargs["x"]).to(a.dtype)
         hidden = (x @ a.T) * self.masks[id(owner)]

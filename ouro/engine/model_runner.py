@@ -155,16 +155,15 @@ class ModelRunner:
     # -- forward -----------------------------------------------------------------------
     def forward(self, input_ids, attention_mask, positions, cache, adapters) -> torch.Tensor:
         """Logits of each row's last position, every row with its own adapter (None: base)."""
-        bank = self._lora_bank()
-        bank.route(adapters)
-        output = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        with self._lora_bank().routed(adapters):
+            output = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
         return output.logits[:, -1, :].float()
 
     def _lora_bank(self) -> LoraBank:
@@ -172,12 +171,12 @@ class ModelRunner:
             layers = [] if self._peft is None else self._lora_layers()
             with torch.inference_mode():
                 self._bank = LoraBank(layers, list(self._adapter_paths))
-            self._bank.__enter__()  # hooks stay on until the next adapter change
+            self._bank.attach()  # hooked until the next adapter change
         return self._bank
 
     def _drop_bank(self) -> None:
         if self._bank is not None:
-            self._bank.__exit__(None, None, None)
+            self._bank.detach()
             self._bank = None
 
     def _lora_layers(self) -> list[torch.nn.Module]:
