@@ -109,21 +109,15 @@ class LLMServer:
 
     # -- public methods (called through Serve handles) -------------------------------------
     async def generate(self, call: LLMCall) -> LLMResult:
-        """The whole answer to one call."""
-        served: ServedModel | None = None
-        text: list[str] = []
-        events = self.generate_stream(call)
+        """The whole answer to one call (the engine hands it over once, not per step)."""
+        events = self._answer(call, stream=False)
         try:
-            async for event in events:
-                if isinstance(event, ServedModel):
-                    served = event
-                elif isinstance(event, TextDelta):
-                    text.append(event.text)
-                elif served is not None:
-                    return LLMResult(served=served, text="".join(text), finished=event)
+            served = await anext(events)
+            text = await anext(events)
+            finished = await anext(events)
         finally:
             await events.aclose()  # releases the adapter lease now, not at garbage collection
-        raise RuntimeError("generation ended without finishing")
+        return LLMResult(served=served, text=text.text, finished=finished)
 
     async def generate_stream(self, call: LLMCall) -> AsyncIterator:
         """ServedModel, then TextDelta as text comes, then Finished (see serve.llm_calls).
@@ -131,6 +125,12 @@ class LLMServer:
         A request the engine refuses (bad prompt or settings, a full queue) raises before
         ServedModel, so the ingress can still answer with an error status.
         """
+        async for event in self._answer(call, stream=True):
+            yield event
+
+    async def _answer(self, call: LLMCall, stream: bool) -> AsyncIterator:
+        """ServedModel, TextDelta (text coalesced per ``stream_interval_s``; one, possibly
+        empty, when not streaming), Finished."""
         set_request_id(call.request_id)
         started = time.monotonic()
         served = await self._resolve(call.model)
@@ -142,25 +142,25 @@ class LLMServer:
                 adapter=lease.name if lease is not None else None,
                 request_id=call.request_id,
             )
-            deltas = self.engine.generate(request)
+            deltas = self.engine.generate(request, stream=stream)
             try:
                 delta = await anext(deltas)
-                first_token_s = time.monotonic() - started
                 yield served
                 interval = self.settings.stream_interval_s
                 pending, sent_at = delta.text, None
                 while True:
                     now = time.monotonic()
                     due = sent_at is None or now - sent_at >= interval
-                    if pending and (due or delta.finish_reason is not None):
+                    finished = delta.finish_reason is not None
+                    if (pending and due) or (finished and (pending or not stream)):
                         yield TextDelta(pending)
                         pending, sent_at = "", now
-                    if delta.finish_reason is not None:
+                    if finished:
                         yield Finished(
                             finish_reason=delta.finish_reason,
                             prompt_tokens=delta.prompt_tokens,
                             completion_tokens=delta.completion_tokens,
-                            first_token_s=first_token_s,
+                            first_token_s=delta.first_token_at - started,
                         )
                         return
                     delta = await anext(deltas)

@@ -10,6 +10,7 @@ aborts the request: its row leaves the batch at the next step.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -79,14 +80,17 @@ class AsyncEngine:
             raise
 
     # -- requests ------------------------------------------------------------------------------
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+    async def generate(
+        self, request: GenerationRequest, stream: bool = True
+    ) -> AsyncIterator[StreamDelta]:
         """The request's deltas as the engine produces them (several steps' worth merged
-        when the consumer is slower than the engine). Raises the engine's error for a
-        request it refuses (before the first delta) or that fails; leaving the loop
-        early aborts the request."""
+        when the consumer is slower than the engine); with ``stream=False`` one delta, the
+        whole answer, so the event loop is not woken at every step. Raises the engine's
+        error for a request it refuses (before the first delta) or that fails; leaving
+        the loop early aborts the request."""
         self.check_health()
         loop = asyncio.get_running_loop()
-        sink = _LoopSink(loop)
+        sink = _LoopSink(loop, stream)
         prompt = await asyncio.to_thread(self.engine.prompt_ids, request)
         seq_id = self.engine.add_request(request, sink, prompt)
         finished = False
@@ -119,14 +123,22 @@ class AsyncEngine:
 class _LoopSink:
     """Hands deltas from the engine thread to one request's consumer on an event loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, stream: bool) -> None:
         self._loop = loop
+        self._stream = stream
+        self._held: list[StreamDelta] = []
+        """Deltas kept on the engine thread until the last one (``stream=False``)."""
         self._items: list = []
         self._ready = asyncio.Event()
 
     # engine thread
     def put(self, delta: StreamDelta) -> None:
-        self._loop.call_soon_threadsafe(self._deliver, delta)
+        if self._stream:
+            self._loop.call_soon_threadsafe(self._deliver, delta)
+        elif delta.finish_reason is None:
+            self._held.append(delta)
+        else:
+            self._loop.call_soon_threadsafe(self._deliver, _merge([*self._held, delta]))
 
     def fail(self, error: BaseException) -> None:
         self._loop.call_soon_threadsafe(self._deliver, error)
@@ -144,12 +156,11 @@ class _LoopSink:
         for item in items:
             if isinstance(item, BaseException):
                 raise item
-        last = items[-1]
-        if len(items) == 1:
-            return last
-        return StreamDelta(
-            text="".join(item.text for item in items),
-            finish_reason=last.finish_reason,
-            prompt_tokens=last.prompt_tokens,
-            completion_tokens=last.completion_tokens,
-        )
+        return _merge(items)
+
+
+def _merge(deltas: list[StreamDelta]) -> StreamDelta:
+    """One delta with the text of several consecutive ones."""
+    if len(deltas) == 1:
+        return deltas[0]
+    return dataclasses.replace(deltas[-1], text="".join(delta.text for delta in deltas))

@@ -109,6 +109,7 @@ class _Sequence:
         self.finish_reason: str | None = None
         self.next_token: int | None = None
         """The last sampled token: fed to the model at the next decoding step."""
+        self.first_token_at: float | None = None
         self.generator: torch.Generator | None = None
         if not self.params.greedy:
             seed = self.params.seed if self.params.seed is not None else secrets.randbits(63)
@@ -123,6 +124,8 @@ class _Sequence:
         """Take one generated token; return what it adds to the answer."""
         self.completion_tokens += 1
         self.next_token = token
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
         if token in end_ids:
             self.finish_reason = FINISH_STOP
             text = self.detokenizer.flush()
@@ -138,6 +141,7 @@ class _Sequence:
             finish_reason=self.finish_reason,
             prompt_tokens=len(self.prompt_ids),
             completion_tokens=self.completion_tokens,
+            first_token_at=self.first_token_at,
         )
 
 

@@ -117,6 +117,8 @@ class StreamDelta:
     """Tokens in the prompt."""
     completion_tokens: int
     """Tokens generated so far."""
+    first_token_at: float | None = None
+    """``time.monotonic()`` when the request's first token was sampled."""
 
 
 @dataclass(frozen=True)

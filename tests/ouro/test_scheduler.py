@@ -315,6 +315,9 @@ def test_async_generate_streams_and_a_closed_stream_aborts_its_row(engine):
         received = [await anext(long_stream), await anext(long_stream)]
         await long_stream.aclose()  # the client went away after two chunks
         other = [delta async for delta in runner.generate(request(1, max_tokens=24))]
+        whole = [delta async for delta in runner.generate(request(1, max_tokens=24), stream=False)]
+        assert len(whole) == 1 and whole[0].text == "".join(delta.text for delta in other)
+        assert whole[0].first_token_at is not None
         return "".join(delta.text for delta in other), received
 
     try:
