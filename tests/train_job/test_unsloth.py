@@ -8,6 +8,7 @@ the environment it is imported with, and when it is used at all.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -82,12 +83,14 @@ def test_unsloth_is_used_only_on_cuda_and_only_when_compatible(
     assert not unsloth_usable(config, settings)  # not installed
     assert unsloth_incompatibilities() == ["unsloth is not installed"]
 
-    monkeypatch.syspath_prepend(str(stand_in_unsloth(("transformers<=5.17.0", "trl>=0.18.2"))))
+    # Like unsloth 2026.10.7 beside the CPU set: a transformers older than the installed one.
+    older = f"transformers<{importlib.metadata.version('transformers')}"
+    monkeypatch.syspath_prepend(str(stand_in_unsloth((older, "trl>=0.18.2"))))
     assert not unsloth_usable(config, settings)  # installed, but this machine has no CUDA
 
     cuda_capability((7, 5))
     problems = unsloth_incompatibilities()
-    assert len(problems) == 1 and "transformers<=5.17.0" in problems[0]  # the CPU set's 5.23
+    assert len(problems) == 1 and older in problems[0]
     assert not unsloth_usable(config, settings)
     assert "unsloth" not in sys.modules  # deciding never imports it
 
