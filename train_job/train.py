@@ -152,7 +152,7 @@ def import_unsloth(data_dir: Path) -> ModuleType:
 
 def trl_trainer() -> tuple[type, type]:
     """(SFTTrainer, SFTConfig) as ``trl`` exports them now: Unsloth's once it is imported."""
-    import trl  # noqa: PLC0415 - after Unsloth, see the module docstring
+    import trl  # here, not at module level: after Unsloth (see the module docstring)
 
     return trl.SFTTrainer, trl.SFTConfig
 
