@@ -1,14 +1,19 @@
 """Base model loading: the embedded ouro-tiny, a local path, or a Hugging Face Hub id.
 
-On CUDA the model is loaded in 4-bit NF4, through Unsloth's FastLanguageModel when it is
-installed (the GPU images) and through transformers + bitsandbytes otherwise. On CPU it is
-loaded in full precision, or in NF4 when ``quantization="nf4"`` (bitsandbytes runs NF4 on
-CPU too). Remote code is never trusted.
+On CUDA the model is loaded in 4-bit NF4 through transformers + bitsandbytes, computing in
+the dtype of the precision policy (``ouro.precision``: bf16 where the GPU has it natively,
+fp16 on a T4). On CPU it is loaded in float32, or in NF4 when ``quantization="nf4"``
+(bitsandbytes runs NF4 on CPU too). Remote code is never trusted.
+
+This loader never imports Unsloth, even where it is installed: Unsloth patches the model
+classes for the whole process, keeps its own KV cache instead of the engine's and decodes
+with a single active adapter, so the engine's per-row adapters and cache would silently
+stop working. Serving and the quality gates load through here; only training uses Unsloth
+(``train_job.train``), in its own process.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from dataclasses import dataclass
 
@@ -16,6 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from ouro.errors import OuroError
+from ouro.precision import precision_for
 from ouro.settings import EMBEDDED_MODEL, OuroSettings
 from ouro.tiny_model import build_tiny_model
 
@@ -70,11 +76,10 @@ def load_base_model(settings: OuroSettings) -> LoadedModel:
     name = resolve_base_model(settings)
     device = select_device(settings)
     quantized = wants_nf4(settings, device)
-    if device.type == "cuda" and quantized and importlib.util.find_spec("unsloth") is not None:
-        model, tokenizer = _load_with_unsloth(name, settings)
-    else:
-        model = _load_with_transformers(name, device, quantized)
-        tokenizer = AutoTokenizer.from_pretrained(name)
+    model = AutoModelForCausalLM.from_pretrained(name, **load_kwargs(device, quantized))
+    if not quantized:
+        model = model.to(device)
+    tokenizer = AutoTokenizer.from_pretrained(name)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
@@ -84,8 +89,9 @@ def load_base_model(settings: OuroSettings) -> LoadedModel:
     )
 
 
-def _load_with_transformers(name: str, device: torch.device, quantized: bool):
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
+def load_kwargs(device: torch.device, quantized: bool) -> dict:
+    """``from_pretrained`` arguments: the policy's dtype, and NF4 computing in it."""
+    dtype = precision_for(device).compute_dtype
     kwargs: dict = {"dtype": dtype, "trust_remote_code": False}
     if quantized:
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -94,20 +100,4 @@ def _load_with_transformers(name: str, device: torch.device, quantized: bool):
             bnb_4bit_compute_dtype=dtype,
         )
         kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
-    if not quantized:
-        model = model.to(device)
-    return model
-
-
-def _load_with_unsloth(name: str, settings: OuroSettings):
-    from unsloth import FastLanguageModel  # GPU images only; see requirements-gpu.txt
-
-    model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=name,
-        max_seq_length=settings.max_context_tokens,
-        load_in_4bit=True,
-        dtype=None,
-    )
-    FastLanguageModel.for_inference(model)
-    return model, tokenizer
+    return kwargs

@@ -205,7 +205,8 @@ class TrainJobConfig:
         default=True,
         metadata={
             "help": "On CUDA, train with Unsloth's FastLanguageModel (4-bit) when it is "
-            "installed; plain PEFT otherwise and always on CPU."
+            "installed and its declared requirements are met (the training image); plain "
+            "PEFT otherwise and always on CPU."
         },
     )
 

@@ -1,8 +1,10 @@
 """Quality gates: is the new adapter good enough to register?
 
 The new adapter and the baseline are loaded fresh from disk onto one freshly loaded base
-model, the way Serve loads them, into one :class:`ouro.engine.GenerationEngine`; every
-answer is greedy. The baseline is the current ``production`` version (downloaded from the
+model, the way Serve loads them (``ouro.models``, never Unsloth), into one
+:class:`ouro.engine.GenerationEngine`; every answer is greedy. When the training process
+has imported Unsloth, which patches transformers' model classes for the whole process,
+the gates run in a fresh (spawned) process, so they measure the model Serve will run. The baseline is the current ``production`` version (downloaded from the
 registry) or, when there is none, the base model with no adapter; it never contains the
 new adapter.
 
@@ -43,11 +45,15 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import sys
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ouro.engine import BASE_ADAPTER, GenerationEngine, GenerationRequest, SamplingParams
+from ouro.errors import OuroError
 from ouro.models import load_base_model
 from ouro.scoring import BertScorer, assistant_perplexity
 from ouro.settings import OuroSettings
@@ -58,6 +64,12 @@ logger = logging.getLogger(__name__)
 
 CANDIDATE_ADAPTER = "new"
 BASELINE_ADAPTER = "baseline"
+PATCHING_MODULES = ("unsloth",)
+"""Modules that patch transformers process-wide when imported: gates never run beside them."""
+
+
+class PatchedProcessError(OuroError):
+    """The gates were asked to evaluate in a process whose model classes are patched."""
 
 
 @dataclass
@@ -194,7 +206,55 @@ def evaluate_gates(
     baseline_label: str,
     scorer: BertScorer | None = None,
 ) -> GateReport:
-    """Answer, score and measure; returns the report (``report.passed`` decides)."""
+    """Answer, score and measure; returns the report (``report.passed`` decides).
+
+    Runs here, or in a fresh process when this one has imported Unsloth (``scorer`` is
+    then built there).
+    """
+    patched = patching_modules()
+    if not patched:
+        return _evaluate(
+            config, settings, dataset, candidate_dir, baseline_dir, baseline_label, scorer
+        )
+    logger.info("%s is imported here: evaluating the gates in a fresh process", patched[0])
+    spawn = multiprocessing.get_context("spawn")  # a fork would inherit the patches
+    with ProcessPoolExecutor(
+        max_workers=1,
+        mp_context=spawn,
+        initializer=_log_like_parent,
+        initargs=(logging.getLogger().getEffectiveLevel(),),
+    ) as pool:
+        future = pool.submit(
+            _evaluate, config, settings, dataset, candidate_dir, baseline_dir, baseline_label
+        )
+        return future.result()
+
+
+def _log_like_parent(level: int) -> None:
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+def patching_modules() -> list[str]:
+    """The process-wide patchers imported in this process."""
+    return [name for name in PATCHING_MODULES if name in sys.modules]
+
+
+def _evaluate(
+    config: TrainJobConfig,
+    settings: OuroSettings,
+    dataset: CycleDataset,
+    candidate_dir: Path,
+    baseline_dir: Path | None,
+    baseline_label: str,
+    scorer: BertScorer | None = None,
+) -> GateReport:
+    if patching_modules():
+        raise PatchedProcessError(
+            f"{', '.join(patching_modules())} patched this process's model classes: the gates "
+            "would not measure what Serve runs"
+        )
     loaded = load_base_model(settings)
     engine = GenerationEngine(
         loaded.model,

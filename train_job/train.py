@@ -1,28 +1,41 @@
 """Training: a fresh LoRA adapter on the base model, with TRL's SFTTrainer.
 
 Every cycle starts from the base model (never from the previous adapter), so a version is
-a function of the data it lists, and one bad cycle cannot poison the next. On CUDA with
-Unsloth installed, the base is loaded 4-bit through Unsloth's FastLanguageModel (faster,
-less memory); everywhere else plain PEFT LoRA on the model ``ouro.models`` loads (4-bit
-NF4 too when the settings ask for it, prepared for k-bit training).
+a function of the data it lists, and one bad cycle cannot poison the next. On CUDA with a
+compatible Unsloth installed (the training image), the base is loaded 4-bit through
+Unsloth's FastLanguageModel (faster, less memory); everywhere else plain PEFT LoRA on the
+model ``ouro.models`` loads (4-bit NF4 too when the settings ask for it, prepared for
+k-bit training). Both use the dtypes of ``ouro.precision``.
+
+Unsloth is imported before TRL (TRL is imported only when a cycle trains, never at module
+level), because importing it replaces ``trl.SFTTrainer`` with its own patched trainer; the
+trainer is looked up on ``trl`` after that. Its side effects are pinned first: no usage
+statistics fetched from the Hub, and its compiled cache under the data dir rather than the
+working directory. Importing it also patches transformers' model classes for the whole
+process, so the gates evaluate in a fresh process (see ``train_job.gates``).
 """
 
 from __future__ import annotations
 
 import gc
+import importlib
+import importlib.metadata
 import importlib.util
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from datasets import Dataset
+from packaging.requirements import Requirement
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import ProgressCallback, TrainerCallback, set_seed
-from trl import SFTConfig, SFTTrainer
 
-from ouro.models import load_base_model, resolve_base_model
+from ouro.models import load_base_model, resolve_base_model, select_device
+from ouro.precision import Precision, keep_trainable_dtype, precision_for
 from ouro.settings import OuroSettings
 from train_job.config import TrainJobConfig
 
@@ -78,12 +91,70 @@ def lora_config(config: TrainJobConfig) -> LoraConfig:
     )
 
 
-def wants_cuda(settings: OuroSettings) -> bool:
-    return settings.device == "cuda" or (settings.device == "auto" and torch.cuda.is_available())
+UNSLOTH_PACKAGES = ("unsloth", "unsloth_zoo")
+UNSLOTH_CACHE_DIR = "unsloth_compiled_cache"
+"""Unsloth's compiled-module cache, under the data dir (the image's working dir is read-only)."""
 
 
-def unsloth_available() -> bool:
-    return importlib.util.find_spec("unsloth") is not None
+def unsloth_incompatibilities() -> list[str]:
+    """Why the installed Unsloth cannot be used: its own declared requirements (and
+    unsloth_zoo's) that the installed packages do not meet. Empty when it can be used.
+
+    The CPU stack pins newer transformers/TRL/datasets than Unsloth accepts; installed
+    beside them (``--no-deps``) it would run against versions it was never made for.
+    """
+    problems = []
+    for package in UNSLOTH_PACKAGES:
+        try:
+            declared = importlib.metadata.requires(package) or []
+        except importlib.metadata.PackageNotFoundError:
+            if package == "unsloth":
+                return ["unsloth is not installed"]
+            continue
+        for line in declared:
+            requirement = Requirement(line)
+            if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+                continue
+            try:
+                installed = importlib.metadata.version(requirement.name)
+            except importlib.metadata.PackageNotFoundError:
+                problems.append(f"{package} needs {requirement}, which is not installed")
+                continue
+            if not requirement.specifier.contains(installed, prereleases=True):
+                problems.append(f"{package} needs {requirement}, installed {installed}")
+    return problems
+
+
+def unsloth_usable(config: TrainJobConfig, settings: OuroSettings) -> bool:
+    """Train with Unsloth: asked for, on CUDA, installed and compatible (logged when not)."""
+    if not config.use_unsloth or select_device(settings).type != "cuda":
+        return False
+    if importlib.util.find_spec("unsloth") is None:
+        logger.info("Unsloth is not installed: training with plain PEFT")
+        return False
+    problems = unsloth_incompatibilities()
+    if problems:
+        logger.warning("Unsloth cannot be used (%s): training with plain PEFT", "; ".join(problems))
+        return False
+    return True
+
+
+def import_unsloth(data_dir: Path) -> ModuleType:
+    """Import Unsloth with its side effects pinned; before TRL, so its trainer patch applies."""
+    # Read at import: its "statistics" download a file from the Hub to count installs.
+    os.environ["UNSLOTH_DISABLE_STATISTICS"] = "1"
+    # Read at import by unsloth_zoo.compiler; the default is relative to the working dir.
+    cache = (Path(data_dir) / UNSLOTH_CACHE_DIR).resolve()
+    cache.mkdir(parents=True, exist_ok=True)
+    os.environ["UNSLOTH_COMPILE_LOCATION"] = str(cache)
+    return importlib.import_module("unsloth")
+
+
+def trl_trainer() -> tuple[type, type]:
+    """(SFTTrainer, SFTConfig) as ``trl`` exports them now: Unsloth's once it is imported."""
+    import trl  # here, not at module level: after Unsloth (see the module docstring)
+
+    return trl.SFTTrainer, trl.SFTConfig
 
 
 def train_adapter(
@@ -97,13 +168,13 @@ def train_adapter(
     if not rows:
         raise ValueError("nothing to train on")
     set_seed(config.seed)
-    on_cuda = wants_cuda(settings)
-    if on_cuda and config.use_unsloth and unsloth_available():
-        model, tokenizer = _unsloth_model(config, settings)
+    device = select_device(settings)
+    precision = precision_for(device)
+    if unsloth_usable(config, settings):
+        unsloth = import_unsloth(settings.data_dir)
+        model, tokenizer = _unsloth_model(unsloth, config, settings, precision)
         backend = "unsloth"
     else:
-        if on_cuda and config.use_unsloth:
-            logger.info("Unsloth is not installed: training with plain PEFT")
         loaded = load_base_model(settings)
         model, tokenizer = loaded.model, loaded.tokenizer
         if loaded.quantized:
@@ -113,13 +184,16 @@ def train_adapter(
         backend = "peft"
 
     fitted = fit_rows(rows, tokenizer, config.max_length)
-    trainer = SFTTrainer(
+    trainer_class, _ = trl_trainer()
+    trainer = trainer_class(
         model=model,
-        args=sft_config(config, work_dir / "checkpoints", on_cuda=on_cuda),
+        args=sft_config(config, work_dir / "checkpoints", device, precision),
         train_dataset=Dataset.from_list(fitted),
         processing_class=tokenizer,
         callbacks=[_LogForwarder(on_log)] if on_log else None,
     )
+    # TRL casts a k-bit model's LoRA weights to bf16 in the constructor; fp16 needs fp32.
+    keep_trainable_dtype(trainer.model, precision)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(_LossProgress)
     logger.info("training a LoRA adapter (%s) on %s rows", backend, len(fitted))
@@ -141,9 +215,12 @@ def train_adapter(
     return result
 
 
-def sft_config(config: TrainJobConfig, output_dir: Path, *, on_cuda: bool) -> SFTConfig:
-    bf16 = on_cuda and torch.cuda.is_bf16_supported()
-    return SFTConfig(
+def sft_config(
+    config: TrainJobConfig, output_dir: Path, device: torch.device, precision: Precision
+):
+    """TRL's SFTConfig (Unsloth's, once imported) for this config, device and precision."""
+    _, config_class = trl_trainer()
+    return config_class(
         output_dir=str(output_dir),
         max_steps=config.max_steps if config.max_steps > 0 else -1,
         num_train_epochs=config.num_train_epochs,
@@ -157,9 +234,9 @@ def sft_config(config: TrainJobConfig, output_dir: Path, *, on_cuda: bool) -> SF
         max_length=config.max_length,
         completion_only_loss=True,  # prompt-completion rows: loss on the assistant turn only
         packing=False,
-        bf16=bf16,  # TRL defaults to bf16=True, which fails on CPU
-        fp16=on_cuda and not bf16,
-        use_cpu=not on_cuda,
+        bf16=precision.bf16,  # TRL defaults to bf16=True, which fails on CPU and a T4
+        fp16=precision.fp16,
+        use_cpu=device.type != "cuda",
         logging_steps=1,
         save_strategy="no",  # a killed cycle leaves nothing to resume; the next one redoes it
         report_to="none",  # the cycle logs to its own MLflow run (see on_log)
@@ -201,16 +278,20 @@ def _length(tokenizer, messages: list[dict]) -> int:
     )
 
 
-def _unsloth_model(config: TrainJobConfig, settings: OuroSettings):
-    from unsloth import FastLanguageModel  # GPU-only extra (requirements-gpu.txt)
-
-    model, tokenizer = FastLanguageModel.from_pretrained(
+def _unsloth_model(
+    unsloth: ModuleType, config: TrainJobConfig, settings: OuroSettings, precision: Precision
+):
+    fast = unsloth.FastLanguageModel
+    model, tokenizer = fast.from_pretrained(
         model_name=resolve_base_model(settings),
         max_seq_length=config.max_length,
         load_in_4bit=settings.quantization != "none",
-        dtype=None,
+        dtype=precision.compute_dtype,
+        # Otherwise a Hub id is remapped to Unsloth's own pre-quantised repo: training and
+        # serving would use different weights.
+        use_exact_model_name=True,
     )
-    model = FastLanguageModel.get_peft_model(
+    model = fast.get_peft_model(
         model,
         r=config.lora_r,
         lora_alpha=config.lora_alpha,

@@ -1,7 +1,12 @@
-"""Base model loading on CPU: full precision by default, 4-bit NF4 when asked for."""
+"""Base model loading on CPU: full precision by default, 4-bit NF4 when asked for; never
+through Unsloth."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +15,8 @@ import torch
 from ouro.engine import GenerationEngine, GenerationRequest, SamplingParams
 from ouro.models import ModelLoadError, load_base_model, resolve_base_model, select_device
 from ouro.settings import OuroSettings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def settings_for(model_dir: Path, tmp_path: Path, **overrides) -> OuroSettings:
@@ -64,3 +71,34 @@ def test_cuda_without_a_gpu_is_a_typed_error(tmp_path):
     with pytest.raises(ModelLoadError):
         select_device(OuroSettings(data_dir=tmp_path, device="cuda"))
     assert select_device(OuroSettings(data_dir=tmp_path)) == torch.device("cpu")
+
+
+SERVE_BUILD = """
+import importlib.util, json, sys
+from ouro.engine import GenerationEngine
+from ouro.settings import OuroSettings
+import serve.app  # everything the Serve application imports
+
+assert importlib.util.find_spec("unsloth") is not None, "the stand-in is not importable"
+settings = OuroSettings(base_model=sys.argv[1], data_dir=sys.argv[2], device="cpu",
+                        quantization=sys.argv[3])
+engine = GenerationEngine.from_settings(settings)
+print(json.dumps({"unsloth_imported": "unsloth" in sys.modules}))
+"""
+
+
+def test_serving_never_imports_unsloth(tiny_random_model_dir, stand_in_unsloth, tmp_path):
+    """With an ``unsloth`` importable (as in the GPU images), building the serve engine
+    leaves it unimported: it would patch the model for the whole process."""
+    site = stand_in_unsloth()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO_ROOT)])}
+    done = subprocess.run(
+        [sys.executable, "-c", SERVE_BUILD, str(tiny_random_model_dir), str(tmp_path), "nf4"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"unsloth_imported": False}
+    assert not (site / "imported").exists()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -13,7 +15,13 @@ from ouro.models import load_base_model
 from ouro.settings import OuroSettings
 from train_job.config import TrainJobConfig
 from train_job.dataset import Correction, CycleDataset
-from train_job.gates import GateCheck, GateReport, evaluate_gates
+from train_job.gates import (
+    GateCheck,
+    GateReport,
+    PatchedProcessError,
+    _evaluate,
+    evaluate_gates,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -113,3 +121,22 @@ def test_report_verdict_json_and_markdown() -> None:
 
     report.checks[2] = GateCheck("perplexity_rise_pct", 10.0, 50.0, "<=", True)
     assert report.passed and report.summary() == "all gates passed"
+
+
+def test_after_unsloth_is_imported_the_gates_run_in_a_fresh_process(
+    tiny_random_model_dir: Path,
+    make_lora_adapter: Callable[[Path, int], Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Unsloth patches transformers for the whole training process: with it imported, the
+    gates refuse to run there and evaluate, unchanged, in a spawned process instead."""
+    settings = OuroSettings(base_model=str(tiny_random_model_dir), device="cpu")
+    config = TrainJobConfig(gate_max_new_tokens=8)
+    new = make_lora_adapter(tiny_random_model_dir, 1)
+    here = evaluate_gates(config, settings, dataset(), new, None, "base model")
+
+    monkeypatch.setitem(sys.modules, "unsloth", ModuleType("unsloth"))
+    with pytest.raises(PatchedProcessError):
+        _evaluate(config, settings, dataset(), new, None, "base model")
+    fresh = evaluate_gates(config, settings, dataset(), new, None, "base model")
+    assert fresh.to_dict() == here.to_dict()
