@@ -319,7 +319,8 @@ def test_the_openai_client_raises_its_matching_exceptions(stack: ServeStack) -> 
 
 
 def test_a_full_queue_answers_429_and_the_rest_are_served(stack: ServeStack) -> None:
-    # LLM replica: 2 x max_batch_size ongoing + max_queued_requests waiting; the rest 429.
+    # LLM replica: max_running_requests + max_queued_requests in the engine, max_queued_requests
+    # more in the handle; the rest 429.
     body = {"model": "ouro-base", "messages": HELLO, "max_tokens": MAX_TOKENS_LIMIT}
 
     def post(_: int) -> httpx.Response:
