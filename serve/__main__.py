@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 
+from ouro.cpu_threads import configure_cpu_threads
 from ouro.settings import OuroSettings
 from serve.auth import ApiKeyAuth, UnauthenticatedStartupError, is_loopback_host
 from serve.logs import configure_logging
@@ -121,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging()
     num_cpus = args.num_cpus or os.cpu_count() or 1
+    # Before torch starts (ouro-tiny is pretrained here), and inherited by Ray's workers.
+    configure_cpu_threads(num_cpus)
     overrides = settings_overrides(args, num_cpus)
     try:
         check_auth_policy(args, overrides)
