@@ -34,6 +34,9 @@ logger = logging.getLogger("serve.main")
 
 APP_NAME = "ouro"
 READY_TIMEOUT_S = 600.0
+TRAIN_STOP_TIMEOUT_S = 5.0
+"""How long shutdown waits for a training cycle in progress to end after its SIGTERM,
+so that SIGTERM ends the whole run within 10 s."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -186,8 +189,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         if loop is not None:
-            loop.stop()
-        serve.shutdown()
+            loop.stop(timeout_s=TRAIN_STOP_TIMEOUT_S)
+        # No serve.shutdown(): its graceful path waits up to 30 s for the controller.
+        # This process started the local Ray, so ray.shutdown() ends every Ray process
+        # of the run (controller, proxy and replicas included) within seconds.
         import ray
 
         ray.shutdown()

@@ -75,9 +75,7 @@ CHAT_RESPONSES: dict[int | str, dict] = {
         "model": ChatCompletionResponse,
         "description": "The answer; with stream=true, server-sent events each carrying a "
         "chat.completion.chunk, then `data: [DONE]`.",
-        "content": {
-            "text/event-stream": {"schema": {"type": "string"}},
-        },
+        "content": {"text/event-stream": {}},
     },
     **_errors(400, 401, 404, 413, 429, 503),
 }
