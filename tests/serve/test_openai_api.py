@@ -660,7 +660,7 @@ def test_request_ids_are_echoed_and_logged(stack: ServeStack, http: httpx.Client
     request_id = f"test-{uuid.uuid4().hex}"
     response = http.post(
         "/v1/chat/completions",
-        json={"model": "ouro-base", "messages": HELLO, "max_tokens": 2, "tool_choice": "none"},
+        json={"model": "ouro-base", "messages": HELLO, "max_tokens": 2, "metadata": {"k": "v"}},
         headers={"x-request-id": request_id},
     )
     assert response.status_code == 200
