@@ -237,7 +237,7 @@ class ChatCompletionRequest(BaseModel):
         le=SEED_MAX,
         description="Seeds sampling, for repeatable answers (a 64-bit integer).",
     )
-    stop: str | list[str] | None = Field(
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = Field(
         None, description="Up to 4 strings that end the answer (not included in it)."
     )
     stream: bool = Field(False, description="Send the answer as server-sent events.")
@@ -262,16 +262,18 @@ class ChatCompletionRequest(BaseModel):
     )
     user: Text | None = Field(None, description="End-user id, for the logs.")
 
-    @field_validator("stop")
+    @field_validator("stop", mode="wrap")
     @classmethod
-    def _check_stop(cls, value: str | list[str] | None) -> list[str]:
+    def _check_stop(cls, value: object, handler) -> list[str]:
+        try:
+            value = handler(value)
+        except ValidationError:  # one error at "stop", not one per member of the union
+            raise ValueError("stop must be a string or a list of at most 4 strings") from None
         if value is None:
             return []
         stops = [value] if isinstance(value, str) else value
         for stop in stops:
             check_encodable(stop)
-        if len(stops) > 4:
-            raise ValueError("at most 4 stop sequences are allowed")
         if any(not stop for stop in stops):
             raise ValueError("stop sequences must not be empty")
         return stops
