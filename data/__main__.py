@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ouro.cpu_threads import configure_cpu_threads
 from ouro.errors import OuroError
 
 
@@ -59,6 +60,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_cpu_threads()  # evaluate imports torch: the wait policy must be set first
     args = parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -16,9 +16,14 @@ def normalise_for_match(text: str) -> str:
 
 
 def conversation_key(messages: list[dict[str, str]]) -> str:
-    """A hash of the whole conversation's normalised text (turn boundaries included)."""
-    joined = "\x1f".join(normalise_for_match(message["content"]) for message in messages)
-    return hashlib.sha256(joined.encode("utf-8")).hexdigest()
+    """A hash of the whole conversation's normalised text, wherever its turns are cut.
+
+    Turn boundaries are left out on purpose: DailyDialog holds some dialogues twice with
+    their turns split differently ("Come on in. Let me show you the house. Isn't it
+    something?" as one turn or three), and both copies are the same text to a model.
+    """
+    joined = " ".join(normalise_for_match(message["content"]) for message in messages)
+    return hashlib.sha256(" ".join(joined.split()).encode("utf-8")).hexdigest()
 
 
 def rejection_reason(messages: list[dict[str, str]]) -> str | None:

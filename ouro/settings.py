@@ -92,6 +92,11 @@ class OuroSettings(BaseSettings):
         gt=0,
         description="CPUs Ray reserves per LLM server replica; torch uses that many threads.",
     )
+    api_docs: bool = Field(
+        False,
+        description="Serve the /docs and /redoc pages (they load Swagger UI and ReDoc from "
+        "a CDN); the spec itself is always at /openapi.json.",
+    )
     max_body_bytes: int = Field(1_000_000, gt=0, description="Largest request body accepted.")
     max_messages: int = Field(256, gt=0, description="Most messages in one request.")
     max_tokens_limit: int = Field(

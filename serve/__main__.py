@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 
+from ouro.cpu_threads import configure_cpu_threads
 from ouro.settings import OuroSettings
 from serve.auth import ApiKeyAuth, UnauthenticatedStartupError, is_loopback_host
 from serve.logs import configure_logging
@@ -33,6 +34,9 @@ logger = logging.getLogger("serve.main")
 
 APP_NAME = "ouro"
 READY_TIMEOUT_S = 600.0
+TRAIN_STOP_TIMEOUT_S = 5.0
+"""How long shutdown waits for a training cycle in progress to end after its SIGTERM,
+so that SIGTERM ends the whole run within 10 s."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -121,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging()
     num_cpus = args.num_cpus or os.cpu_count() or 1
+    # Before torch starts (ouro-tiny is pretrained here), and inherited by Ray's workers.
+    configure_cpu_threads(num_cpus)
     overrides = settings_overrides(args, num_cpus)
     try:
         check_auth_policy(args, overrides)
@@ -183,8 +189,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         if loop is not None:
-            loop.stop()
-        serve.shutdown()
+            loop.stop(timeout_s=TRAIN_STOP_TIMEOUT_S)
+        # No serve.shutdown(): its graceful path waits up to 30 s for the controller.
+        # This process started the local Ray, so ray.shutdown() ends every Ray process
+        # of the run (controller, proxy and replicas included) within seconds.
         import ray
 
         ray.shutdown()

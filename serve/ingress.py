@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -62,10 +63,15 @@ class IngressServices:
 
 def create_api(services: IngressServices) -> FastAPI:
     """The FastAPI app around ``services``."""
+    docs = services.settings.api_docs
     api = FastAPI(
         title="Ouro",
         description="OpenAI-compatible chat completions with adapters that learn from corrections.",
+        # Off by default: both pages fetch their scripts from a CDN.
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
     )
+    api.openapi = lambda: _openapi_without_422(api)
     api.state.ouro = services
     # The last added runs first: the request id is set before the size is checked.
     api.add_middleware(BodyLimitMiddleware, max_bytes=services.settings.max_body_bytes)
@@ -97,6 +103,23 @@ def create_api(services: IngressServices) -> FastAPI:
     api.include_router(router)
     api.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     return api
+
+
+def _openapi_without_422(api: FastAPI) -> dict:
+    """FastAPI's spec less the 422 it documents for every route: this app answers
+    validation failures with 400 and OpenAI's envelope (declared per route)."""
+    if api.openapi_schema is None:
+        spec = get_openapi(
+            title=api.title, version=api.version, description=api.description, routes=api.routes
+        )
+        for path in spec["paths"].values():
+            for operation in path.values():
+                operation.get("responses", {}).pop("422", None)
+        schemas = spec.get("components", {}).get("schemas", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        api.openapi_schema = spec
+    return api.openapi_schema
 
 
 # No CPU reserved: the ingress waits on I/O; the CPUs go to the LLM server replicas.

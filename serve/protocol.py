@@ -1,9 +1,13 @@
 """OpenAI protocol models: chat completions, their stream chunks, models, feedback, errors.
 
 Fields follow the order of OpenAI's API reference. Requests accept and ignore fields
-this server does not implement (``extra="allow"``; the router logs their names).
+this server does not know (``extra="allow"``; the router logs their names). OpenAI
+parameters it knows but does not implement yet are declared, and a non-default value
+is refused by name (``NOT_YET_SUPPORTED``, the one place to relax as each lands).
 Limits that depend on settings (message count, max_tokens) are checked by the serving
-code, which knows the settings; this module checks only what is always true.
+code, which knows the settings; this module checks only what is always true,
+including what would fail inside the engine (text that cannot be encoded, seeds the
+generator refuses, sampling values too small to compute with).
 """
 
 from __future__ import annotations
@@ -11,11 +15,49 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from serve.replica_report import ReplicaReport
 
 # -- requests -------------------------------------------------------------------------
+
+MIN_TEMPERATURE = 1e-2
+"""Positive temperatures below this are raised to it: dividing logits by a smaller one
+overflows to inf/nan (vLLM does the same with the same floor). 0 stays greedy."""
+
+MIN_TOP_P = 1e-6
+"""top_p values below this are raised to it. Both keep only the most likely token for
+any vocabulary under a million tokens, but a smaller one rounds to 0 in float32 and
+leaves no token to sample."""
+
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+"""The range ``torch.Generator.manual_seed`` accepts."""
+
+
+def check_encodable(text: str) -> str:
+    """``text`` unchanged, or ValueError when it cannot be encoded (a lone surrogate such
+    as "\\ud800" parses from JSON but no tokenizer or file can take it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode text (it holds a lone surrogate)") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(check_encodable)]
+"""A string that can be encoded as UTF-8: the same rule the feedback ledger applies."""
 
 
 class TextContentPart(BaseModel):
@@ -27,31 +69,118 @@ class TextContentPart(BaseModel):
     text: str = Field(description="The text.")
 
 
+def _content_text(content: str | list[TextContentPart] | None) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(part.text for part in content)
+
+
+class FunctionCall(BaseModel):
+    """The function an assistant turn called."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: Text = Field(description="The function's name.")
+    arguments: Text = Field(description="Its arguments: a JSON object, as a string.")
+
+    @field_validator("arguments")
+    @classmethod
+    def _check_arguments(cls, value: str) -> str:
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise ValueError("arguments must be a JSON object")
+        return value
+
+
+class ToolCall(BaseModel):
+    """A tool call in an earlier assistant turn of the conversation."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: Text = Field(description="The call's id; the tool message answering it names it.")
+    type: Literal["function"] = Field("function", description="Only functions are supported.")
+    function: FunctionCall
+
+
+ENGINE_ROLE = {"developer": "system"}
+"""OpenAI's newer name for the system role, as chat templates know it."""
+
+
 class ChatMessage(BaseModel):
     """One turn of the conversation."""
 
     model_config = ConfigDict(extra="allow")
 
-    role: Literal["system", "user", "assistant"] = Field(description="Who speaks.")
-    content: str | list[TextContentPart] = Field(
-        description="The text, or a list of text parts (joined with no separator)."
+    role: Literal["system", "developer", "user", "assistant", "tool"] = Field(
+        description="Who speaks; 'developer' is treated as 'system'."
     )
-    name: str | None = Field(None, description="Accepted for compatibility; not used.")
+    content: str | list[TextContentPart] | None = Field(
+        None,
+        description="The text, or a list of text parts (joined with no separator); "
+        "null only in an assistant turn that has tool_calls.",
+    )
+    name: Text | None = Field(None, description="Accepted for compatibility; not used.")
+    tool_calls: list[ToolCall] | None = Field(
+        None, description="An assistant turn's tool calls (history only)."
+    )
+    tool_call_id: Text | None = Field(
+        None, description="In a tool message: the id of the call it answers."
+    )
 
     @field_validator("content", mode="wrap")
     @classmethod
-    def _check_content(cls, value: object, handler):
+    def _check_content(cls, value: object, handler, info: ValidationInfo):
+        if value is None and info.data.get("role") != "assistant":
+            raise ValueError("content must be a string or a list of text parts")
         # One clear error at "content" instead of one per member of the union.
         try:
-            return handler(value)
+            content = handler(value)
         except ValidationError:
             raise ValueError("content must be a string or a list of text parts") from None
+        check_encodable(_content_text(content))
+        return content
+
+    @model_validator(mode="after")
+    def _check_role_fields(self) -> ChatMessage:
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("only assistant turns carry tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id it answers")
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content is required (it may be null only beside tool_calls)")
+        return self
 
     def text(self) -> str:
-        """The content as one string."""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(part.text for part in self.content)
+        """The content as one string ("" for an assistant turn with only tool calls)."""
+        return _content_text(self.content)
+
+    def engine_message(self) -> dict:
+        """The turn as chat templates take it (transformers' format: tool call arguments
+        as a dict, the tool message's tool_call_id kept)."""
+        message: dict[str, Any] = {
+            "role": ENGINE_ROLE.get(self.role, self.role),
+            "content": self.text(),
+        }
+        if self.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": call.type,
+                    "function": {
+                        "name": call.function.name,
+                        "arguments": json.loads(call.function.arguments),
+                    },
+                }
+                for call in self.tool_calls
+            ]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
 
 
 class StreamOptions(BaseModel):
@@ -64,27 +193,51 @@ class StreamOptions(BaseModel):
     )
 
 
+class ResponseFormat(BaseModel):
+    """The answer's format."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["text", "json_object", "json_schema"] = Field(
+        description="Only 'text' is supported yet."
+    )
+
+
+NOT_YET = "Not supported yet: a value other than the default is refused (400)."
+
+
 class ChatCompletionRequest(BaseModel):
     """Body of ``POST /v1/chat/completions``."""
 
     model_config = ConfigDict(extra="allow")
 
     messages: list[ChatMessage] = Field(
-        min_length=1, description="The conversation; the last turn is the user's."
+        min_length=1,
+        description="The conversation; the last turn is the user's (or a tool's result).",
     )
     model: str = Field(
         min_length=1,
         description="'ouro', 'ouro@<alias>', 'ouro@v<N>' or 'ouro-base'.",
     )
+    frequency_penalty: float | None = Field(None, description=NOT_YET)
+    logit_bias: dict[str, float] | None = Field(None, description=NOT_YET)
+    logprobs: bool | None = Field(None, description=NOT_YET)
     max_completion_tokens: int | None = Field(
         None, ge=1, description="Most tokens to generate (wins over max_tokens)."
     )
     max_tokens: int | None = Field(
         None, ge=1, description="Most tokens to generate (OpenAI's older name)."
     )
-    n: int = Field(1, description="Number of choices; only 1 is supported.")
-    seed: int | None = Field(None, description="Seeds sampling, for repeatable answers.")
-    stop: str | list[str] | None = Field(
+    n: int | None = Field(None, description="Number of choices; only 1 is supported.")
+    presence_penalty: float | None = Field(None, description=NOT_YET)
+    response_format: ResponseFormat | None = Field(None, description=NOT_YET)
+    seed: int | None = Field(
+        None,
+        ge=SEED_MIN,
+        le=SEED_MAX,
+        description="Seeds sampling, for repeatable answers (a 64-bit integer).",
+    )
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = Field(
         None, description="Up to 4 strings that end the answer (not included in it)."
     )
     stream: bool = Field(False, description="Send the answer as server-sent events.")
@@ -92,22 +245,48 @@ class ChatCompletionRequest(BaseModel):
         None, description="Options of a streamed response; only with stream=true."
     )
     temperature: float = Field(
-        0.0, ge=0.0, le=2.0, description="0 is greedy (deterministic); higher samples."
+        0.0,
+        ge=0.0,
+        le=2.0,
+        description=f"0 is greedy (deterministic); higher samples. Values between 0 and "
+        f"{MIN_TEMPERATURE} act as {MIN_TEMPERATURE}.",
     )
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    user: str | None = Field(None, description="End-user id, for the logs.")
+    tool_choice: str | dict | None = Field(None, description=NOT_YET)
+    tools: list[dict] | None = Field(None, description=NOT_YET)
+    top_logprobs: int | None = Field(None, description=NOT_YET)
+    top_p: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description=f"Nucleus sampling mass. Values below {MIN_TOP_P} act as {MIN_TOP_P}.",
+    )
+    user: Text | None = Field(None, description="End-user id, for the logs.")
 
-    @field_validator("stop")
+    @field_validator("stop", mode="wrap")
     @classmethod
-    def _check_stop(cls, value: str | list[str] | None) -> list[str]:
+    def _check_stop(cls, value: object, handler) -> list[str]:
+        try:
+            value = handler(value)
+        except ValidationError:  # one error at "stop", not one per member of the union
+            raise ValueError("stop must be a string or a list of at most 4 strings") from None
         if value is None:
             return []
         stops = [value] if isinstance(value, str) else value
-        if len(stops) > 4:
-            raise ValueError("at most 4 stop sequences are allowed")
+        for stop in stops:
+            check_encodable(stop)
         if any(not stop for stop in stops):
             raise ValueError("stop sequences must not be empty")
         return stops
+
+    @field_validator("temperature")
+    @classmethod
+    def _floor_temperature(cls, value: float) -> float:
+        return max(value, MIN_TEMPERATURE) if value > 0 else value
+
+    @field_validator("top_p")
+    @classmethod
+    def _floor_top_p(cls, value: float) -> float:
+        return max(value, MIN_TOP_P)
 
     @property
     def stop_sequences(self) -> list[str]:
@@ -122,6 +301,33 @@ class ChatCompletionRequest(BaseModel):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    def unsupported_parameter(self) -> str | None:
+        """The first parameter set to a value this server cannot honour yet, if any."""
+        for name, is_default in NOT_YET_SUPPORTED.items():
+            if not is_default(getattr(self, name)):
+                return name
+        return None
+
+    def engine_messages(self) -> list[dict]:
+        return [message.engine_message() for message in self.messages]
+
+
+NOT_YET_SUPPORTED: dict[str, Callable[[Any], bool]] = {
+    # parameter -> "this value asks for nothing beyond what the engine does today".
+    # Remove a parameter's entry when the engine implements it.
+    "n": lambda value: value in (None, 1),
+    "logprobs": lambda value: not value,
+    "top_logprobs": lambda value: not value,
+    "presence_penalty": lambda value: not value,
+    "frequency_penalty": lambda value: not value,
+    "logit_bias": lambda value: not value,
+    "response_format": lambda value: value is None or value.type == "text",
+    "tools": lambda value: not value,
+    # 'auto' and 'none' ask nothing when no tools are given (tools is checked above).
+    "tool_choice": lambda value: value in (None, "auto", "none"),
+}
+"""OpenAI parameters the engine does not implement yet, with what counts as unset."""
+
 
 class FeedbackMessage(BaseModel):
     """One turn of the conversation that was answered."""
@@ -129,14 +335,26 @@ class FeedbackMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "user", "assistant"] = Field(description="Who spoke.")
-    content: str = Field(description="What was said.")
+    content: str | list[TextContentPart] = Field(
+        description="What was said: a string, or a list of text parts as in chat."
+    )
+
+    @field_validator("content", mode="wrap")
+    @classmethod
+    def _join_parts(cls, value: object, handler) -> str:
+        # The ledger stores plain text: parts are joined here, as chat joins them.
+        try:
+            return _content_text(handler(value))
+        except ValidationError:
+            raise ValueError("content must be a string or a list of text parts") from None
 
 
 class FeedbackRequest(BaseModel):
     """Body of ``POST /v1/feedback``: a correction of one answer.
 
     The ledger checks the rest (the conversation ends with the user turn that was
-    answered; the correction is non-empty and differs from the completion; sizes).
+    answered; the correction is non-empty and differs from the completion; the text
+    can be encoded; sizes).
     """
 
     model_config = ConfigDict(extra="allow")
@@ -251,6 +469,10 @@ class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
 
+    def get(self, model_id: str) -> ModelCard | None:
+        """The entry named ``model_id``, if listed."""
+        return next((card for card in self.data if card.id == model_id), None)
+
 
 class FeedbackCreated(BaseModel):
     """Answer of ``POST /v1/feedback`` once the record is durable."""
@@ -258,6 +480,58 @@ class FeedbackCreated(BaseModel):
     id: str
     object: Literal["feedback"] = "feedback"
     created_at: str = Field(description="When the record was written (UTC, ISO 8601).")
+
+
+class FeedbackStats(BaseModel):
+    """Answer of ``GET /v1/feedback/stats``."""
+
+    object: Literal["feedback.stats"] = "feedback.stats"
+    total: int = Field(description="Feedback records in the ledger.")
+    by_model: dict[str, int] = Field(description="Records per version that answered.")
+    since_last_training: int = Field(
+        description="Records newer than the newest registered version's training data."
+    )
+    bad_lines: int = Field(description="Ledger lines that could not be read.")
+
+
+class RegistryState(BaseModel):
+    """What the ingress knows of the model registry."""
+
+    reachable: bool
+    stale: bool = Field(description="True when the last poll failed (names may be old).")
+    last_success_age_s: float | None = Field(description="Seconds since the last good poll.")
+    error: str | None
+    production_version: int | None
+
+
+class Readiness(BaseModel):
+    """Answer of ``GET /readyz`` (200 when ready, 503 with the same body when not)."""
+
+    status: Literal["ready", "not_ready"]
+    model_loaded: bool = Field(description="Whether any LLM server replica answered.")
+    registry: RegistryState
+    serving: dict[str, list[str]] = Field(description="What each served name answers with.")
+    replicas: list[ReplicaReport]
+    reason: str | None = Field(None, description="Why it is not ready.")
+
+
+class RegistryRefresh(BaseModel):
+    """Answer of ``POST /admin/registry/refresh``."""
+
+    object: Literal["registry.refresh"] = "registry.refresh"
+    generation: int = Field(description="The refresh request's number.")
+    registry_reachable: bool
+    error: str | None
+    aliases: dict[str, int]
+    versions: list[int]
+    replicas_synced: bool = Field(description="Every LLM replica acted on this refresh.")
+    replicas: list[ReplicaReport]
+
+
+class Liveness(BaseModel):
+    """Answer of ``GET /healthz``."""
+
+    status: Literal["ok"] = "ok"
 
 
 class ErrorInfo(BaseModel):

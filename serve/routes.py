@@ -10,17 +10,49 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 
 from serve.auth import Caller
 from serve.errors import error_response
 from serve.exceptions import NotFoundError
 from serve.metrics import CONTENT_TYPE
-from serve.protocol import ChatCompletionRequest, FeedbackRequest, ModelList
+from serve.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ErrorResponse,
+    FeedbackCreated,
+    FeedbackRequest,
+    FeedbackStats,
+    Liveness,
+    ModelCard,
+    ModelList,
+    Readiness,
+    RegistryRefresh,
+)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 router = APIRouter()
+
+
+def _errors(*statuses: int) -> dict[int | str, dict]:
+    """OpenAPI ``responses`` for the error statuses a route sends, all in the envelope."""
+    return {
+        status: {"model": ErrorResponse, "description": ERROR_STATUSES[status]}
+        for status in (*statuses, 500)
+    }
+
+
+ERROR_STATUSES = {
+    400: "The request is invalid (the message and param say what to fix).",
+    401: "No API key, or an unknown one.",
+    403: "The key is not an admin key.",
+    404: "No such model.",
+    413: "The body is over the size limit.",
+    429: "The server is busy; retry shortly.",
+    503: "The model, the registry or the feedback store is not ready.",
+    500: "An unexpected failure (details only in the server's log).",
+}
 
 
 def services(request: Request):
@@ -38,30 +70,77 @@ def admin(request: Request, authorization: AuthorizationHeader = None) -> Caller
     return services(request).auth.authenticate(authorization, admin=True)
 
 
-@router.post("/v1/chat/completions", dependencies=[Depends(client)])
+CHAT_RESPONSES: dict[int | str, dict] = {
+    200: {
+        "model": ChatCompletionResponse,
+        "description": "The answer; with stream=true, server-sent events each carrying a "
+        "chat.completion.chunk, then `data: [DONE]`.",
+        "content": {"text/event-stream": {}},
+    },
+    **_errors(400, 401, 404, 413, 429, 503),
+}
+
+
+@router.post(
+    "/v1/chat/completions",
+    dependencies=[Depends(client)],
+    response_model=None,
+    responses=CHAT_RESPONSES,
+)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     return await services(request).chat.create(body)
 
 
-@router.get("/v1/models", dependencies=[Depends(client)])
+@router.get("/v1/models", dependencies=[Depends(client)], responses=_errors(401))
 async def list_models(request: Request) -> ModelList:
     ouro = services(request)
     return ModelList(data=ouro.names.listing(ouro.base_model_name))
 
 
-@router.post("/v1/feedback", status_code=201)
+@router.get(
+    "/v1/models/{model_id}",
+    dependencies=[Depends(client)],
+    response_model=ModelCard,
+    responses=_errors(401, 404),
+)
+async def retrieve_model(model_id: str, request: Request) -> Response:
+    ouro = services(request)
+    card = ModelList(data=ouro.names.listing(ouro.base_model_name)).get(model_id)
+    if card is None:
+        return error_response(
+            NotFoundError(f"no model named {model_id!r}", "model", code="model_not_found")
+        )
+    return JSONResponse(card.model_dump(mode="json"))
+
+
+@router.post(
+    "/v1/feedback",
+    status_code=201,
+    response_model=None,
+    responses={201: {"model": FeedbackCreated}, **_errors(400, 401, 413, 503)},
+)
 async def create_feedback(
     body: FeedbackRequest, request: Request, caller: Annotated[Caller, Depends(client)]
 ) -> Response:
     return await services(request).feedback.create(body, caller)
 
 
-@router.get("/v1/feedback/stats", dependencies=[Depends(admin)])
+@router.get(
+    "/v1/feedback/stats",
+    dependencies=[Depends(admin)],
+    response_model=None,
+    responses={200: {"model": FeedbackStats}, **_errors(401, 403, 503)},
+)
 async def feedback_stats(request: Request) -> Response:
     return await services(request).feedback.stats()
 
 
-@router.post("/admin/registry/refresh", dependencies=[Depends(admin)])
+@router.post(
+    "/admin/registry/refresh",
+    dependencies=[Depends(admin)],
+    response_model=None,
+    responses={200: {"model": RegistryRefresh}, **_errors(400, 401, 403, 503)},
+)
 async def refresh_registry(
     request: Request,
     wait_s: Annotated[
@@ -72,16 +151,32 @@ async def refresh_registry(
 
 
 @router.get("/healthz")
-async def healthz() -> dict:
-    return {"status": "ok"}
+async def healthz() -> Liveness:
+    return Liveness()
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    response_model=None,
+    responses={
+        200: {"model": Readiness, "description": "Ready: 'ouro' can answer."},
+        503: {"model": Readiness, "description": "Not ready; `reason` says why."},
+    },
+)
 async def readyz(request: Request) -> Response:
     return await services(request).health.readiness()
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_model=None,
+    responses={
+        200: {
+            "description": "Prometheus metrics in the text exposition format.",
+            "content": {CONTENT_TYPE: {"schema": {"type": "string"}}},
+        }
+    },
+)
 async def metrics(request: Request) -> Response:
     ouro = services(request)
     await ouro.health.update_replica_reports()

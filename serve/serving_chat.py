@@ -92,8 +92,13 @@ class ChatCompletions:
         settings = self._settings
         if request.model_extra:
             logger.info("ignoring unsupported request fields: %s", sorted(request.model_extra))
-        if request.n != 1:
-            raise InvalidRequestError("only n=1 is supported", "n")
+        unsupported = request.unsupported_parameter()
+        if unsupported is not None:
+            raise InvalidRequestError(
+                f"{unsupported} is not supported by this server yet: leave it unset",
+                unsupported,
+                code="unsupported_parameter",
+            )
         if request.stream_options is not None and not request.stream:
             raise InvalidRequestError(
                 "stream_options is only allowed with stream=true", "stream_options"
@@ -103,8 +108,10 @@ class ChatCompletions:
                 f"too many messages: {len(request.messages)} (the limit is {settings.max_messages})",
                 "messages",
             )
-        if request.messages[-1].role != "user":
-            raise InvalidRequestError("the last message must be the user's", "messages")
+        if request.messages[-1].role not in ("user", "tool"):
+            raise InvalidRequestError(
+                "the last message must be the user's (or a tool's result)", "messages"
+            )
         max_tokens = request.requested_max_tokens() or settings.default_max_tokens
         if max_tokens > settings.max_tokens_limit:
             param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
@@ -120,7 +127,7 @@ class ChatCompletions:
         )
         return LLMCall(
             model=request.model,
-            messages=[{"role": m.role, "content": m.text()} for m in request.messages],
+            messages=request.engine_messages(),
             params=params,
             request_id=current_request_id(),
         )

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import asdict
 
 from fastapi.responses import JSONResponse, Response
 from ray.exceptions import RayError
@@ -20,6 +19,7 @@ from ray.serve.exceptions import RayServeException
 from ouro.registry import ALIAS_PRODUCTION
 from serve.errors import error_response
 from serve.model_names import served_model
+from serve.protocol import Readiness, RegistryRefresh, RegistryState
 from serve.registry_watcher import RegistryWatcher
 from serve.replica_report import ReplicaReport
 
@@ -62,26 +62,30 @@ class Health:
         state = self._watcher.state
         snapshot = state.snapshot
         ready_replicas = [r for r in reports if r.production_known]
-        body = {
-            "status": "ready" if ready_replicas else "not_ready",
-            "model_loaded": bool(reports),
-            "registry": {
-                "reachable": state.reachable,
-                "stale": not state.reachable,
-                "last_success_age_s": state.age_s(),
-                "error": state.last_error,
-                "production_version": snapshot.aliases.get(ALIAS_PRODUCTION) if snapshot else None,
-            },
-            "serving": {
+        reason = None
+        if not reports:
+            reason = "the model is still loading"
+        elif not ready_replicas:
+            reason = "the production version is not known or not loaded yet"
+        body = Readiness(
+            status="ready" if ready_replicas else "not_ready",
+            model_loaded=bool(reports),
+            registry=RegistryState(
+                reachable=state.reachable,
+                stale=not state.reachable,
+                last_success_age_s=state.age_s(),
+                error=state.last_error,
+                production_version=snapshot.aliases.get(ALIAS_PRODUCTION) if snapshot else None,
+            ),
+            serving={
                 "ouro": sorted({served_model(r.production_version).label for r in ready_replicas}),
             },
-            "replicas": [asdict(report) for report in reports],
-        }
-        if not reports:
-            body["reason"] = "the model is still loading"
-        elif not ready_replicas:
-            body["reason"] = "the production version is not known or not loaded yet"
-        return JSONResponse(body, status_code=200 if ready_replicas else 503)
+            replicas=reports,
+            reason=reason,
+        )
+        return JSONResponse(
+            body.model_dump(mode="json"), status_code=200 if ready_replicas else 503
+        )
 
     async def refresh(self, wait_s: float) -> Response:
         """Make every watcher re-read the registry now; optionally wait for the LLM replicas."""
@@ -98,18 +102,16 @@ class Health:
             await asyncio.sleep(_WAIT_POLL_S)
             reports = await self.update_replica_reports()
         snapshot = state.snapshot
-        return JSONResponse(
-            {
-                "object": "registry.refresh",
-                "generation": generation,
-                "registry_reachable": state.reachable,
-                "error": state.last_error,
-                "aliases": dict(snapshot.aliases) if snapshot else {},
-                "versions": sorted(snapshot.versions) if snapshot else [],
-                "replicas_synced": _all_acted(reports, generation),
-                "replicas": [asdict(report) for report in reports],
-            }
+        body = RegistryRefresh(
+            generation=generation,
+            registry_reachable=state.reachable,
+            error=state.last_error,
+            aliases=dict(snapshot.aliases) if snapshot else {},
+            versions=sorted(snapshot.versions) if snapshot else [],
+            replicas_synced=_all_acted(reports, generation),
+            replicas=reports,
         )
+        return JSONResponse(body.model_dump(mode="json"))
 
 
 def _all_acted(reports: list[ReplicaReport], generation: int) -> bool:

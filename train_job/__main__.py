@@ -2,6 +2,10 @@
 
 import sys
 
-from train_job.cli import main
+from ouro.cpu_threads import configure_cpu_threads
+
+configure_cpu_threads()  # before anything imports torch (threads: --cpu-threads, default 1)
+
+from train_job.cli import main  # noqa: E402 - after the CPU thread settings
 
 sys.exit(main())

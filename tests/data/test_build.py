@@ -132,6 +132,36 @@ def test_leakage_check_catches_a_shared_conversation() -> None:
     assert check.shared_conversations["train&test"] == 0
 
 
+# DailyDialog's own train file holds this dialogue twice, its turns cut differently.
+HOUSE_TOUR = [
+    "Come on in.Let me show you the house.Isn ' t it something ? Spacious , bright and "
+    "clean.And the walls were newly painted.Have you ever seen such a nice house ? __eou__ "
+    "Not really . __eou__ This is the kitchen.Every - thing's new . __eou__ It's great ! __eou__",
+    "Come on in.Let me show you the house.Isn ' t it something ? __eou__ Spacious , bright "
+    "and clean.And the walls were newly painted . __eou__ Have you ever seen such a nice house "
+    "? __eou__ Not really . __eou__ This is the kitchen.Every - thing's new . __eou__ It's "
+    "great ! __eou__",
+]
+
+
+def test_a_dialogue_cut_into_turns_differently_is_kept_once(tmp_path: Path) -> None:
+    raw = tmp_path / "dialogues_train.txt"
+    others = [f"Question number {n} ? __eou__ Answer number {n} . __eou__" for n in range(30)]
+    raw.write_text("\n".join([HOUSE_TOUR[0], *others, HOUSE_TOUR[1]]) + "\n", encoding="utf-8")
+    report = build_dataset(BuildConfig(out_dir=tmp_path / "out", dailydialog=raw))
+    assert report.sources["dailydialog"].duplicates == 1
+    houses = [
+        (split, conversation)
+        for split, items in all_records(tmp_path / "out").items()
+        for conversation in items
+        if "show you the house" in conversation.messages[0]["content"]
+    ]
+    assert len(houses) == 1
+    ((_split, kept),) = houses
+    assert len(kept.messages) == 4  # the first copy, with its own turns
+    assert report.leakage.leak_free
+
+
 def test_build_is_deterministic_and_seeded(tmp_path: Path) -> None:
     sources = write_sources(tmp_path)
     outputs = []
@@ -217,6 +247,13 @@ def test_real_build_is_leak_free_and_complete(real_build: tuple[Path, BuildRepor
         dropped = source.dropped_empty + source.dropped_one_sided + source.dropped_not_alternating
         assert source.kept == source.read - dropped - source.duplicates, name
         assert source.dropped_not_alternating == 0
+    house = [
+        split
+        for split, items in records.items()
+        for c in items
+        if "Let me show you the house" in c.messages[0]["content"]
+    ]
+    assert len(house) == 1, house  # two copies in DailyDialog, cut differently: kept once
     assert report.sources["intents"].read == 661
     assert report.sources["dailydialog"].reader["dialogues"] == 12118
     assert all(report.splits[split].conversations > 0 for split in SPLITS)

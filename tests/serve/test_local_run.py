@@ -9,6 +9,8 @@ otherwise probe the cloud metadata address at start.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import os
 import re
 import shutil
@@ -42,6 +44,24 @@ class LocalRun:
     leftovers: list[str]
     trace: Path | None
     answers: dict
+    stop_s: float
+    """Seconds from SIGTERM until every process of the run was gone."""
+    listeners: list[tuple[str, str, int]]
+    """(process, address, port) of every listening TCP socket of the run."""
+    wait_policies: set[str | None]
+    """OMP_WAIT_POLICY in the environment of each of Ray's worker processes."""
+
+
+def listening_sockets(processes: list[psutil.Process]) -> list[tuple[str, str, int]]:
+    found = []
+    for process in processes:
+        try:
+            for connection in process.net_connections(kind="inet"):
+                if connection.status == psutil.CONN_LISTEN:
+                    found.append((process.name(), connection.laddr.ip, connection.laddr.port))
+        except psutil.NoSuchProcess:
+            continue
+    return found
 
 
 def wait_for_output(log: Path, pattern: str, process: subprocess.Popen, timeout_s: float) -> str:
@@ -88,7 +108,8 @@ def local_run(tmp_path_factory: pytest.TempPathFactory, tiny_random_model_dir: P
             str(trace / "t"),
             *command,
         ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OURO_")}
+    # No OURO_ settings, and no OpenMP settings: the entry point must set its own.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OURO_", "OMP_"))}
     log = work / "serve.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -116,19 +137,41 @@ def local_run(tmp_path_factory: pytest.TempPathFactory, tiny_random_model_dir: P
         if trace is not None:
             serve_process = serve_process.children()[0]  # strace -> python -m serve
         family = [serve_process, *serve_process.children(recursive=True)]
+        listeners = listening_sockets(family)
+        wait_policies = set()
+        for member in family:
+            with contextlib.suppress(psutil.Error):
+                if member.name().startswith("ray::"):
+                    wait_policies.add(member.environ().get("OMP_WAIT_POLICY"))
         serve_process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
         exit_code = process.wait(STOP_TIMEOUT_S)
         deadline = time.monotonic() + 30
-        while (
-            alive := [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        ) and time.monotonic() < deadline:
-            time.sleep(0.5)
+        while (alive := [p for p in family if running(p)]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        stop_s = time.monotonic() - signalled
         leftovers = [" ".join(p.cmdline()[:3]) for p in alive]
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-    return LocalRun(log.read_text(errors="replace"), exit_code, leftovers, trace, answers)
+    return LocalRun(
+        log.read_text(errors="replace"),
+        exit_code,
+        leftovers,
+        trace,
+        answers,
+        stop_s,
+        listeners,
+        wait_policies,
+    )
+
+
+def running(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_it_serves_trains_on_schedule_and_stops_cleanly_on_sigterm(local_run: LocalRun) -> None:
@@ -142,6 +185,37 @@ def test_it_serves_trains_on_schedule_and_stops_cleanly_on_sigterm(local_run: Lo
     assert "Shutting down" in local_run.output
     assert local_run.exit_code == 0, local_run.output[-4000:]
     assert local_run.leftovers == []
+
+
+def test_sigterm_ends_every_process_of_the_run_within_10_s(local_run: LocalRun) -> None:
+    assert local_run.leftovers == []
+    assert local_run.stop_s < 10.0, f"{local_run.stop_s:.1f} s"
+
+
+def test_ray_workers_inherit_the_passive_openmp_wait_policy(local_run: LocalRun) -> None:
+    assert local_run.wait_policies == {"PASSIVE"}
+
+
+def test_the_http_port_listens_on_loopback_only(local_run: LocalRun) -> None:
+    port = int(local_run.answers["base_url"].rsplit(":", 1)[1])
+    on_port = {address for _name, address, bound in local_run.listeners if bound == port}
+    assert on_port == {"127.0.0.1"}
+    assert local_run.listeners  # the sockets of Ray's processes were readable
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Ray 2.60's gcs_server and raylet bind their gRPC ports to the wildcard address "
+    "(no setting changes it; _node_ip_address='127.0.0.1' is replaced by the machine's "
+    "routable address): only a network namespace keeps them off the network",
+)
+def test_nothing_of_the_run_listens_beyond_loopback(local_run: LocalRun) -> None:
+    beyond = [
+        listener
+        for listener in local_run.listeners
+        if not ipaddress.ip_address(listener[1].split("%")[0]).is_loopback
+    ]
+    assert beyond == []
 
 
 def test_nothing_connects_off_the_machine(local_run: LocalRun) -> None:

@@ -5,15 +5,35 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from pydantic import ValidationError
+from transformers import AutoTokenizer
 
 from serve.protocol import (
+    MIN_TEMPERATURE,
+    MIN_TOP_P,
+    NOT_YET_SUPPORTED,
+    SEED_MAX,
+    SEED_MIN,
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChunkChoice,
     DeltaMessage,
+    FeedbackRequest,
     Usage,
 )
+
+HELLO = [{"role": "user", "content": "Hello"}]
+
+
+def chat(**fields) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate({"model": "ouro", "messages": HELLO, **fields})
+
+
+def error_location(**fields) -> tuple:
+    with pytest.raises(ValidationError) as error:
+        chat(**fields)
+    return error.value.errors()[0]["loc"]
 
 
 def test_a_request_normalises_what_openai_allows() -> None:
@@ -30,14 +50,15 @@ def test_a_request_normalises_what_openai_allows() -> None:
             "stop": "\n",
             "max_tokens": 50,
             "max_completion_tokens": 20,
-            "logprobs": True,
+            "metadata": {"x": "y"},
         }
     )
     assert request.messages[1].text() == "Hello"
     assert request.stop_sequences == ["\n"]
     assert request.requested_max_tokens() == 20
-    assert request.model_extra == {"logprobs": True}
+    assert request.model_extra == {"metadata": {"x": "y"}}
     assert not request.include_usage()
+    assert request.unsupported_parameter() is None
 
 
 @pytest.mark.parametrize(
@@ -70,4 +91,207 @@ def test_chunks_carry_only_the_delta_fields_they_set() -> None:
         "prompt_tokens": 3,
         "completion_tokens": 4,
         "total_tokens": 7,
+    }
+
+
+# -- what would fail inside the engine is refused or made safe here -----------------------
+
+
+@pytest.mark.parametrize(
+    ("messages", "location"),
+    [
+        ([{"role": "user", "content": "\ud800x"}], ("messages", 0, "content")),
+        (
+            [{"role": "user", "content": [{"type": "text", "text": "a\udfffb"}]}],
+            ("messages", 0, "content"),
+        ),
+    ],
+    ids=["string", "parts"],
+)
+def test_text_that_cannot_be_encoded_is_refused_at_its_field(messages, location) -> None:
+    with pytest.raises(ValidationError) as error:
+        ChatCompletionRequest.model_validate({"model": "ouro", "messages": messages})
+    (first,) = error.value.errors()
+    assert first["loc"] == location
+    assert "lone surrogate" in first["msg"]
+    assert error_location(stop=["ok", "\ud800"]) == ("stop",)
+    assert error_location(user="\ud800") == ("user",)
+
+
+def test_the_seed_range_is_what_torch_generators_accept() -> None:
+    for seed in (SEED_MIN, 0, SEED_MAX):
+        assert chat(seed=seed).seed == seed
+        torch.Generator().manual_seed(seed)
+    for seed in (SEED_MIN - 1, SEED_MAX + 1, 2**64):
+        assert error_location(seed=seed) == ("seed",)
+        with pytest.raises((RuntimeError, ValueError)):  # torch's overflow errors
+            torch.Generator().manual_seed(seed)
+
+
+def test_a_tiny_temperature_is_raised_to_the_floor_that_keeps_softmax_finite() -> None:
+    logits = torch.tensor([30.0, -30.0, 0.0])
+    assert not torch.softmax(logits / 1e-39, dim=-1).isfinite().all()  # what the floor prevents
+    for tiny in (1e-39, 1.1754943508222875e-38, 1e-5):
+        temperature = chat(temperature=tiny).temperature
+        assert temperature == MIN_TEMPERATURE
+        assert torch.softmax(logits / temperature, dim=-1).isfinite().all()
+    assert chat(temperature=0).temperature == 0.0  # greedy stays greedy
+    assert chat(temperature=0.7).temperature == 0.7
+
+
+def test_a_tiny_top_p_is_raised_to_a_floor_float32_can_compare_with() -> None:
+    probs = torch.tensor([0.6, 0.4])
+    # The engine's nucleus rule drops a token once the mass before it reaches top_p; a
+    # top_p that rounds to 0 in float32 drops every token, the first included.
+    assert ((probs.cumsum(-1) - probs) >= 1e-300).all()
+    top_p = chat(top_p=1e-300).top_p
+    assert top_p == MIN_TOP_P
+    assert ((probs.cumsum(-1) - probs) >= top_p).tolist() == [False, True]
+    assert chat(top_p=0.9).top_p == 0.9
+
+
+# -- OpenAI parameters the engine does not implement yet ----------------------------------
+
+UNSUPPORTED = {
+    "n": 2,
+    "logprobs": True,
+    "top_logprobs": 3,
+    "presence_penalty": 0.5,
+    "frequency_penalty": -0.5,
+    "logit_bias": {"42": 5.0},
+    "response_format": {"type": "json_object"},
+    "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+    "tool_choice": "required",
+}
+DEFAULTS = {
+    "n": 1,
+    "logprobs": False,
+    "top_logprobs": 0,
+    "presence_penalty": 0,
+    "frequency_penalty": 0.0,
+    "logit_bias": {},
+    "response_format": {"type": "text"},
+    "tools": [],
+    "tool_choice": "auto",
+}
+
+
+def test_unsupported_parameters_are_named_and_their_defaults_pass() -> None:
+    assert set(UNSUPPORTED) == set(NOT_YET_SUPPORTED) == set(DEFAULTS)
+    for name, value in UNSUPPORTED.items():
+        assert chat(**{name: value}).unsupported_parameter() == name
+    assert chat(**DEFAULTS).unsupported_parameter() is None
+    assert chat(tool_choice="none").unsupported_parameter() is None
+    assert chat(response_format={"type": "json_schema"}).unsupported_parameter() == (
+        "response_format"
+    )
+
+
+# -- messages real clients send ------------------------------------------------------------
+
+AGENT_TURNS = [
+    {"role": "developer", "content": "Use the tools."},
+    {"role": "user", "content": "Weather in Paris?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+            }
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "sunny"}]},
+]
+
+# The shape transformers documents for tool use (tool_calls[].function.arguments a dict,
+# tool messages after them), as tool-aware templates such as Llama 3.1's render it.
+TOOL_AWARE_TEMPLATE = (
+    "{%- for m in messages %}"
+    "<{{ m.role }}>"
+    "{%- if m.tool_calls %}{%- for c in m.tool_calls %}"
+    "[{{ c.id }}:{{ c.function.name }}({{ c.function.arguments | tojson }})]"
+    "{%- endfor %}{%- endif %}"
+    "{%- if m.role == 'tool' %}[{{ m.tool_call_id }}]{%- endif %}"
+    "{{ m.content }}</{{ m.role }}>"
+    "{%- endfor %}"
+)
+
+
+def test_developer_tool_and_tool_call_turns_become_chat_template_messages(
+    tiny_random_model_dir,
+) -> None:
+    request = chat(messages=AGENT_TURNS)
+    messages = request.engine_messages()
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool"]
+    assert messages[2]["content"] == ""
+    assert messages[2]["tool_calls"][0]["function"]["arguments"] == {"city": "Paris"}
+    assert messages[3] == {"role": "tool", "content": "sunny", "tool_call_id": "call_1"}
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_random_model_dir)
+    rendered = tokenizer.apply_chat_template(
+        messages, chat_template=TOOL_AWARE_TEMPLATE, tokenize=False
+    )
+    assert rendered == (
+        "<system>Use the tools.</system><user>Weather in Paris?</user>"
+        '<assistant>[call_1:get_weather({"city": "Paris"})]</assistant>'
+        "<tool>[call_1]sunny</tool>"
+    )
+    # The project's own template renders the same messages too (content only).
+    assert "sunny" in tokenizer.apply_chat_template(messages, tokenize=False)
+
+
+@pytest.mark.parametrize(
+    ("message", "problem"),
+    [
+        ({"role": "tool", "content": "x"}, "tool_call_id"),
+        ({"role": "assistant", "content": None}, "content is required"),
+        ({"role": "user", "content": None}, "content must be a string"),
+        (
+            {
+                "role": "user",
+                "content": "x",
+                "tool_calls": [AGENT_TURNS[2]["tool_calls"][0]],
+            },
+            "only assistant",
+        ),
+        (
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "c", "type": "function", "function": {"name": "f", "arguments": "[1]"}}
+                ],
+            },
+            "JSON object",
+        ),
+    ],
+    ids=["tool without id", "assistant without content", "null user", "user calls", "bad args"],
+)
+def test_malformed_tool_turns_are_refused(message, problem) -> None:
+    with pytest.raises(ValidationError) as error:
+        chat(messages=[message, *HELLO])
+    assert problem in str(error.value)
+    assert error.value.errors()[0]["loc"][:2] == ("messages", 0)
+
+
+def test_feedback_accepts_list_of_parts_content_like_chat() -> None:
+    feedback = FeedbackRequest.model_validate(
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "Hel"}, {"type": "text", "text": "lo"}],
+                }
+            ],
+            "completion": "a",
+            "correction": "b",
+        }
+    )
+    assert feedback.messages[0].content == "Hello"
+    assert feedback.messages[0].model_dump(include={"role", "content"}) == {
+        "role": "user",
+        "content": "Hello",
     }
