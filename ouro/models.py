@@ -1,4 +1,4 @@
-"""Base model loading: the embedded ouro-tiny, a local path, or a Hugging Face Hub id.
+"""Base model loading: an embedded model (ouro.embedded), a local path, or a Hub id.
 
 On CUDA the model is loaded in 4-bit NF4, through Unsloth's FastLanguageModel when it is
 installed (the GPU images) and through transformers + bitsandbytes otherwise. On CPU it is
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+from ouro.embedded import build_embedded_model
 from ouro.errors import OuroError
-from ouro.settings import EMBEDDED_MODEL, OuroSettings
-from ouro.tiny_model import build_tiny_model
+from ouro.settings import OuroSettings
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +43,9 @@ class LoadedModel:
 
 
 def resolve_base_model(settings: OuroSettings) -> str:
-    """A loadable local path or Hub id; builds ouro-tiny into the model cache when selected."""
-    if settings.base_model == EMBEDDED_MODEL:
-        return str(build_tiny_model(settings.model_cache_dir))
-    return settings.base_model
+    """A loadable local path or Hub id; an embedded model is built into the cache first."""
+    embedded = build_embedded_model(settings.base_model, settings.model_cache_dir)
+    return settings.base_model if embedded is None else str(embedded)
 
 
 def select_device(settings: OuroSettings) -> torch.device:

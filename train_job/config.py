@@ -33,6 +33,11 @@ SHARED_FIELDS = ("data_dir", "base_model", "mlflow_tracking_uri", "registered_mo
 CHATTERBOT_SOURCE = "chatterbot"
 """Conversation source naming the chatterbot-corpus that ships in a package."""
 
+SELF_REPLAY = "self"
+SOURCE_REPLAY = "source"
+REPLAY_ANSWERS = (SELF_REPLAY, SOURCE_REPLAY)
+"""Whose answers are replayed: the base model's own, or the replay source's."""
+
 
 class TrainJobConfigError(OuroError, ValueError):
     """The configuration is invalid (unknown key, bad value, unreadable YAML)."""
@@ -52,7 +57,8 @@ class TrainJobConfig:
             num_train_epochs, per_device_train_batch_size, gradient_accumulation_steps,
             max_length, seed, cpu_threads, use_unsloth.
         Gates: answer_f1_threshold, fix_rate_min, generalisation_min,
-            max_perplexity_rise_pct, probe_f1_min, gate_max_new_tokens.
+            max_perplexity_rise_pct, probe_f1_min, max_degenerate_answers,
+            gate_max_new_tokens.
     """
 
     # -- storage and registry -------------------------------------------------------
@@ -107,6 +113,15 @@ class TrainJobConfig:
             "help": "General conversations mixed in so the bot does not forget: "
             "'chatterbot' (the corpus shipped in a package) or a chat JSONL file "
             "written by `python -m data build`."
+        },
+    )
+    replay_answers: str = field(
+        default=SELF_REPLAY,
+        metadata={
+            "help": "'self': replay the base model's own greedy answers to the replay "
+            "source's first user turns (generated once per base model, cached), which "
+            "keeps unrelated answers as they were; 'source': replay the source's "
+            "conversations as written (right for ouro-tiny, which memorised them)."
         },
     )
     replay_size: int = field(
@@ -239,6 +254,14 @@ class TrainJobConfig:
             "to the probe prompts."
         },
     )
+    max_degenerate_answers: int = field(
+        default=0,
+        metadata={
+            "help": "Most answers (to the corrections and the probes) that repeat a phrase "
+            "back to back ('Uh... Uh... Uh...') beyond the baseline's own count on the "
+            "same prompts."
+        },
+    )
     gate_max_new_tokens: int = field(
         default=64, metadata={"help": "Most tokens generated per gate answer."}
     )
@@ -247,6 +270,11 @@ class TrainJobConfig:
         problems = [
             f"{name} must be {rule}"
             for name, ok, rule in (
+                (
+                    "replay_answers",
+                    self.replay_answers in REPLAY_ANSWERS,
+                    " or ".join(REPLAY_ANSWERS),
+                ),
                 ("replay_size", self.replay_size >= 0, ">= 0"),
                 ("held_out_share", 0.0 <= self.held_out_share < 1.0, "in [0, 1)"),
                 ("correction_share", 0.0 < self.correction_share < 1.0, "in (0, 1)"),
@@ -273,6 +301,7 @@ class TrainJobConfig:
                 ),
                 ("max_perplexity_rise_pct", self.max_perplexity_rise_pct >= 0, ">= 0"),
                 ("probe_f1_min", 0.0 <= self.probe_f1_min <= 1.0, "in [0, 1]"),
+                ("max_degenerate_answers", self.max_degenerate_answers >= 0, ">= 0"),
                 ("gate_max_new_tokens", self.gate_max_new_tokens > 0, "> 0"),
             )
             if not ok

@@ -15,7 +15,11 @@ Checks:
 - perplexity: assistant-token perplexity on held-out general conversations may rise at
   most ``max_perplexity_rise_pct`` percent over the baseline's;
 - probe similarity: the mean BERTScore F1 between the new and the baseline answers to the
-  probe prompts must reach ``probe_f1_min``.
+  probe prompts must reach ``probe_f1_min``; the baseline being the production version,
+  the reference is what users get today;
+- degenerate answers: the new adapter's answers to the corrections and the probes that
+  repeat a phrase back to back (ouro.scoring.repeats_a_phrase) may outnumber the
+  baseline's on the same prompts by at most ``max_degenerate_answers``.
 
 Calibration of the default thresholds. The offline all-MiniLM-L6-v2 BERTScore has no
 rescale baseline, so its raw F1 was measured on real pairs (ouro.scoring.BertScorer):
@@ -49,7 +53,7 @@ from pathlib import Path
 
 from ouro.engine import BASE_ADAPTER, GenerationEngine, GenerationRequest, SamplingParams
 from ouro.models import load_base_model
-from ouro.scoring import BertScorer, assistant_perplexity
+from ouro.scoring import BertScorer, assistant_perplexity, repeats_a_phrase
 from ouro.settings import OuroSettings
 from train_job.config import TrainJobConfig
 from train_job.dataset import Correction, CycleDataset, Messages
@@ -310,6 +314,8 @@ def evaluate_gates(
         )
 
     probes: list[dict] = []
+    new_probe: list[str] = []
+    old_probe: list[str] = []
     if dataset.probes:
         limit = [config.gate_max_new_tokens] * len(dataset.probes)
         new_probe = _answers(engine, dataset.probes, CANDIDATE_ADAPTER, limit, batch_size)
@@ -341,6 +347,20 @@ def evaluate_gates(
                 "skipped: no probe prompts",
             )
         )
+
+    new_degenerate = sum(map(repeats_a_phrase, new_answers + new_probe))
+    old_degenerate = sum(map(repeats_a_phrase, old_answers + old_probe))
+    checks.append(
+        GateCheck(
+            "degenerate_answers",
+            float(new_degenerate - old_degenerate),
+            float(config.max_degenerate_answers),
+            "<=",
+            new_degenerate - old_degenerate <= config.max_degenerate_answers,
+            f"{new_degenerate} new answers repeat a phrase back to back, the baseline's "
+            f"{old_degenerate}",
+        )
+    )
 
     report = GateReport(
         baseline=baseline_label,
