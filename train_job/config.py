@@ -125,7 +125,11 @@ class TrainJobConfig:
         },
     )
     replay_size: int = field(
-        default=256, metadata={"help": "Replay conversations sampled per cycle (0: none)."}
+        default=16,
+        metadata={
+            "help": "Replay conversations sampled per cycle (0: none). 16 self-distilled "
+            "answers for smollm2-135m (see README, 'The embedded models')."
+        },
     )
     correction_share: float = field(
         default=0.5,
@@ -150,7 +154,7 @@ class TrainJobConfig:
         },
     )
     regression_size: int = field(
-        default=32, metadata={"help": "Conversations in the regression (perplexity) set."}
+        default=16, metadata={"help": "Conversations in the regression (perplexity) set."}
     )
     probe_source: str | None = field(
         default=None,
@@ -184,16 +188,18 @@ class TrainJobConfig:
 
     # -- training --------------------------------------------------------------------
     learning_rate: float = field(
-        default=4e-3,
-        metadata={"help": "Peak learning rate (4e-3 suits the embedded model; ~2e-4 a 3B one)."},
+        default=2e-3,
+        metadata={
+            "help": "Peak learning rate (2e-3 suits smollm2-135m, 4e-3 ouro-tiny, ~2e-4 a 3B one)."
+        },
     )
     lr_scheduler_type: str = field(default="linear", metadata={"help": "LR schedule."})
     warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up steps."})
     max_steps: int = field(
-        default=100, metadata={"help": "Optimizer steps; 0 or less: use num_train_epochs."}
+        default=0, metadata={"help": "Optimizer steps; 0 or less: use num_train_epochs."}
     )
     num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs when max_steps <= 0."})
-    per_device_train_batch_size: int = field(default=8, metadata={"help": "Batch size."})
+    per_device_train_batch_size: int = field(default=4, metadata={"help": "Batch size."})
     gradient_accumulation_steps: int = field(
         default=1, metadata={"help": "Batches accumulated per optimizer step."}
     )
