@@ -163,7 +163,7 @@ def _train_gate_register(
                 collected.corrections,
                 config,
                 settings.system_prompt,
-                self_answerer(settings, config.gate_max_new_tokens),
+                self_answerer(settings, config.replay_max_new_tokens),
             )
             manifest = dataset.manifest(
                 watermark=collected.watermark.encode(), replay_source=config.replay_source
