@@ -73,8 +73,8 @@ class TrainJobConfig:
     base_model: str | None = field(
         default=None,
         metadata={
-            "help": "Base model to train the adapter on: 'ouro-tiny', a local path or a "
-            "Hub id. Default: OURO_BASE_MODEL or ouro-tiny."
+            "help": "Base model to train the adapter on: 'smollm2-135m', 'ouro-tiny', a "
+            "local path or a Hub id. Default: OURO_BASE_MODEL or smollm2-135m."
         },
     )
     mlflow_tracking_uri: str | None = field(
