@@ -199,7 +199,8 @@ class TrainJobConfig:
     learning_rate: float = field(
         default=2e-3,
         metadata={
-            "help": "Peak learning rate (2e-3 suits smollm2-135m, 4e-3 ouro-tiny, ~2e-4 a 3B one)."
+            "help": "Peak learning rate: 2e-3 for smollm2-135m (calibration unfinished, see the "
+            "README), 4e-3 for ouro-tiny, ~2e-4 for a 3B model."
         },
     )
     lr_scheduler_type: str = field(default="linear", metadata={"help": "LR schedule."})
