@@ -17,14 +17,15 @@ export RAY_USAGE_STATS_ENABLED := 0
 # OpenMP threads that spin while waiting made torch 60-90x slower on busy shared cores.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: run test install install-test chart-check bench loadtest lint
+.PHONY: run test demo install install-test chart-check bench loadtest lint
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-embedded.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip wheel
 	# torch first, or a dependency pulls the CUDA build (see ../shared/STACK_NOTES.md)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-deps -r requirements-embedded.txt
 	$(PY) -c "import torch, sys; v = torch.__version__; print('torch', v); sys.exit(0 if v.endswith('+cpu') else 'torch is not the CPU build: ' + v)"
 	touch $@
 
@@ -42,6 +43,12 @@ run: install
 test: install-test chart-check
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# One measured closed-loop cycle on smollm2-135m (too long for `make test` on 2 shared
+# cores): 20 DailyDialog corrections -> train -> gates -> registered version.
+DAILYDIALOG ?= ../shared/datasets/dailydialog/dialogues_validation.txt
+demo: install
+	$(PY) -m tools.closed_loop_demo --dailydialog $(DAILYDIALOG)
 
 lint: install-test
 	$(VENV)/bin/ruff check .

@@ -1,4 +1,8 @@
-"""Chat formatting: messages to prompt token ids through the tokenizer's chat template."""
+"""Chat formatting: messages to prompt token ids through the tokenizer's chat template.
+
+Serving (ouro.engine) and training (train_job.train) both format through
+:class:`ChatFormatter`, so a model is trained on exactly the prompts it is served.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,23 @@ from collections.abc import Sequence
 from ouro.errors import OuroError
 
 logger = logging.getLogger(__name__)
+
+CHATML_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{%- generation %}{{- message['content'] + '<|im_end|>' }}{%- endgeneration %}"
+    "{{- '\\n' }}"
+    "{%- else %}"
+    "{{- message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+"""ChatML, as SmolLM2 and Qwen lay it out, for the embedded smollm2-135m. Unlike the
+template in SmolLM2's GGUF it adds no built-in system prompt (Ouro's configured one is
+put in front by ChatFormatter), and its ``{% generation %}`` markers let TRL put the loss
+on assistant tokens only. The engine stops on ``<|im_end|>``."""
 
 
 class PromptTooLongError(OuroError):
@@ -52,13 +73,23 @@ class ChatFormatter:
         the answer). Raises PromptTooLongError when the system prompt and the latest
         user turn alone are over budget.
         """
+        return self.fit(messages, max_prompt_tokens)[1]
+
+    def fit(
+        self, messages: Sequence[dict], max_prompt_tokens: int | None = None
+    ) -> tuple[list[dict], list[int]]:
+        """The messages that fit the budget (system prompt in front) and their prompt ids.
+
+        What ``prompt_ids`` sends to the model; training uses the messages to shorten its
+        examples the same way.
+        """
         budget = self.max_context_tokens
         if max_prompt_tokens is not None:
             budget = min(budget, max_prompt_tokens)
         messages = self.with_system_prompt(messages)
         ids = self.render(messages)
         if len(ids) <= budget:
-            return ids
+            return messages, ids
 
         system = [message for message in messages if message["role"] == "system"]
         turns = [message for message in messages if message["role"] != "system"]
@@ -68,12 +99,13 @@ class ChatFormatter:
             starts = [len(turns) - 1] if turns else [0]
         # Fewer turns never make the prompt longer, so search for the earliest start that fits.
         low, high = 0, len(starts) - 1
-        best: list[int] | None = None
+        best: tuple[list[dict], list[int]] | None = None
         while low <= high:
             middle = (low + high) // 2
-            candidate = self.render(system + turns[starts[middle] :])
+            kept = system + turns[starts[middle] :]
+            candidate = self.render(kept)
             if len(candidate) <= budget:
-                best, high = candidate, middle - 1
+                best, high = (kept, candidate), middle - 1
             else:
                 low = middle + 1
         if best is None:

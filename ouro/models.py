@@ -1,4 +1,4 @@
-"""Base model loading: the embedded ouro-tiny, a local path, or a Hugging Face Hub id.
+"""Base model loading: an embedded model (ouro.embedded), a local path, or a Hub id.
 
 On CUDA the model is loaded in 4-bit NF4 through transformers + bitsandbytes, computing in
 the dtype of the precision policy (``ouro.precision``: bf16 where the GPU has it natively,
@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+from ouro.embedded import build_embedded_model
 from ouro.errors import OuroError
 from ouro.precision import precision_for
-from ouro.settings import EMBEDDED_MODEL, OuroSettings
-from ouro.tiny_model import build_tiny_model
+from ouro.settings import OuroSettings
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +49,9 @@ class LoadedModel:
 
 
 def resolve_base_model(settings: OuroSettings) -> str:
-    """A loadable local path or Hub id; builds ouro-tiny into the model cache when selected."""
-    if settings.base_model == EMBEDDED_MODEL:
-        return str(build_tiny_model(settings.model_cache_dir))
-    return settings.base_model
+    """A loadable local path or Hub id; an embedded model is built into the cache first."""
+    embedded = build_embedded_model(settings.base_model, settings.model_cache_dir)
+    return settings.base_model if embedded is None else str(embedded)
 
 
 def select_device(settings: OuroSettings) -> torch.device:

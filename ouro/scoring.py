@@ -4,6 +4,8 @@
   (works offline; no rescale baseline exists for it, so values are raw: a paraphrase scores
   about 0.9, an unrelated sentence about 0.05).
 - ``rouge_l``: ROUGE-L F-measure (``rouge-score``, Porter stemming).
+- ``token_f1``: SQuAD-style word-overlap F1 ("is this answer the same as that one").
+- ``repeats_a_phrase``: a degenerate answer ("Uh... Uh... Uh...").
 - ``assistant_perplexity``: perplexity over the assistant turns' tokens only. The system
   prompt, the user turns and the role headers are context, never scored.
 """
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +82,47 @@ def rouge_l(candidate: str, reference: str) -> float:
     """ROUGE-L F-measure of a candidate against a reference (0.0 when either has no words)."""
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     return float(scorer.score(reference, candidate)["rougeL"].fmeasure)
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def token_f1(candidate: str, reference: str) -> float:
+    """Word-overlap F1 (lower case, punctuation ignored); 1.0 when both have no words."""
+    candidate_words, reference_words = _words(candidate), _words(reference)
+    if not candidate_words or not reference_words:
+        return float(candidate_words == reference_words)
+    common = sum((Counter(candidate_words) & Counter(reference_words)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(candidate_words), common / len(reference_words)
+    return 2 * precision * recall / (precision + recall)
+
+
+DEGENERATE_REPEATS = 3
+"""Back-to-back occurrences of one phrase that make an answer degenerate."""
+DEGENERATE_MAX_PHRASE_WORDS = 8
+"""Longest phrase looked for."""
+
+
+def repeats_a_phrase(text: str) -> bool:
+    """True when some phrase of 1-8 words comes DEGENERATE_REPEATS times back to back.
+
+    What a model that broke down produces ("Uh... Uh... Uh...", "I am I am I am"); a
+    word or phrase said twice for emphasis is not flagged.
+    """
+    words = _words(text)
+    for size in range(1, DEGENERATE_MAX_PHRASE_WORDS + 1):
+        span = size * DEGENERATE_REPEATS
+        for start in range(len(words) - span + 1):
+            phrase = words[start : start + size]
+            if all(
+                words[start + k * size : start + (k + 1) * size] == phrase
+                for k in range(1, DEGENERATE_REPEATS)
+            ):
+                return True
+    return False
 
 
 @dataclass(frozen=True)

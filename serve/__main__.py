@@ -1,7 +1,7 @@
 """``python -m serve``: run Ouro on one machine (behind ``make run``).
 
     python -m serve --host 127.0.0.1 --port 8000 --data-dir .ouro
-        [--base-model ouro-tiny] [--mlflow-uri URI] [--allow-unauthenticated]
+        [--base-model smollm2-135m] [--mlflow-uri URI] [--allow-unauthenticated]
         [--train-every 10m]
 
 Starts a local Ray (bounded object store, no probe off the machine), builds or loads
@@ -44,7 +44,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="Address to listen on.")
     parser.add_argument("--port", type=int, default=8000, help="Port to listen on.")
     parser.add_argument("--data-dir", type=Path, help="Data dir (default: OURO_DATA_DIR or .ouro).")
-    parser.add_argument("--base-model", help="'ouro-tiny' (default), a local path or a Hub id.")
+    parser.add_argument(
+        "--base-model",
+        help="'smollm2-135m' (default), 'ouro-tiny', a local path or a Hub id.",
+    )
     parser.add_argument(
         "--mlflow-uri", help="MLflow tracking URI (default: a local store in <data-dir>/mlflow)."
     )
@@ -148,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"Preparing the base model {settings.base_model} ...", flush=True)
-    resolve_base_model(settings)  # builds ouro-tiny once; replicas then only load it
+    resolve_base_model(settings)  # converts or builds an embedded model once; replicas load it
 
     from ray import serve
 

@@ -33,6 +33,11 @@ SHARED_FIELDS = ("data_dir", "base_model", "mlflow_tracking_uri", "registered_mo
 CHATTERBOT_SOURCE = "chatterbot"
 """Conversation source naming the chatterbot-corpus that ships in a package."""
 
+SELF_REPLAY = "self"
+SOURCE_REPLAY = "source"
+REPLAY_ANSWERS = (SELF_REPLAY, SOURCE_REPLAY)
+"""Whose answers are replayed: the base model's own, or the replay source's."""
+
 
 class TrainJobConfigError(OuroError, ValueError):
     """The configuration is invalid (unknown key, bad value, unreadable YAML)."""
@@ -45,14 +50,16 @@ class TrainJobConfig:
     Groups:
         Storage and registry: data_dir, base_model, mlflow_tracking_uri,
             registered_model_name, experiment_name, auto_promote, notify_url.
-        Data: replay_source, replay_size, correction_share, held_out_share, regression_source,
-            regression_size, probe_source, probe_size, min_corrections.
+        Data: replay_source, replay_answers, replay_max_new_tokens, replay_size,
+            correction_share, held_out_share, regression_source, regression_size,
+            probe_source, probe_size, min_corrections.
         LoRA: lora_r, lora_alpha, lora_dropout, lora_target_modules.
         Training: learning_rate, lr_scheduler_type, warmup_steps, max_steps,
             num_train_epochs, per_device_train_batch_size, gradient_accumulation_steps,
             max_length, seed, cpu_threads, use_unsloth.
         Gates: answer_f1_threshold, fix_rate_min, generalisation_min,
-            max_perplexity_rise_pct, probe_f1_min, gate_max_new_tokens.
+            max_perplexity_rise_pct, probe_f1_min, max_degenerate_answers,
+            gate_max_new_tokens.
     """
 
     # -- storage and registry -------------------------------------------------------
@@ -66,8 +73,8 @@ class TrainJobConfig:
     base_model: str | None = field(
         default=None,
         metadata={
-            "help": "Base model to train the adapter on: 'ouro-tiny', a local path or a "
-            "Hub id. Default: OURO_BASE_MODEL or ouro-tiny."
+            "help": "Base model to train the adapter on: 'smollm2-135m', 'ouro-tiny', a "
+            "local path or a Hub id. Default: OURO_BASE_MODEL or smollm2-135m."
         },
     )
     mlflow_tracking_uri: str | None = field(
@@ -109,8 +116,29 @@ class TrainJobConfig:
             "written by `python -m data build`."
         },
     )
+    replay_answers: str = field(
+        default=SELF_REPLAY,
+        metadata={
+            "help": "'self': replay the base model's own greedy answers to the replay "
+            "source's first user turns (generated once per base model, cached), which "
+            "keeps unrelated answers as they were; 'source': replay the source's "
+            "conversations as written (right for ouro-tiny, which memorised them)."
+        },
+    )
+    replay_max_new_tokens: int = field(
+        default=256,
+        metadata={
+            "help": "Longest self-distilled replay answer; answers the base model has not "
+            "finished by then are dropped. smollm2-135m is wordy: with 64 tokens it "
+            "finished 4 of 16 chatterbot prompts."
+        },
+    )
     replay_size: int = field(
-        default=256, metadata={"help": "Replay conversations sampled per cycle (0: none)."}
+        default=16,
+        metadata={
+            "help": "Replay conversations sampled per cycle (0: none). 16 self-distilled "
+            "answers for smollm2-135m (see README, 'The embedded models')."
+        },
     )
     correction_share: float = field(
         default=0.5,
@@ -135,7 +163,7 @@ class TrainJobConfig:
         },
     )
     regression_size: int = field(
-        default=32, metadata={"help": "Conversations in the regression (perplexity) set."}
+        default=16, metadata={"help": "Conversations in the regression (perplexity) set."}
     )
     probe_source: str | None = field(
         default=None,
@@ -169,16 +197,19 @@ class TrainJobConfig:
 
     # -- training --------------------------------------------------------------------
     learning_rate: float = field(
-        default=4e-3,
-        metadata={"help": "Peak learning rate (4e-3 suits the embedded model; ~2e-4 a 3B one)."},
+        default=2e-3,
+        metadata={
+            "help": "Peak learning rate: 2e-3 for smollm2-135m (calibration unfinished, see the "
+            "README), 4e-3 for ouro-tiny, ~2e-4 for a 3B model."
+        },
     )
     lr_scheduler_type: str = field(default="linear", metadata={"help": "LR schedule."})
     warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up steps."})
     max_steps: int = field(
-        default=100, metadata={"help": "Optimizer steps; 0 or less: use num_train_epochs."}
+        default=0, metadata={"help": "Optimizer steps; 0 or less: use num_train_epochs."}
     )
     num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs when max_steps <= 0."})
-    per_device_train_batch_size: int = field(default=8, metadata={"help": "Batch size."})
+    per_device_train_batch_size: int = field(default=4, metadata={"help": "Batch size."})
     gradient_accumulation_steps: int = field(
         default=1, metadata={"help": "Batches accumulated per optimizer step."}
     )
@@ -240,6 +271,14 @@ class TrainJobConfig:
             "to the probe prompts."
         },
     )
+    max_degenerate_answers: int = field(
+        default=0,
+        metadata={
+            "help": "Most answers (to the corrections and the probes) that repeat a phrase "
+            "back to back ('Uh... Uh... Uh...') beyond the baseline's own count on the "
+            "same prompts."
+        },
+    )
     gate_max_new_tokens: int = field(
         default=64, metadata={"help": "Most tokens generated per gate answer."}
     )
@@ -248,6 +287,12 @@ class TrainJobConfig:
         problems = [
             f"{name} must be {rule}"
             for name, ok, rule in (
+                (
+                    "replay_answers",
+                    self.replay_answers in REPLAY_ANSWERS,
+                    " or ".join(REPLAY_ANSWERS),
+                ),
+                ("replay_max_new_tokens", self.replay_max_new_tokens > 0, "> 0"),
                 ("replay_size", self.replay_size >= 0, ">= 0"),
                 ("held_out_share", 0.0 <= self.held_out_share < 1.0, "in [0, 1)"),
                 ("correction_share", 0.0 < self.correction_share < 1.0, "in (0, 1)"),
@@ -274,6 +319,7 @@ class TrainJobConfig:
                 ),
                 ("max_perplexity_rise_pct", self.max_perplexity_rise_pct >= 0, ">= 0"),
                 ("probe_f1_min", 0.0 <= self.probe_f1_min <= 1.0, "in [0, 1]"),
+                ("max_degenerate_answers", self.max_degenerate_answers >= 0, ">= 0"),
                 ("gate_max_new_tokens", self.gate_max_new_tokens > 0, "> 0"),
             )
             if not ok

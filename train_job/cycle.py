@@ -31,6 +31,7 @@ from train_job.dataset import build_dataset
 from train_job.gates import GateReport, evaluate_gates
 from train_job.lock import CycleLock
 from train_job.register import CycleRun, register_version, version_tags
+from train_job.replay import self_answerer
 from train_job.train import train_adapter
 
 logger = logging.getLogger(__name__)
@@ -158,7 +159,12 @@ def _train_gate_register(
     with tempfile.TemporaryDirectory(prefix="ouro-train-") as tmp:
         work_dir = Path(tmp)
         with timer.stage("train"):
-            dataset = build_dataset(collected.corrections, config, settings.system_prompt)
+            dataset = build_dataset(
+                collected.corrections,
+                config,
+                settings.system_prompt,
+                self_answerer(settings, config.replay_max_new_tokens),
+            )
             manifest = dataset.manifest(
                 watermark=collected.watermark.encode(), replay_source=config.replay_source
             )

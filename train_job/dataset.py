@@ -4,8 +4,10 @@ Each correction becomes one training example with its full context: the conversa
 the model answered (``messages``, the system prompt in front as at serving time) as the
 prompt, and the corrected assistant turn as the completion. TRL computes the loss on the
 completion only, so the model learns assistant tokens and nothing else. A replay sample of
-general conversations is mixed in (one example per assistant turn, so every assistant
-turn carries loss) so the adapter does not make the bot forget how to chat.
+general conversations is mixed in so the adapter does not make the bot forget how to chat:
+with ``replay_answers="self"`` the replayed answers are the base model's own (see
+train_job.replay), otherwise the source's (one example per assistant turn, so every
+assistant turn carries loss).
 """
 
 from __future__ import annotations
@@ -14,17 +16,20 @@ import hashlib
 import json
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from data import load_chat_jsonl
 from ouro.corpus import load_chatterbot_conversations
-from train_job.config import CHATTERBOT_SOURCE, TrainJobConfig, TrainJobConfigError
+from train_job.config import CHATTERBOT_SOURCE, SELF_REPLAY, TrainJobConfig, TrainJobConfigError
 
 logger = logging.getLogger(__name__)
 
 Messages = list[dict]
+
+ReplayAnswerer = Callable[[Sequence[Messages]], list[str | None]]
+"""Answers prompts (each ending with a user turn); None where no complete answer came."""
 
 
 @dataclass(frozen=True)
@@ -81,9 +86,16 @@ class CycleDataset:
 
 
 def build_dataset(
-    corrections: Sequence[Correction], config: TrainJobConfig, system_prompt: str
+    corrections: Sequence[Correction],
+    config: TrainJobConfig,
+    system_prompt: str,
+    answerer: ReplayAnswerer | None = None,
 ) -> CycleDataset:
-    """Split the corrections, sample replay/regression/probe sets and build the SFT rows."""
+    """Split the corrections, sample replay/regression/probe sets and build the SFT rows.
+
+    ``answerer`` gives the base model's own answers; it is needed (and only used) when
+    ``config.replay_answers`` is "self".
+    """
     train, held_out = split_held_out(corrections, config.held_out_share, config.seed)
     questions = {c.question().strip().lower() for c in corrections}
     regression_pool = _distinct_questions(load_conversations(config.regression_source), questions)
@@ -99,6 +111,10 @@ def build_dataset(
         replay_pool, min(config.replay_size, len(replay_pool))
     )
 
+    if config.replay_answers == SELF_REPLAY and replay:
+        if answerer is None:
+            raise ValueError("replay_answers='self' needs the base model's answerer")
+        replay = self_distilled(replay, answerer)
     probes = load_probes(config, regression, questions)
 
     replay_rows = [
@@ -129,6 +145,20 @@ def build_dataset(
         dataset.sha256[:12],
     )
     return dataset
+
+
+def self_distilled(conversations: Sequence[Messages], answerer: ReplayAnswerer) -> list[Messages]:
+    """Each conversation's first user turn with the base model's own answer to it.
+
+    Prompts the model left unfinished are dropped.
+    """
+    prompts = [[{"role": "user", "content": _first_user(c)}] for c in conversations]
+    prompts = [prompt for prompt in prompts if prompt[0]["content"].strip()]
+    return [
+        [*prompt, {"role": "assistant", "content": answer}]
+        for prompt, answer in zip(prompts, answerer(prompts), strict=True)
+        if answer
+    ]
 
 
 def correction_repeats(corrections: int, replay_rows: int, share: float) -> int:

@@ -17,7 +17,11 @@ Checks:
 - perplexity: assistant-token perplexity on held-out general conversations may rise at
   most ``max_perplexity_rise_pct`` percent over the baseline's;
 - probe similarity: the mean BERTScore F1 between the new and the baseline answers to the
-  probe prompts must reach ``probe_f1_min``.
+  probe prompts must reach ``probe_f1_min``; the baseline being the production version,
+  the reference is what users get today;
+- degenerate answers: the new adapter's answers to the corrections and the probes that
+  repeat a phrase back to back (ouro.scoring.repeats_a_phrase) may outnumber the
+  baseline's on the same prompts by at most ``max_degenerate_answers``.
 
 Calibration of the default thresholds. The offline all-MiniLM-L6-v2 BERTScore has no
 rescale baseline, so its raw F1 was measured on real pairs (ouro.scoring.BertScorer):
@@ -39,6 +43,12 @@ rescale baseline, so its raw F1 was measured on real pairs (ouro.scoring.BertSco
   learning rate +79 % / 0.55, no replay at all +460 % / 0.17. Near a
   perplexity of 1 a small change in loss is a large percentage, hence 50 %; a larger
   model on held-out text warrants a tighter value (see configs/gpu-llama-3b.yaml).
+- On smollm2-135m (the default base model) the thresholds are not re-calibrated yet.
+  One measured cycle (``make demo``: 18 DailyDialog validation corrections, 4 replay
+  rows) gave fix rate 0.11, probe similarity 0.595 (token F1: 1 of 16 probe answers
+  unchanged), perplexity -7 % (4.58 -> 4.24 on held-out chatterbot conversations, which
+  are not its own answers), 2 degenerate answers like the base model's: the gates
+  rejected it, rightly. See the README, "Training a real model".
 """
 
 from __future__ import annotations
@@ -55,7 +65,7 @@ from pathlib import Path
 from ouro.engine import BASE_ADAPTER, GenerationEngine, GenerationRequest, SamplingParams
 from ouro.errors import OuroError
 from ouro.models import load_base_model
-from ouro.scoring import BertScorer, assistant_perplexity
+from ouro.scoring import BertScorer, assistant_perplexity, repeats_a_phrase
 from ouro.settings import OuroSettings
 from train_job.config import TrainJobConfig
 from train_job.dataset import Correction, CycleDataset, Messages
@@ -370,6 +380,8 @@ def _evaluate(
         )
 
     probes: list[dict] = []
+    new_probe: list[str] = []
+    old_probe: list[str] = []
     if dataset.probes:
         limit = [config.gate_max_new_tokens] * len(dataset.probes)
         new_probe = _answers(engine, dataset.probes, CANDIDATE_ADAPTER, limit, batch_size)
@@ -401,6 +413,20 @@ def _evaluate(
                 "skipped: no probe prompts",
             )
         )
+
+    new_degenerate = sum(map(repeats_a_phrase, new_answers + new_probe))
+    old_degenerate = sum(map(repeats_a_phrase, old_answers + old_probe))
+    checks.append(
+        GateCheck(
+            "degenerate_answers",
+            float(new_degenerate - old_degenerate),
+            float(config.max_degenerate_answers),
+            "<=",
+            new_degenerate - old_degenerate <= config.max_degenerate_answers,
+            f"{new_degenerate} new answers repeat a phrase back to back, the baseline's "
+            f"{old_degenerate}",
+        )
+    )
 
     report = GateReport(
         baseline=baseline_label,

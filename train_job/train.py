@@ -34,6 +34,7 @@ from packaging.requirements import Requirement
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import ProgressCallback, TrainerCallback, set_seed
 
+from ouro.chat import ChatFormatter, PromptTooLongError
 from ouro.models import load_base_model, resolve_base_model, select_device
 from ouro.precision import Precision, keep_trainable_dtype, precision_for
 from ouro.settings import OuroSettings
@@ -248,23 +249,26 @@ def sft_config(
 def fit_rows(rows: list[dict], tokenizer, max_length: int) -> list[dict]:
     """Rows whose prompt is shortened from the oldest turn until prompt + completion fit.
 
-    Mirrors serving (ouro.chat.ChatFormatter): the system prompt and the latest user turn
-    stay. A row that still does not fit is kept and truncated by TRL (logged).
+    The prompt goes through ouro.chat.ChatFormatter, as at serving time, so training and
+    serving cannot drift: the system prompt and the latest user turn stay. A row that
+    still does not fit keeps only those two and is truncated by TRL (logged).
     """
+    # The rows carry their system prompt already (train_job.dataset puts it in).
+    formatter = ChatFormatter(tokenizer, system_prompt="", max_context_tokens=max_length)
     fitted = []
     too_long = 0
     for row in rows:
         prompt, completion = row["prompt"], row["completion"]
-        system = [m for m in prompt if m["role"] == "system"]
-        turns = [m for m in prompt if m["role"] != "system"]
-        starts = [i for i, m in enumerate(turns) if m["role"] == "user"] or [0]
-        for start in starts:
-            candidate = system + turns[start:]
-            if _length(tokenizer, candidate + completion) <= max_length:
-                break
-        else:
+        answer_tokens = _length(tokenizer, prompt + completion) - len(formatter.render(prompt))
+        try:
+            prompt, _ = formatter.fit(prompt, max_length - answer_tokens)
+        except PromptTooLongError:
             too_long += 1
-        fitted.append({"prompt": candidate, "completion": completion})
+            latest_user = max((i for i, m in enumerate(prompt) if m["role"] == "user"), default=0)
+            prompt = [m for m in prompt[:latest_user] if m["role"] == "system"] + prompt[
+                latest_user:
+            ]
+        fitted.append({"prompt": prompt, "completion": completion})
     if too_long:
         logger.warning(
             "%s rows exceed max_length=%s even shortened; TRL truncates them", too_long, max_length

@@ -100,7 +100,7 @@ def test_cpu_dev_values_ask_for_no_gpu_anywhere(rendered):
         assert not pod.get("nodeSelector"), label
         assert not pod.get("tolerations"), label
     assert deployment_config(objects, "LLMServer")["ray_actor_options"]["num_gpus"] == 0
-    assert serve_config(objects)["applications"][0]["args"]["base_model"] == "ouro-tiny"
+    assert serve_config(objects)["applications"][0]["args"]["base_model"] == "smollm2-135m"
 
 
 def test_an_llm_replica_that_needs_more_gpus_than_a_worker_has_is_refused(render_chart):

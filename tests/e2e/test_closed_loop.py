@@ -30,8 +30,7 @@ from ouro.registry import BASE_MODEL_NAME, SERVED_MODEL_NAME, version_label
 from ouro.scoring import BertScorer
 from tests.conftest import REPO_ROOT
 from tests.fixtures.mlflow import free_port
-from tests.fixtures.train_job import CORRECTION_PAIRS
-from train_job.config import TrainJobConfig
+from tests.fixtures.train_job import CORRECTION_PAIRS, TINY_CONFIG_FILE, tiny_config
 
 # Builds the small ouro-tiny on a fresh machine, then trains while serving: minutes, not seconds.
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2700)]
@@ -206,7 +205,7 @@ def test_corrections_heal_the_running_bot_and_rollback_restores_it(
     stack: LocalStack, small_model_chat_jsonl: Path
 ) -> None:
     client = stack.client()
-    gates = TrainJobConfig()
+    gates = tiny_config()
     scorer = BertScorer()
 
     # Facts the bot does not know (it answers them wrongly), and questions it does know.
@@ -237,7 +236,7 @@ def test_corrections_heal_the_running_bot_and_rollback_restores_it(
 
     # Train while a client keeps chatting; the new version must arrive with no failure.
     with BackgroundChatter(stack.client(), unrelated[0]) as chatter:
-        trained = stack.train_job("run", "--auto-promote")
+        trained = stack.train_job("run", "--config", str(TINY_CONFIG_FILE), "--auto-promote")
         assert trained.returncode == 0, trained.stdout + trained.stderr
         _wait_for_version(stack, questions[0], version_label(1))
         after = _ask_all(client, questions)

@@ -85,6 +85,18 @@ def test_per_call_budget_tightens_the_context(tokenizer):
     assert len(formatter.prompt_ids(messages, max_prompt_tokens=80)) <= 80
 
 
+def test_fit_returns_the_kept_messages_with_their_prompt_ids(tokenizer):
+    formatter = ChatFormatter(tokenizer, SYSTEM_PROMPT, 100_000)
+    messages = long_conversation(20)
+    kept, ids = formatter.fit(messages, max_prompt_tokens=120)
+
+    assert ids == formatter.prompt_ids(messages, max_prompt_tokens=120)
+    assert ids == formatter.render(kept)  # what training shortens to is what is served
+    assert kept[0] == {"role": "system", "content": SYSTEM_PROMPT}
+    assert kept[-1] == messages[-1] and kept[1]["role"] == "user"
+    assert len(kept) < len(messages)
+
+
 def test_latest_user_turn_too_long_is_a_typed_error(tokenizer):
     formatter = ChatFormatter(tokenizer, SYSTEM_PROMPT, 64)
     huge = [{"role": "user", "content": "word " * 500}]

@@ -1,4 +1,5 @@
-"""Answer scores: BERTScore F1 (offline MiniLM), ROUGE-L, perplexity over assistant tokens only."""
+"""Answer scores: BERTScore F1 (offline MiniLM), ROUGE-L, token F1, degenerate answers,
+perplexity over assistant tokens only."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from ouro.scoring import (
     assistant_loss,
     assistant_perplexity,
     assistant_token_mask,
+    repeats_a_phrase,
     rouge_l,
+    token_f1,
 )
 
 SYSTEM = "You are Ouro, a friendly and helpful assistant."
@@ -155,3 +158,36 @@ def test_nothing_to_score_is_an_error(tiny) -> None:
         assistant_perplexity(model, tokenizer, [CONVERSATION[:1]], SYSTEM)
     with pytest.raises(ScoringError):
         assistant_token_mask(tokenizer, [{"role": "assistant", "content": "Hi"}], "")
+
+
+def test_token_f1_is_word_overlap_ignoring_case_and_punctuation() -> None:
+    assert token_f1("The capital is Paris.", "the capital is paris") == 1.0
+    assert token_f1("Paris", "The capital is Paris.") == pytest.approx(2 * 1 * 0.25 / 1.25)
+    assert token_f1("Berlin.", "Paris.") == 0.0
+    assert token_f1("", "") == 1.0 and token_f1("...", "Paris") == 0.0
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "Uh... Uh... Uh...",
+        "I think so. I am sure I am sure I am sure.",
+        "The the the the cat.",
+        "Let me see: one two three one two three one two three",
+    ],
+)
+def test_a_phrase_repeated_back_to_back_is_degenerate(answer: str) -> None:
+    assert repeats_a_phrase(answer)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "The capital of France is Paris.",
+        "No, no. That is very very good.",
+        "I'm here to help. What can I do? I'm here to help you with that.",
+        "",
+    ],
+)
+def test_ordinary_answers_are_not_degenerate(answer: str) -> None:
+    assert not repeats_a_phrase(answer)

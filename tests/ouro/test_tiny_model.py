@@ -11,18 +11,18 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ouro.engine import GenerationEngine, GenerationRequest, SamplingParams
-from ouro.tiny_model import (
+from ouro.embedded.accuracy import answer_accuracy
+from ouro.embedded.cache import BUILD_FILE
+from ouro.embedded.tiny import (
     DEFAULT_SYSTEM_PROMPT,
-    RECIPE_FILE,
     SPECIAL_TOKENS,
     TinyModelRecipe,
-    answer_accuracy,
     build_random_model,
     build_tiny_model,
     pretrain,
     select_conversations,
 )
+from ouro.engine import GenerationEngine, GenerationRequest, SamplingParams
 from tests.fixtures.models import LORA_TARGETS
 
 MICRO_RECIPE = TinyModelRecipe(
@@ -113,9 +113,9 @@ def test_build_is_cached_by_recipe_and_loads_with_from_pretrained(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no staging left over
     assert stat.S_IMODE(path.stat().st_mode) == 0o755  # readable by other users and pods
     assert all(stat.S_IMODE(file.stat().st_mode) == 0o644 for file in path.iterdir())
-    stamp = (path / RECIPE_FILE).stat().st_mtime_ns
+    stamp = (path / BUILD_FILE).stat().st_mtime_ns
     assert build_tiny_model(tmp_path, MICRO_RECIPE) == path
-    assert (path / RECIPE_FILE).stat().st_mtime_ns == stamp  # reused, not rebuilt
+    assert (path / BUILD_FILE).stat().st_mtime_ns == stamp  # reused, not rebuilt
 
     model = AutoModelForCausalLM.from_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)

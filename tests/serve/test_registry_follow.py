@@ -18,9 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ouro.embedded.tiny import build_random_model
 from ouro.engine import GenerationEngine, GenerationRequest, SamplingParams
 from ouro.registry import ALIAS_CANDIDATE, ALIAS_PRODUCTION, AdapterRegistry
-from ouro.tiny_model import build_random_model
 from tests.fixtures.mlflow import MlflowServer, start_mlflow_server
 from tests.fixtures.models import TINY_RANDOM_RECIPE
 from tests.fixtures.serve import ServeStack, register_adapter_version

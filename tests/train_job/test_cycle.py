@@ -24,15 +24,14 @@ from ouro.registry import (
     ALIAS_PRODUCTION,
     AdapterRegistry,
 )
-from tests.fixtures.train_job import CORRECTION_PAIRS, seed_ledger
+from tests.fixtures.train_job import CORRECTION_PAIRS, TINY_CONFIG_FILE, seed_ledger, tiny_config
 from train_job.cli import main
-from train_job.config import TrainJobConfig
 from train_job.lock import CycleLock
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULTS = TrainJobConfig()
+TINY = tiny_config()
 
 
 @pytest.fixture
@@ -46,9 +45,11 @@ def job(
     """Command-line arguments of a cycle on a fresh data dir, and its registry.
 
     Replay and regression conversations are the ones the small model was trained on, as
-    the chatterbot corpus is for the embedded model; every other setting is the default.
+    the chatterbot corpus is for ouro-tiny; every other setting is ouro-tiny's recipe.
     """
     args = [
+        "--config",
+        str(TINY_CONFIG_FILE),
         "--replay-source",
         str(small_model_chat_jsonl),
         "--regression-source",
@@ -99,11 +100,11 @@ def test_a_cycle_registers_a_candidate_that_learned_the_corrections(
     assert version.gates_passed is True
     assert version.watermark is not None
     assert version.corrections == len(CORRECTION_PAIRS) - int(
-        DEFAULTS.held_out_share * len(CORRECTION_PAIRS)
+        TINY.held_out_share * len(CORRECTION_PAIRS)
     )
     assert version.base_model == str(ouro_tiny_small_dir)
     fix_rate = next(c for c in version.gate_results if c["name"] == "fix_rate")
-    assert fix_rate["passed"] and fix_rate["value"] >= DEFAULTS.fix_rate_min
+    assert fix_rate["passed"] and fix_rate["value"] >= TINY.fix_rate_min
 
     # The adapter learned (LoRA B starts at zero) and the base model on disk is untouched.
     adapter = registry.download(1, tmp_path / "download")
@@ -117,8 +118,8 @@ def test_a_cycle_registers_a_candidate_that_learned_the_corrections(
     client = MlflowClient(registry.tracking_uri)
     assert run.info.status == "FINISHED"
     losses = client.get_metric_history(run.info.run_id, "train/loss")
-    assert len(losses) == DEFAULTS.max_steps
-    assert run.data.metrics["gate/fix_rate"] >= DEFAULTS.fix_rate_min
+    assert len(losses) == TINY.max_steps
+    assert run.data.metrics["gate/fix_rate"] >= TINY.fix_rate_min
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"adapter", "dataset_manifest.json", "gate_report.json", "gate_report.md"} <= artifacts
 

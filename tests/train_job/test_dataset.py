@@ -8,13 +8,16 @@ import pytest
 from transformers import AutoTokenizer
 
 from ouro.corpus import load_chatterbot_conversations
-from train_job.config import TrainJobConfig
+from ouro.engine import GenerationEngine, GenerationRequest, SamplingParams
+from ouro.settings import OuroSettings
+from train_job.config import SOURCE_REPLAY, TrainJobConfig
 from train_job.dataset import (
     Correction,
     build_dataset,
     conversation_rows,
     split_held_out,
 )
+from train_job.replay import cache_file, self_answerer
 from train_job.train import fit_rows
 
 SYSTEM = "You are a test bot."
@@ -85,7 +88,13 @@ def test_regression_probe_and_replay_sets_are_disjoint_and_skip_corrected_questi
     correction = Correction(
         id="fb-1", messages=({"role": "user", "content": asked},), completion="x", correction="y"
     )
-    config = TrainJobConfig(replay_size=40, regression_size=20, probe_size=10, held_out_share=0)
+    config = TrainJobConfig(
+        replay_size=40,
+        regression_size=20,
+        probe_size=10,
+        held_out_share=0,
+        replay_answers=SOURCE_REPLAY,
+    )
 
     dataset = build_dataset([correction], config, SYSTEM)
 
@@ -100,7 +109,7 @@ def test_regression_probe_and_replay_sets_are_disjoint_and_skip_corrected_questi
 
 
 def test_dataset_hash_follows_the_training_rows() -> None:
-    config = TrainJobConfig(held_out_share=0.0, replay_size=4)
+    config = TrainJobConfig(held_out_share=0.0, replay_size=4, replay_answers=SOURCE_REPLAY)
     same = build_dataset(corrections(3), config, SYSTEM)
     assert build_dataset(corrections(3), config, SYSTEM).sha256 == same.sha256
     assert build_dataset(corrections(4), config, SYSTEM).sha256 != same.sha256
@@ -126,6 +135,7 @@ def test_probe_file_and_chat_jsonl_sources(tmp_path: Path) -> None:
         regression_size=1,
         replay_size=5,
         held_out_share=0,
+        replay_answers=SOURCE_REPLAY,
     )
     dataset = build_dataset(corrections(1), config, SYSTEM)
     assert [p[0]["content"] for p in dataset.probes] == ["How are you?", "What is AI?"]
@@ -158,3 +168,46 @@ def test_every_correction_is_either_trained_or_held_out(share: float) -> None:
     dataset = build_dataset(corrections(10), config, SYSTEM)
     assert len(dataset.train) + len(dataset.held_out) == 10
     assert len(dataset.rows) == len(dataset.train)
+
+
+def test_self_distilled_replay_is_the_base_models_own_answers_generated_once(
+    ouro_tiny_small_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = OuroSettings(
+        base_model=str(ouro_tiny_small_dir), data_dir=tmp_path, system_prompt=SYSTEM
+    )
+    config = TrainJobConfig(held_out_share=0.0, replay_size=6, regression_size=4, probe_size=0)
+    answerer = self_answerer(settings, max_new_tokens=24)
+
+    dataset = build_dataset(corrections(2), config, SYSTEM, answerer)
+
+    source = load_chatterbot_conversations()
+    questions = {c[0]["content"] for c in source}
+    assert dataset.replay, "the model finished none of its answers"
+    for conversation in dataset.replay:
+        user, assistant = conversation
+        assert user["role"] == "user" and user["content"] in questions
+        assert assistant["role"] == "assistant" and assistant["content"]
+    engine = GenerationEngine.from_settings(settings)
+    prompt = dataset.replay[0][:1]
+    (own,) = engine.generate([GenerationRequest(prompt, SamplingParams(max_tokens=24))])
+    assert dataset.replay[0][1]["content"] == own.text.strip()
+    # Replay rows carry the loss on the model's own answers, under the system prompt.
+    own_answers = {conversation[1]["content"] for conversation in dataset.replay}
+    replay_rows = [row for row in dataset.rows if row["completion"][0]["content"] in own_answers]
+    assert len(replay_rows) >= len(own_answers)
+    assert all(row["prompt"][0] == {"role": "system", "content": SYSTEM} for row in replay_rows)
+
+    # The next cycle reads the cache: the model is not loaded again.
+    assert cache_file(settings, 24).is_file()
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the replay answers were generated again")
+
+    monkeypatch.setattr(GenerationEngine, "from_settings", no_model)
+    assert build_dataset(corrections(2), config, SYSTEM, answerer).replay == dataset.replay
+
+
+def test_self_replay_needs_an_answerer() -> None:
+    with pytest.raises(ValueError, match="answerer"):
+        build_dataset(corrections(1), TrainJobConfig(replay_size=2), SYSTEM)

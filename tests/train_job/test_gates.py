@@ -12,6 +12,7 @@ import pytest
 
 from ouro.engine import GenerationEngine, GenerationRequest, SamplingParams
 from ouro.models import load_base_model
+from ouro.scoring import repeats_a_phrase
 from ouro.settings import OuroSettings
 from train_job.config import TrainJobConfig
 from train_job.dataset import Correction, CycleDataset
@@ -90,6 +91,18 @@ def test_the_baseline_is_the_production_adapter_or_the_base_model_never_the_new_
     assert against_prod.baseline == "v2 (production)"
     assert set(against_base.perplexity) == {"new", "baseline"}
     assert against_base.perplexity["baseline"] != against_prod.perplexity["baseline"]
+
+    # Degenerate answers count against the baseline's own on the same prompts.
+    (degenerate,) = [c for c in against_prod.checks if c.name == "degenerate_answers"]
+    new_texts = [a.answer for a in against_prod.answers] + [
+        p["answer"] for p in against_prod.probes
+    ]
+    old_texts = [a.baseline_answer for a in against_prod.answers] + [
+        p["baseline_answer"] for p in against_prod.probes
+    ]
+    extra = sum(map(repeats_a_phrase, new_texts)) - sum(map(repeats_a_phrase, old_texts))
+    assert degenerate.value == extra
+    assert degenerate.passed == (extra <= config.max_degenerate_answers)
 
 
 def test_report_verdict_json_and_markdown() -> None:

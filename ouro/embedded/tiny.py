@@ -1,22 +1,19 @@
-"""ouro-tiny: the embedded default model the project builds itself.
+"""ouro-tiny: the embedded toy model the project builds itself.
 
 A small Llama, with a byte-level BPE tokenizer trained here and Llama-3 special tokens,
 pretrained on the English chatterbot-corpus conversations formatted with its own chat
 template. Nothing is downloaded. The result is saved with ``save_pretrained`` into
-``<cache_dir>/ouro-tiny-<recipe hash>/`` and loads like any Hub model.
+``<cache_dir>/ouro-tiny-<recipe hash>/`` and loads like any Hub model. It knows the
+corpus and little else: the fast model of the tests, not one to chat with.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import difflib
 import hashlib
 import json
 import logging
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,12 +23,12 @@ from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from ouro.corpus import load_chatterbot_conversations
+from ouro.embedded.cache import cached_build
 from ouro.settings import OuroSettings
 
 logger = logging.getLogger(__name__)
 
 MODEL_PREFIX = "ouro-tiny"
-RECIPE_FILE = "ouro_recipe.json"
 # Bump when the build code changes in a way the recipe fields do not capture.
 BUILD_FORMAT = 1
 
@@ -217,41 +214,18 @@ def select_conversations(recipe: TinyModelRecipe) -> list[list[dict]]:
 
 
 def build_tiny_model(cache_dir: Path, recipe: TinyModelRecipe = TinyModelRecipe()) -> Path:
-    """Build ouro-tiny (or reuse the cached build) and return its directory.
+    """Build ouro-tiny (or reuse the cached build) and return its directory."""
 
-    The folder is written under a temporary name and renamed into place, so a build that
-    dies part-way leaves nothing that looks finished.
-    """
-    cache_dir = Path(cache_dir)
-    target = cache_dir / f"{MODEL_PREFIX}-{recipe.fingerprint()}"
-    if (target / RECIPE_FILE).is_file():
-        logger.info("using cached %s at %s", MODEL_PREFIX, target)
-        return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    logger.info("building %s (recipe %s) into %s", MODEL_PREFIX, recipe.fingerprint(), target)
-    conversations = select_conversations(recipe)
-    model, tokenizer = build_random_model(recipe, conversations)
-    pretrain(model, tokenizer, conversations, recipe)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=cache_dir))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        (staging / RECIPE_FILE).write_text(
-            json.dumps(dataclasses.asdict(recipe), indent=2, sort_keys=True), encoding="utf-8"
-        )
-        # mkdtemp makes a private folder; the model is shared (other users, pods, a volume).
-        staging.chmod(0o755)
-        for file in staging.iterdir():
-            file.chmod(0o644)
-        try:
-            staging.rename(target)
-        except OSError:
-            # Another process finished the same build first: theirs is as good as ours.
-            if not (target / RECIPE_FILE).is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    def build(folder: Path) -> None:
+        conversations = select_conversations(recipe)
+        model, tokenizer = build_random_model(recipe, conversations)
+        pretrain(model, tokenizer, conversations, recipe)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    return cached_build(
+        cache_dir, MODEL_PREFIX, recipe.fingerprint(), dataclasses.asdict(recipe), build
+    )
 
 
 def training_examples(
@@ -342,107 +316,3 @@ def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
         return (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return 0.05 + 0.95 * 0.5 * (1.0 + torch.cos(torch.tensor(progress * torch.pi)).item())
-
-
-@dataclass(frozen=True)
-class AnswerAccuracy:
-    """How many of the corpus's own questions the model answers like the corpus."""
-
-    questions: int
-    """Distinct opening questions asked."""
-    exact: float
-    """Share answered with one of the corpus answers (ignoring case, spacing, punctuation)."""
-    near: float
-    """Share whose answer is exact or close (character similarity >= NEAR_MATCH_RATIO)."""
-
-
-NEAR_MATCH_RATIO = 0.8
-
-
-def corpus_questions(conversations: list[list[dict]]) -> dict[str, set[str]]:
-    """Each conversation's opening question, with every answer the corpus gives to it."""
-    answers: dict[str, set[str]] = {}
-    for conversation in conversations:
-        if len(conversation) >= 2:
-            answers.setdefault(conversation[0]["content"], set()).add(conversation[1]["content"])
-    return answers
-
-
-def answer_accuracy(
-    model_dir: Path,
-    *,
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT,
-    conversations: list[list[dict]] | None = None,
-    max_questions: int | None = None,
-    batch_size: int = 32,
-    max_tokens: int = 64,
-) -> AnswerAccuracy:
-    """Ask the model each opening question of the corpus (greedy) and compare its answers."""
-    from ouro.engine import GenerationEngine, GenerationRequest, SamplingParams
-
-    model = LlamaForCausalLM.from_pretrained(model_dir)
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(model_dir)
-    engine = GenerationEngine(
-        model,
-        tokenizer,
-        system_prompt=system_prompt,
-        max_context_tokens=model.config.max_position_embeddings,
-    )
-    questions = corpus_questions(conversations or load_chatterbot_conversations())
-    items = sorted(questions.items())[:max_questions]
-    params = SamplingParams(max_tokens=max_tokens)
-    exact = near = 0
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        requests = [
-            GenerationRequest([{"role": "user", "content": question}], params)
-            for question, _ in chunk
-        ]
-        for (_, references), output in zip(chunk, engine.generate(requests), strict=True):
-            score = max(_similarity(output.text, reference) for reference in references)
-            exact += score == 1.0
-            near += score >= NEAR_MATCH_RATIO
-    total = max(1, len(items))
-    return AnswerAccuracy(questions=len(items), exact=exact / total, near=near / total)
-
-
-def _normalise(text: str) -> str:
-    kept = "".join(char.lower() if char.isalnum() else " " for char in text)
-    return " ".join(kept.split())
-
-
-def _similarity(answer: str, reference: str) -> float:
-    answer, reference = _normalise(answer), _normalise(reference)
-    if answer == reference:
-        return 1.0
-    return difflib.SequenceMatcher(None, answer, reference).ratio() * 0.999
-
-
-def main() -> None:
-    """``python -m ouro.tiny_model``: build ouro-tiny (or find it cached) and score it."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument(
-        "--data-dir", type=Path, default=None, help="default: OURO_DATA_DIR or .ouro"
-    )
-    parser.add_argument("--small", action="store_true", help="the reduced test recipe")
-    parser.add_argument("--max-questions", type=int, default=None, help="score on fewer questions")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    settings = OuroSettings(**({"data_dir": args.data_dir} if args.data_dir else {}))
-    recipe = TinyModelRecipe.small() if args.small else TinyModelRecipe()
-    path = build_tiny_model(settings.model_cache_dir, recipe)
-    accuracy = answer_accuracy(
-        path,
-        system_prompt=recipe.system_prompt,
-        conversations=select_conversations(recipe),
-        max_questions=args.max_questions,
-    )
-    print(f"{path}")
-    print(
-        f"{accuracy.questions} corpus questions, greedy answers: "
-        f"{accuracy.exact:.1%} exact, {accuracy.near:.1%} exact or near"
-    )
-
-
-if __name__ == "__main__":
-    main()
