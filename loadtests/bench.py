@@ -60,6 +60,7 @@ from loadtests.bench_stack import (
 )
 from loadtests.bench_swap import SwapTimeoutError, run_swap
 from loadtests.bench_ttft import run_ttft
+from ouro.embedded import TINY_MODEL
 from ouro.engine import GenerationEngine
 from ouro.errors import OuroError
 from ouro.registry import ALIAS_PRODUCTION, AdapterRegistry
@@ -140,7 +141,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=",".join(SCENARIOS),
         help=f"comma-separated subset of {', '.join(SCENARIOS)}",
     )
-    parser.add_argument("--base-model", help="default: the embedded ouro-tiny (built once)")
+    parser.add_argument(
+        "--base-model",
+        default=TINY_MODEL,
+        help="default: the embedded ouro-tiny (built once), the model every recorded run "
+        "used, so figures compare across runs; smollm2-135m or a path also work",
+    )
     parser.add_argument("--out", type=Path, help="results folder (default: loadtests/results)")
     args = parser.parse_args(argv)
     chosen = [name.strip() for name in args.scenarios.split(",") if name.strip()]

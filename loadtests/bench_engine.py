@@ -26,6 +26,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from ouro.corpus import load_chatterbot_conversations
+from ouro.embedded import TINY_MODEL
 from ouro.engine import GenerationEngine, GenerationRequest, SamplingParams
 from ouro.settings import OuroSettings
 
@@ -107,7 +108,7 @@ def measure(function, engine, requests, repeats: int, clock) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=Path(".ouro"), help="model cache root")
-    parser.add_argument("--base-model", default=None, help="default: the embedded ouro-tiny")
+    parser.add_argument("--base-model", default=TINY_MODEL, help="default: the embedded ouro-tiny")
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens per request")
     parser.add_argument("--repeats", type=int, default=3, help="runs per cell (median)")
     parser.add_argument(
@@ -124,10 +125,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    overrides = {"data_dir": args.data_dir, "device": "cpu", "quantization": "none"}
-    if args.base_model:
-        overrides["base_model"] = args.base_model
-    settings = OuroSettings(**overrides)
+    settings = OuroSettings(
+        data_dir=args.data_dir, device="cpu", quantization="none", base_model=args.base_model
+    )
     clock = CLOCKS[args.clock]
     engine = GenerationEngine.from_settings(settings)
     with tempfile.TemporaryDirectory(prefix="ouro-bench-") as scratch:
