@@ -95,7 +95,11 @@ class ChatCompletionRequest(BaseModel):
         0.0, ge=0.0, le=2.0, description="0 is greedy (deterministic); higher samples."
     )
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    user: str | None = Field(None, description="End-user id, for the logs.")
+    user: str | None = Field(
+        None,
+        description="End-user id; with personal adapters it narrows the key's scope "
+        "('<key name>/<user>').",
+    )
 
     @field_validator("stop")
     @classmethod
@@ -149,6 +153,9 @@ class FeedbackRequest(BaseModel):
     completion_id: str | None = Field(None, description="The chat completion's id.")
     model: str | None = Field(None, description="The version that answered, e.g. 'ouro@v7'.")
     reason: str | None = Field(None, description="Why the answer was wrong, free text.")
+    user: str | None = Field(
+        None, description="End-user id; with personal adapters it narrows the key's scope."
+    )
 
 
 # -- responses ------------------------------------------------------------------------

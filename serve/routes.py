@@ -38,15 +38,24 @@ def admin(request: Request, authorization: AuthorizationHeader = None) -> Caller
     return services(request).auth.authenticate(authorization, admin=True)
 
 
-@router.post("/v1/chat/completions", dependencies=[Depends(client)])
-async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-    return await services(request).chat.create(body)
+@router.post("/v1/chat/completions")
+async def chat_completions(
+    body: ChatCompletionRequest, request: Request, caller: Annotated[Caller, Depends(client)]
+) -> Response:
+    return await services(request).chat.create(body, caller)
 
 
-@router.get("/v1/models", dependencies=[Depends(client)])
-async def list_models(request: Request) -> ModelList:
+@router.get("/v1/models")
+async def list_models(
+    request: Request,
+    caller: Annotated[Caller, Depends(client)],
+    user: Annotated[str | None, Query(description="Narrows the key's personal scope.")] = None,
+) -> ModelList:
     ouro = services(request)
-    return ModelList(data=ouro.names.listing(ouro.base_model_name))
+    if ouro.personal is None:
+        return ModelList(data=ouro.names.listing(ouro.base_model_name))
+    cards = await ouro.personal.listing(ouro.names, ouro.base_model_name, caller.scope(user))
+    return ModelList(data=cards)
 
 
 @router.post("/v1/feedback", status_code=201)
@@ -59,6 +68,29 @@ async def create_feedback(
 @router.get("/v1/feedback/stats", dependencies=[Depends(admin)])
 async def feedback_stats(request: Request) -> Response:
     return await services(request).feedback.stats()
+
+
+@router.post("/admin/scopes/{scope:path}/forget")
+async def forget_scope(
+    scope: str,
+    request: Request,
+    caller: Annotated[Caller, Depends(admin)],
+    reason: Annotated[str | None, Query(max_length=1000)] = None,
+) -> Response:
+    ouro = services(request)
+    response = await ouro.feedback.forget(scope, reason, caller, ouro.personal_registries)
+    await ouro.health.refresh(0.0)  # drop the scope's names now, not at the next poll
+    return response
+
+
+@router.post("/admin/feedback/{record_id}/share", status_code=201)
+async def share_feedback(
+    record_id: str,
+    request: Request,
+    caller: Annotated[Caller, Depends(admin)],
+    reason: Annotated[str | None, Query(max_length=1000)] = None,
+) -> Response:
+    return await services(request).feedback.share(record_id, reason, caller)
 
 
 @router.post("/admin/registry/refresh", dependencies=[Depends(admin)])
