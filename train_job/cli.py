@@ -399,9 +399,10 @@ def _scopes(args: argparse.Namespace) -> int:
     scopes = PersonalRegistries.from_settings(settings).production_by_scope()
     if args.json:
         print(json.dumps(scopes, indent=2, sort_keys=True))
-    elif not scopes:
+        return EXIT_OK
+    if not scopes:
         print("no personal adapters registered")
-    for scope, aliases in sorted(scopes.items()) if not args.json else ():
+    for scope, aliases in sorted(scopes.items()):
         described = ", ".join(f"{a} -> v{v}" for a, v in sorted(aliases.items())) or "no aliases"
         print(f"{scope}: {described}")
     return EXIT_OK
