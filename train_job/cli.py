@@ -309,8 +309,8 @@ def _run(args: argparse.Namespace, config: TrainJobConfig) -> int:
         print(json.dumps(_result_dict(result), indent=2))
     else:
         print(_format_result(result))
-    for personal in result.personal:
-        print(f"\nscope {personal.scope}:\n{_format_result(personal)}")
+        for personal in result.personal:
+            print(f"\nscope {personal.scope}:\n{_format_result(personal)}")
     failed = [r for r in (result, *result.personal) if r.outcome is Outcome.GATES_FAILED]
     return EXIT_GATES_FAILED if failed else EXIT_OK
 
