@@ -28,7 +28,7 @@ import torch
 from mlflow.exceptions import MlflowException
 
 from ouro.errors import OuroError
-from ouro.ledger import LedgerReader
+from ouro.ledger import LedgerReader, LedgerScan
 from ouro.registry import (
     AdapterRegistry,
     PersonalRegistries,
@@ -38,7 +38,7 @@ from ouro.registry import (
 from ouro.settings import OuroSettings
 from train_job.collect import Collected, collect, usable_corrections
 from train_job.config import TrainJobConfig
-from train_job.dataset import build_dataset
+from train_job.dataset import Correction, build_dataset
 from train_job.gates import GateReport, evaluate_gates
 from train_job.lock import CycleLock
 from train_job.register import CycleRun, register_version, version_tags
@@ -129,7 +129,11 @@ def _run_locked(config: TrainJobConfig, settings: OuroSettings) -> CycleResult:
             collected = collect(settings.ledger_dir, snapshot)
     result = _cycle(config, settings, registry, snapshot, collected, timer, [])
     if settings.personal_adapters:
-        result.personal = _personal_cycles(config, settings, policy, scan, (registry, snapshot))
+        # Re-read: this cycle may have just promoted a shared version (the scopes' baseline).
+        shared = (registry, registry.snapshot())
+        result.personal = _personal_cycles(
+            config, settings, policy, scan, collected.corrections, shared
+        )
     return result
 
 
@@ -137,10 +141,14 @@ def _personal_cycles(
     config: TrainJobConfig,
     settings: OuroSettings,
     policy: SharingPolicy,
-    scan,
+    scan: LedgerScan,
+    shared_set: list[Correction],
     shared: tuple[AdapterRegistry, RegistrySnapshot],
 ) -> list[CycleResult]:
-    """One cycle per scope with new corrections of its own (scopes with none are skipped)."""
+    """One cycle per scope with new corrections of its own (scopes with none are skipped).
+
+    ``shared_set`` is the shared adapter's training set, worked out once for all scopes.
+    """
     personal = PersonalRegistries.from_settings(settings)
     corrections, _ = usable_corrections(scan.records)
     results = []
@@ -149,7 +157,8 @@ def _personal_cycles(
         with timer.stage("collect"):
             registry = personal.for_scope(scope)
             snapshot = registry.snapshot()
-            collected = collect(settings.ledger_dir, snapshot, policy.personal(scope), scan=scan)
+            select = policy.personal(scope, shared_set)
+            collected = collect(settings.ledger_dir, snapshot, select, scan=scan)
             own_new = _own_new(collected, scope)
         if own_new < config.min_corrections:
             logger.info("scope %s: no new corrections of its own", scope)

@@ -86,16 +86,15 @@ class SharingPolicy:
         )
         return distinct(chosen)
 
-    def personal(self, scope: str) -> Selector:
-        """The selector of ``scope``'s training set: its own corrections, then the shared ones."""
+    def personal(self, scope: str, shared: list[Correction]) -> Selector:
+        """The selector of ``scope``'s training set: its own corrections, then ``shared``
+        (the shared set, worked out once per cycle) less the questions it answered itself."""
 
         def select(corrections: list[Correction], scan: LedgerScan) -> list[Correction]:
             own = [c for c in corrections if c.scope == scope]
             own_questions = {question_key(c) for c in own}
-            shared = [
-                c for c in self.shared(corrections, scan) if question_key(c) not in own_questions
-            ]
-            return distinct(own + shared)
+            others = [c for c in shared if question_key(c) not in own_questions]
+            return distinct(own + others)
 
         return select
 

@@ -99,9 +99,10 @@ def test_a_scopes_own_correction_wins_over_the_shared_one(ledger: FeedbackLedger
     own = correct(ledger, "alice", "Alice's own: Canberra, which she prefers to spell out.")
     scan = LedgerReader(ledger.directory).scan()
     corrections, _ = usable_corrections(scan.records)
-    alice = {c.id for c in policy.personal("alice")(corrections, scan)}
+    shared_set = policy.shared(corrections, scan)
+    alice = {c.id for c in policy.personal("alice", shared_set)(corrections, scan)}
     assert alice == {own.id, other.id}  # the shared answer to her question is left out
-    bob = {c.id for c in policy.personal("bob")(corrections, scan)}
+    bob = {c.id for c in policy.personal("bob", shared_set)(corrections, scan)}
     assert bob == {shared.id, other.id}  # alice's correction never reaches bob
 
 
