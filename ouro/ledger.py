@@ -10,6 +10,13 @@ fsync'd, so a crash leaves at most one torn last line, which readers skip and co
 (the writer ends it with a newline before its next append, so nothing merges into it).
 Readers merge all segments, deduplicate by id, and skip bad lines without failing.
 
+Control records (``<ledger>/_control/<writer-id>/<YYYY-MM-DD>.jsonl``, same append-only
+rules): ``forget`` tombstones and ``share`` marks. Every scan reads them whole (they are
+few) and applies them: a record whose ``scope`` a tombstone covers (``ouro.scopes.covers``)
+and that was written before the tombstone is left out of every scan, count and export,
+though its line stays on disk untouched. ``share`` marks name corrections an operator
+sent to the shared adapter.
+
 Reading "what came after the last training" is cheap: a :class:`Watermark` records,
 per recently active writer, the segment and byte offset where a scan stopped; a later
 ``scan(after=...)`` seeks there instead of re-parsing everything. Writer ids must be
@@ -39,6 +46,7 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from ouro.errors import OuroError
+from ouro.scopes import InvalidScopeError, covers, validate_scope
 from ouro.settings import OuroSettings
 
 logger = logging.getLogger(__name__)
@@ -48,9 +56,14 @@ SCHEMA_VERSION = 1
 
 WRITER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SEGMENT_NAME_PATTERN = re.compile(r"^(\d{4}-\d{2}-\d{2})\.jsonl$")
+CONTROL_DIR = "_control"
+"""Holds the control records; not a writer id (those start with a letter or digit)."""
 
 FeedbackKind = Literal["correction", "rating", "retraction"]
 """Only ``correction`` is written today; the others are reserved for later schema use."""
+
+ControlKind = Literal["forget", "share"]
+"""``forget``: a tombstone for a scope; ``share``: a correction marked for the shared adapter."""
 
 Clock = Callable[[], dt.datetime]
 
@@ -117,6 +130,12 @@ class FeedbackRecord(BaseModel):
     api_key_hash: str | None = Field(
         None, description="ouro.apikeys.hash_api_key of the key that sent it; None if open."
     )
+    scope: str | None = Field(
+        None,
+        description="Personal scope of the author ('<key name>' or '<key name>/<user>'); "
+        "None when the server was open or the record predates personal adapters.",
+    )
+    admin: bool = Field(False, description="Sent with an admin key: trains the shared adapter.")
 
     def message_dicts(self) -> list[dict[str, str]]:
         """The conversation as OpenAI-style ``{"role", "content"}`` dicts."""
@@ -125,6 +144,46 @@ class FeedbackRecord(BaseModel):
     def corrected_conversation(self) -> list[dict[str, str]]:
         """The conversation followed by the assistant turn it should have had."""
         return [*self.message_dicts(), {"role": "assistant", "content": self.correction}]
+
+
+class ControlRecord(BaseModel):
+    """One line of the control log: a tombstone or a share mark."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str = Field(description="Unique record id, 'ctl-' + 32 hex digits.")
+    created_at: AwareDatetime = Field(description="When the record was written (UTC).")
+    schema_version: StrictInt = Field(SCHEMA_VERSION, description="Record layout version.")
+    kind: ControlKind = Field(description="'forget' or 'share'.")
+    scope: str | None = Field(None, description="forget: the scope (and its user scopes).")
+    record_id: str | None = Field(None, description="share: the correction's record id.")
+    reason: str | None = Field(None, description="Why, free text (an operator's note).")
+    api_key_hash: str | None = Field(None, description="Key hash of who asked; None if open.")
+
+
+@dataclass(frozen=True)
+class ControlState:
+    """Every control record in the ledger, ready to apply."""
+
+    tombstones: tuple[ControlRecord, ...] = ()
+    shares: tuple[ControlRecord, ...] = ()
+    bad_lines: int = 0
+
+    @property
+    def shared_ids(self) -> frozenset[str]:
+        return frozenset(mark.record_id for mark in self.shares if mark.record_id)
+
+    def forgets(self, record: FeedbackRecord) -> bool:
+        """Whether a tombstone written after ``record`` covers its scope."""
+        return any(
+            covers(tomb.scope, record.scope) and record.created_at <= tomb.created_at
+            for tomb in self.tombstones
+            if tomb.scope
+        )
+
+    def changed_since(self, moment: dt.datetime) -> int:
+        """Control records written after ``moment`` (they change what trains the shared adapter)."""
+        return sum(1 for mark in (*self.tombstones, *self.shares) if mark.created_at > moment)
 
 
 # -- watermarks -----------------------------------------------------------------------
@@ -217,6 +276,10 @@ class LedgerScan:
     )
     duplicates: int = field(metadata={"help": "Records skipped because their id was seen."})
     watermark: Watermark = field(metadata={"help": "The end of this scan."})
+    forgotten: int = field(default=0, metadata={"help": "Records left out by a tombstone."})
+    control: ControlState = field(
+        default_factory=ControlState, metadata={"help": "Tombstones and share marks applied."}
+    )
 
 
 @dataclass(frozen=True)
@@ -235,7 +298,7 @@ UNKNOWN_MODEL = "unknown"
 
 @dataclass
 class _SegmentRead:
-    records: list[FeedbackRecord]
+    records: list
     bad_lines: int
     end_offset: int
 
@@ -268,8 +331,31 @@ class LedgerReader:
                 found[writer_dir.name] = sorted(days)
         return found
 
+    def control(self) -> ControlState:
+        """Every tombstone and share mark, oldest first (bad lines skipped and counted)."""
+        root = self.directory / CONTROL_DIR
+        records: dict[str, ControlRecord] = {}
+        bad = 0
+        for _writer_id, days in LedgerReader(root, clock=self._clock).segments().items():
+            for _day, path in days:
+                read = _read_segment(path, 0, _parse_control_line)
+                bad += read.bad_lines
+                for record in read.records:
+                    records.setdefault(record.id, record)
+        ordered = sorted(records.values(), key=lambda r: (r.created_at, r.id))
+        return ControlState(
+            tombstones=tuple(r for r in ordered if r.kind == "forget"),
+            shares=tuple(r for r in ordered if r.kind == "share"),
+            bad_lines=bad,
+        )
+
     def scan(self, after: Watermark | None = None) -> LedgerScan:
-        """All records, or only those after ``after``; never fails on bad lines."""
+        """All records, or only those after ``after``; never fails on bad lines.
+
+        Records a tombstone covers are left out (counted in ``forgotten``), whether the
+        tombstone came before or after ``after``.
+        """
+        control = self.control()
         floor = self._clock().astimezone(dt.UTC).date() - dt.timedelta(days=1)
         if after is not None:
             floor = max(floor, after.floor)
@@ -293,12 +379,15 @@ class LedgerReader:
                 last = SegmentPosition(day, read.end_offset)
             if last is not None and last.day >= floor:
                 positions.append((writer_id, last))
-        records = sorted(unique.values(), key=lambda r: (r.created_at, r.id))
+        kept = [record for record in unique.values() if not control.forgets(record)]
+        records = sorted(kept, key=lambda r: (r.created_at, r.id))
         return LedgerScan(
             records=records,
-            bad_lines=bad_lines,
+            bad_lines=bad_lines + control.bad_lines,
             duplicates=duplicates,
             watermark=Watermark(floor=floor, positions=tuple(positions)),
+            forgotten=len(unique) - len(kept),
+            control=control,
         )
 
     def stats(self, since: Watermark | None = None) -> FeedbackStats:
@@ -329,7 +418,10 @@ def _start_offset(
     return previous.offset if day == previous.day else 0
 
 
-def _read_segment(path: Path, start: int) -> _SegmentRead:
+def _read_segment(
+    path: Path, start: int, parse: Callable[[bytes], BaseModel | None] | None = None
+) -> _SegmentRead:
+    parse = parse or _parse_line
     try:
         with path.open("rb") as handle:
             size = os.fstat(handle.fileno()).st_size
@@ -342,12 +434,12 @@ def _read_segment(path: Path, start: int) -> _SegmentRead:
         logger.warning("cannot read ledger segment %s: %s", path, exc)
         return _SegmentRead([], 0, start)
     complete = data.rfind(b"\n") + 1
-    records: list[FeedbackRecord] = []
+    records: list = []
     bad = 0
     line_start = 0
     for line in data[:complete].split(b"\n")[:-1]:
         if line.strip():
-            record = _parse_line(line)
+            record = parse(line)
             if record is None:
                 bad += 1
                 logger.warning("skipping bad ledger line at %s:%d", path, start + line_start)
@@ -363,6 +455,28 @@ def _read_segment(path: Path, start: int) -> _SegmentRead:
 
 
 def _parse_line(line: bytes) -> FeedbackRecord | None:
+    return _parse_as(line, FeedbackRecord)
+
+
+def _parse_control_line(line: bytes) -> ControlRecord | None:
+    record = _parse_as(line, ControlRecord)
+    if record is None:
+        return None
+    wellformed = (
+        record.kind == "forget" and record.scope is not None and _valid_scope(record.scope)
+    ) or (record.kind == "share" and bool(record.record_id))
+    return record if wellformed else None
+
+
+def _valid_scope(scope: str) -> bool:
+    try:
+        validate_scope(scope)
+    except InvalidScopeError:
+        return False
+    return True
+
+
+def _parse_as(line: bytes, model: type[BaseModel]):
     try:
         obj = json.loads(line)
     except ValueError:  # JSONDecodeError and UnicodeDecodeError
@@ -373,7 +487,7 @@ def _parse_line(line: bytes) -> FeedbackRecord | None:
     if type(version) is not int or version != SCHEMA_VERSION:
         return None
     try:
-        return FeedbackRecord.model_validate(obj)
+        return model.model_validate(obj)
     except ValidationError:
         return None
 
@@ -452,6 +566,8 @@ class FeedbackLedger:
         reason: str | None = None,
         api_key_hash: str | None = None,
         kind: FeedbackKind = "correction",
+        scope: str | None = None,
+        admin: bool = False,
     ) -> FeedbackRecord:
         """Validate, write and fsync one record; returns it once it is durable.
 
@@ -467,6 +583,8 @@ class FeedbackLedger:
             reason=reason,
             api_key_hash=api_key_hash,
             kind=kind,
+            scope=scope,
+            admin=admin,
         )
         line = record.model_dump_json().encode("utf-8") + b"\n"
         if len(line) > self.max_record_bytes:
@@ -492,7 +610,14 @@ class FeedbackLedger:
         reason: str | None,
         api_key_hash: str | None,
         kind: FeedbackKind,
+        scope: str | None,
+        admin: bool,
     ) -> FeedbackRecord:
+        if scope is not None:
+            try:
+                validate_scope(scope)
+            except InvalidScopeError as exc:
+                raise InvalidFeedbackError(str(exc), "scope") from exc
         for name, value in (("completion", completion), ("correction", correction)):
             if not isinstance(value, str):
                 raise InvalidFeedbackError(f"{name} must be a string", name)
@@ -534,9 +659,51 @@ class FeedbackLedger:
                 completion_id=completion_id,
                 reason=reason,
                 api_key_hash=api_key_hash,
+                scope=scope,
+                admin=admin,
             )
         except ValidationError as exc:
             raise InvalidFeedbackError(f"invalid feedback: {exc}") from exc
+
+    def append_control(
+        self,
+        kind: ControlKind,
+        *,
+        scope: str | None = None,
+        record_id: str | None = None,
+        reason: str | None = None,
+        api_key_hash: str | None = None,
+    ) -> ControlRecord:
+        """Write and fsync a tombstone (``forget``, needs ``scope``) or a share mark
+        (``share``, needs ``record_id``); returns it once durable. Nothing is rewritten."""
+        if kind == "forget":
+            if scope is None:
+                raise InvalidFeedbackError("forget needs a scope", "scope")
+            try:
+                validate_scope(scope)
+            except InvalidScopeError as exc:
+                raise InvalidFeedbackError(str(exc), "scope") from exc
+        elif not record_id or not re.fullmatch(r"fb-[0-9a-f]{32}", record_id):
+            raise InvalidFeedbackError("share needs a feedback record id (fb-...)", "record_id")
+        self._check_texts([("reason", reason), ("api_key_hash", api_key_hash)])
+        record = ControlRecord(
+            id=f"ctl-{uuid.uuid4().hex}",
+            created_at=self._clock().astimezone(dt.UTC),
+            kind=kind,
+            scope=scope,
+            record_id=record_id,
+            reason=reason,
+            api_key_hash=api_key_hash,
+        )
+        day = record.created_at.astimezone(dt.UTC).date()
+        segment = self.directory / CONTROL_DIR / self.writer_id / f"{day}.jsonl"
+        with self._lock:
+            try:
+                self._write_line(segment, record.model_dump_json().encode("utf-8") + b"\n")
+            except OSError as exc:
+                raise LedgerUnavailableError(f"could not write to {segment}: {exc}") from exc
+        logger.info("ledger control record %s: %s %s", record.id, kind, scope or record_id)
+        return record
 
     def _check_texts(self, texts: Iterable[tuple[str, str | None]]) -> None:
         for name, text in texts:
@@ -575,7 +742,7 @@ class FeedbackLedger:
             os.close(self._fd)
             self._fd = None
         if self._fd is None:
-            _make_dir_durably(self._writer_dir)
+            _make_dir_durably(segment.parent)
             try:
                 fd = os.open(segment, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o644)
                 created = True
@@ -583,7 +750,7 @@ class FeedbackLedger:
                 fd = os.open(segment, os.O_RDWR | os.O_APPEND)
                 created = False
             if created:
-                _fsync_dir(self._writer_dir)
+                _fsync_dir(segment.parent)
             self._fd, self._fd_path = fd, segment
         return self._fd
 
@@ -592,6 +759,9 @@ class FeedbackLedger:
     def scan(self, after: Watermark | None = None) -> LedgerScan:
         """All writers' records (see LedgerReader.scan)."""
         return self._reader.scan(after)
+
+    def control(self) -> ControlState:
+        return self._reader.control()
 
     def stats(self, since: Watermark | None = None) -> FeedbackStats:
         return self._reader.stats(since)

@@ -5,11 +5,21 @@ Names clients use (the ``model`` field of a request):
 - ``ouro``: whatever the ``production`` alias points at; the base model while none is set;
 - ``ouro@<alias>`` (``ouro@production``, ``ouro@candidate``, ...): that alias;
 - ``ouro@v<N>``: version N, pinned;
-- ``ouro-base``: the base model with no adapter.
+- ``ouro-base``: the base model with no adapter;
+- ``ouro-shared``: shared production, whoever asks (with personal adapters on, ``ouro``
+  may answer with the caller's own adapter instead);
+- ``ouro@<scope>/v<N>``, ``ouro@<scope>/<alias>``: a personal version or alias of
+  ``scope`` (``alice``, ``alice/u1``), see ``ouro.scopes``. Only the scope's own callers
+  may use them; the serving side decides that.
 
 The registry holds one registered model (default ``ouro-adapter``); each version is a
 PEFT adapter directory logged as a run artifact, with tags (see ``TAG_*``) written by the
-training job. Moving ``production`` is promotion; :meth:`AdapterRegistry.rollback` moves
+training job. Personal adapters: one registered model per scope, named
+``<model>.p.<16 hex digits of the scope's SHA-256>`` and tagged ``ouro.scope=<scope>``
+(``PersonalRegistries``). One model per scope keeps every per-scope read one small
+request (``get_registered_model`` returns all of a model's aliases and tags, so aliases
+for 10,000 scopes on one model would make every read carry all of them), and deleting a
+scope is deleting its model. Moving ``production`` is promotion; :meth:`AdapterRegistry.rollback` moves
 it back, using an alias history kept as a registered-model tag, so moves made by hand in
 the MLflow UI are understood too.
 
@@ -41,15 +51,24 @@ import mlflow.artifacts
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException, RestException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 from ouro.errors import OuroError
 from ouro.ledger import InvalidWatermarkError, Watermark
+from ouro.scopes import (
+    PERSONAL_MODEL_INFIX,
+    SCOPE_SEPARATOR,
+    InvalidScopeError,
+    personal_model_name,
+    validate_scope,
+)
 from ouro.settings import OuroSettings
 
 logger = logging.getLogger(__name__)
 
 SERVED_MODEL_NAME = "ouro"
 BASE_MODEL_NAME = "ouro-base"
+SHARED_MODEL_NAME = "ouro-shared"
 ALIAS_PRODUCTION = "production"
 ALIAS_CANDIDATE = "candidate"
 DEFAULT_REGISTERED_MODEL = "ouro-adapter"
@@ -63,6 +82,11 @@ TAG_GATE_RESULTS = "gate_results"  # JSON: the gate report's checks
 TAG_CORRECTIONS = "corrections"  # number of corrections trained on
 TAG_WATERMARK = "ledger_watermark"  # Watermark.encode() of the ledger scan trained on
 TAG_DATASET_HASH = "dataset_hash"
+
+# Registered-model tags of a personal adapter's model.
+TAG_SCOPE = "ouro.scope"
+TAG_KIND = "ouro.kind"  # "personal"
+KIND_PERSONAL = "personal"
 
 ALIAS_HISTORY_TAG_PREFIX = "alias_history."
 ALIAS_HISTORY_LIMIT = 20
@@ -105,7 +129,7 @@ VALID_NAME_FORMS = (
     f"'{SERVED_MODEL_NAME}', '{SERVED_MODEL_NAME}@<alias>' (e.g. "
     f"'{SERVED_MODEL_NAME}@{ALIAS_PRODUCTION}', '{SERVED_MODEL_NAME}@{ALIAS_CANDIDATE}'), "
     f"'{SERVED_MODEL_NAME}@v<N>' (a pinned version, e.g. '{SERVED_MODEL_NAME}@v7') "
-    f"or '{BASE_MODEL_NAME}'"
+    f", '{SHARED_MODEL_NAME}' or '{BASE_MODEL_NAME}'"
 )
 
 
@@ -116,6 +140,9 @@ class ModelRef:
     name: str = field(metadata={"help": "The name as requested."})
     alias: str | None = field(default=None, metadata={"help": "Registry alias to follow."})
     version: int | None = field(default=None, metadata={"help": "Pinned version number."})
+    scope: str | None = field(
+        default=None, metadata={"help": "Personal scope whose registered model is meant."}
+    )
 
     @property
     def is_base(self) -> bool:
@@ -126,10 +153,21 @@ def parse_model_name(name: str) -> ModelRef:
     """Parse a client's model name; UnknownModelError for anything but the served forms."""
     if name == BASE_MODEL_NAME:
         return ModelRef(name)
-    if name == SERVED_MODEL_NAME:
+    if name in (SERVED_MODEL_NAME, SHARED_MODEL_NAME):
         return ModelRef(name, alias=ALIAS_PRODUCTION)
     prefix, at, suffix = name.partition("@")
-    if prefix == SERVED_MODEL_NAME and at:
+    if prefix == SERVED_MODEL_NAME and at and SCOPE_SEPARATOR in suffix:
+        scope, _, target = suffix.rpartition(SCOPE_SEPARATOR)
+        try:
+            validate_scope(scope)
+        except InvalidScopeError:
+            raise UnknownModelError(f"unknown model {name!r}: use {VALID_NAME_FORMS}") from None
+        pinned = _PINNED_PATTERN.match(target)
+        if pinned:
+            return ModelRef(name, version=int(pinned.group(1)), scope=scope)
+        if is_valid_alias(target):
+            return ModelRef(name, alias=target, scope=scope)
+    elif prefix == SERVED_MODEL_NAME and at:
         pinned = _PINNED_PATTERN.match(suffix)
         if pinned:
             return ModelRef(name, version=int(pinned.group(1)))
@@ -147,9 +185,16 @@ def is_valid_alias(alias: str) -> bool:
     )
 
 
-def version_label(n: int) -> str:
-    """The name of a pinned version: ``ouro@v<n>``."""
+def version_label(n: int, scope: str | None = None) -> str:
+    """The name of a pinned version: ``ouro@v<n>``, or ``ouro@<scope>/v<n>`` for a personal one."""
+    if scope is not None:
+        return f"{SERVED_MODEL_NAME}@{scope}{SCOPE_SEPARATOR}v{n}"
     return f"{SERVED_MODEL_NAME}@v{n}"
+
+
+def personal_alias_name(scope: str, alias: str) -> str:
+    """The name of a personal alias: ``ouro@<scope>/<alias>``."""
+    return f"{SERVED_MODEL_NAME}@{scope}{SCOPE_SEPARATOR}{alias}"
 
 
 # -- registry contents ----------------------------------------------------------------
@@ -248,7 +293,9 @@ class RegistrySnapshot:
         """The version a name means now; None means the base model with no adapter.
 
         ``ouro`` falls back to the base model while ``production`` is unset; an explicit
-        alias or version that does not exist raises UnknownModelError.
+        alias or version that does not exist raises UnknownModelError. A personal name
+        (``ref.scope``) is resolved against that scope's own snapshot; the caller checks
+        the scope is the snapshot's.
         """
         if ref.version is not None:
             if ref.version not in self.versions:
@@ -275,11 +322,14 @@ class AdapterRegistry:
         model_name: str = DEFAULT_REGISTERED_MODEL,
         *,
         timeout_s: float = 5.0,
+        scope: str | None = None,
     ) -> None:
         if not _REGISTERED_MODEL_PATTERN.match(model_name):
             raise ValueError(f"registered model name {model_name!r} is not allowed")
         self.tracking_uri = tracking_uri
         self.model_name = model_name
+        self.scope = scope
+        """The personal scope this model belongs to (None: the shared model)."""
         self.timeout_s = timeout_s
         self._http = tracking_uri.startswith(("http://", "https://"))
         db_path = sqlite_path(tracking_uri)
@@ -341,6 +391,7 @@ class AdapterRegistry:
             registered = self._registered_model()
             if registered is None:
                 return RegistrySnapshot(self.model_name)
+            self._check_scope(registered)
             # search_model_versions leaves aliases empty: take them from the model.
             aliases = {alias: int(v) for alias, v in registered.aliases.items()}
             by_version: dict[int, list[str]] = {}
@@ -387,6 +438,14 @@ class AdapterRegistry:
                 return None
             raise
 
+    def _check_scope(self, registered: RegisteredModel) -> None:
+        """A personal model must carry its scope: a hash collision is refused, not served."""
+        if self.scope is not None and registered.tags.get(TAG_SCOPE) != self.scope:
+            raise RegistryError(
+                f"{self.model_name!r} belongs to scope {registered.tags.get(TAG_SCOPE)!r}, "
+                f"not {self.scope!r}"
+            )
+
     def alias_version(self, alias: str) -> int | None:
         """The version an alias points at, or None when it is not set."""
         return self._alias_state(alias)[0]
@@ -425,11 +484,16 @@ class AdapterRegistry:
         return int(mv.version)
 
     def _ensure_registered_model(self) -> None:
+        tags = {TAG_SCOPE: self.scope, TAG_KIND: KIND_PERSONAL} if self.scope is not None else None
         try:
-            self._client.create_registered_model(self.model_name)
+            self._client.create_registered_model(self.model_name, tags=tags)
         except MlflowException as exc:
             if exc.error_code != _ALREADY_EXISTS:
                 raise
+            if self.scope is not None:
+                registered = self._registered_model()
+                if registered is not None:
+                    self._check_scope(registered)
 
     def set_alias(self, alias: str, version: int) -> None:
         """Point ``alias`` at ``version``, recording the move for :meth:`rollback`."""
@@ -527,6 +591,30 @@ class AdapterRegistry:
         with self._locks_guard:
             return self._download_locks.setdefault(version, threading.Lock())
 
+    def delete(self) -> list[str]:
+        """Delete the registered model, its versions, and the runs that made them.
+
+        Returns the deleted run ids. Each run's artifacts are deleted through MLflow's
+        artifact repository (a server's artifact proxy or the local folder); the run
+        itself is marked deleted (``mlflow gc`` purges its metadata).
+        """
+        with self._calling(f"deleting registered model {self.model_name!r}"):
+            registered = self._registered_model()
+            if registered is None:
+                return []
+            run_ids = sorted({mv.run_id for mv in self._all_versions() if mv.run_id})
+            self._client.delete_registered_model(self.model_name)
+            for run_id in run_ids:
+                run = self._client.get_run(run_id)
+                # The run's artifacts (adapter, dataset manifest, gate report) go first:
+                # a deleted run's artifacts would otherwise wait for ``mlflow gc``.
+                get_artifact_repository(
+                    run.info.artifact_uri, tracking_uri=self.tracking_uri
+                ).delete_artifacts()
+                self._client.delete_run(run_id)
+        logger.info("deleted %s and %d run(s)", self.model_name, len(run_ids))
+        return run_ids
+
     # -- experiments ----------------------------------------------------------------------
 
     def ensure_experiment(self, name: str, artifacts_dir: Path | None = None) -> str:
@@ -555,6 +643,51 @@ class AdapterRegistry:
             if experiment.lifecycle_stage == "deleted":
                 self._client.restore_experiment(experiment.experiment_id)
             return experiment.experiment_id
+
+
+class PersonalRegistries:
+    """The personal registered models of one store: one per scope (see module docstring)."""
+
+    def __init__(self, tracking_uri: str, shared_model_name: str = DEFAULT_REGISTERED_MODEL):
+        self.tracking_uri = tracking_uri
+        self.shared_model_name = shared_model_name
+        self._shared = AdapterRegistry(tracking_uri, shared_model_name)
+
+    @classmethod
+    def from_settings(cls, settings: OuroSettings) -> PersonalRegistries:
+        return cls(settings.tracking_uri, settings.registered_model_name)
+
+    def for_scope(self, scope: str) -> AdapterRegistry:
+        """The registry of ``scope``'s personal adapter versions."""
+        return AdapterRegistry(
+            self.tracking_uri,
+            personal_model_name(self.shared_model_name, scope),
+            scope=validate_scope(scope),
+        )
+
+    def production_by_scope(self) -> dict[str, dict[str, int]]:
+        """Every scope with a personal model, and its aliases (one paged search).
+
+        ``search_registered_models`` returns aliases and tags, so 10,000 scopes are ten
+        requests of 1,000 models, not 10,000.
+        """
+        prefix = self.shared_model_name + PERSONAL_MODEL_INFIX
+        found: dict[str, dict[str, int]] = {}
+        client = self._shared._client
+        with self._shared._calling("listing personal registered models"):
+            token = None
+            while True:
+                page = client.search_registered_models(
+                    filter_string=f"name LIKE '{prefix}%'", max_results=1000, page_token=token
+                )
+                for model in page:
+                    scope = model.tags.get(TAG_SCOPE)
+                    if scope and personal_model_name(self.shared_model_name, scope) == model.name:
+                        found[scope] = {alias: int(v) for alias, v in model.aliases.items()}
+                token = page.token
+                if not token:
+                    break
+        return found
 
 
 def sqlite_path(tracking_uri: str) -> Path | None:

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from ouro.apikeys import NamedKey, parse_key_entries
+
 DEFAULT_BASE_MODEL = "smollm2-135m"
 """The embedded SmolLM2-135M-Instruct (see ouro.embedded), converted on first use."""
 
@@ -74,14 +76,19 @@ class OuroSettings(BaseSettings):
 
     # -- serving -------------------------------------------------------------------
     api_keys: CommaList = Field(
-        default_factory=list, description="Client API keys, comma-separated."
+        default_factory=list,
+        description="Client API keys, comma-separated, each 'name:key' or a bare key "
+        "(named by a short hash of itself); the name is the caller's personal scope.",
     )
     api_keys_file: Path | None = Field(
-        None, description="File with one client API key per line (e.g. a mounted Secret)."
+        None,
+        description="File with one client API key per line, 'name:key' or a bare key "
+        "(e.g. a mounted Secret).",
     )
     admin_api_keys: CommaList = Field(
         default_factory=list,
-        description="Admin API keys (feedback stats, registry refresh), comma-separated.",
+        description="Admin API keys (feedback stats, registry refresh, forget, share), "
+        "comma-separated, 'name:key' or a bare key.",
     )
     allow_unauthenticated: bool = Field(
         False,
@@ -134,6 +141,26 @@ class OuroSettings(BaseSettings):
         4, gt=0, description="LoRA adapter versions kept loaded per replica (LRU)."
     )
 
+    # -- personal adapters ----------------------------------------------------------------
+    personal_adapters: bool = Field(
+        False,
+        description="Personal adapters: each scope (API key name, narrowed by the request's "
+        "'user') gets an adapter trained on its own corrections, and 'ouro' answers with it.",
+    )
+    consensus_scopes: int = Field(
+        3,
+        ge=2,
+        description="Distinct scopes that must agree on a correction before it trains the "
+        "shared adapter (admin-key and operator-shared corrections need no agreement).",
+    )
+    consensus_similarity: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="ROUGE-L F-measure from which two corrections of the same question "
+        "(compared case- and punctuation-blind) count as agreeing.",
+    )
+
     # -- feedback ledger -----------------------------------------------------------------
     max_feedback_bytes: int = Field(
         256_000, gt=0, description="Largest feedback record, in bytes of JSON."
@@ -178,8 +205,21 @@ class OuroSettings(BaseSettings):
         """Artifact root used with the default local store."""
         return self.mlflow_dir / "artifacts"
 
+    def client_keys(self) -> list[NamedKey]:
+        """Client keys with their names (``api_keys`` and ``api_keys_file``)."""
+        return parse_key_entries(self.client_api_keys())
+
+    def admin_keys(self) -> list[NamedKey]:
+        """Admin keys with their names."""
+        return parse_key_entries(self.admin_api_keys)
+
+    def first_admin_key(self) -> str | None:
+        """The first admin key itself (name stripped), for commands that call Serve."""
+        keys = self.admin_keys()
+        return keys[0].key if keys else None
+
     def client_api_keys(self) -> list[str]:
-        """Client keys from ``api_keys`` plus those in ``api_keys_file``."""
+        """Client key entries (``name:key`` or bare) from ``api_keys`` and ``api_keys_file``."""
         keys = list(self.api_keys)
         if self.api_keys_file is not None:
             keys += [

@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                 settings.data_dir,
                 base_url,
                 env=train_env({f"OURO_{k.upper()}": str(v) for k, v in overrides.items()}),
-                admin_key=settings.admin_api_keys[0] if settings.admin_api_keys else None,
+                admin_key=settings.first_admin_key(),
                 log_dir=settings.data_dir / "logs",
             )
             loop.start()

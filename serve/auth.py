@@ -5,18 +5,25 @@ key configured at all the server is open, which ``OuroSettings.allow_unauthentic
 must allow explicitly; ``python -m serve`` allows it only on a loopback address (or when
 told ``--allow-unauthenticated``). Once any key is configured every API route needs one;
 an admin key also works where a client key does.
+
+Each key has a name (``alice:sk-...``; a bare key is named by a short hash of itself):
+the caller's identity. ``Caller.scope(user)`` is the personal scope of a request: the
+key's name, narrowed by the OpenAI ``user`` field. It comes from the key table, so no
+request body can name another key's scope.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ouro.apikeys import hash_api_key, is_known_api_key
 from ouro.errors import OuroError
+from ouro.scopes import InvalidScopeError, scope_of
 from ouro.settings import OuroSettings
-from serve.exceptions import AuthenticationError, PermissionDeniedError
+from serve.exceptions import AuthenticationError, InvalidRequestError, PermissionDeniedError
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +42,20 @@ class Caller:
     """Hash of the key used (None when the server is open)."""
     admin: bool
     """Whether the key is an admin key."""
+    key_name: str | None = None
+    """The key's configured name (None when the server is open: no identity)."""
+
+    def scope(self, user: str | None = None) -> str | None:
+        """The personal scope: the key's name, or ``<name>/<user>``; None with no identity.
+
+        A ``user`` that is not a valid scope part is a 400 (InvalidRequestError).
+        """
+        if self.key_name is None:
+            return None
+        try:
+            return scope_of(self.key_name, user)
+        except InvalidScopeError as exc:
+            raise InvalidRequestError(str(exc), exc.param) from exc
 
 
 def is_loopback_host(host: str) -> bool:
@@ -50,16 +71,24 @@ def is_loopback_host(host: str) -> bool:
 class ApiKeyAuth:
     """Checks ``Authorization: Bearer <key>`` against the configured key hashes."""
 
-    def __init__(self, client_key_hashes: list[str], admin_key_hashes: list[str]) -> None:
+    def __init__(
+        self,
+        client_key_hashes: list[str],
+        admin_key_hashes: list[str],
+        key_names: Mapping[str, str] | None = None,
+    ) -> None:
         self._client = list(client_key_hashes)
         self._admin = list(admin_key_hashes)
+        self._names = dict(key_names or {})  # key hash -> key name
 
     @classmethod
     def from_settings(cls, settings: OuroSettings) -> ApiKeyAuth:
         """Hash the configured keys; refuse to run open unless the settings allow it."""
-        client = [hash_api_key(key) for key in settings.client_api_keys()]
-        admin = [hash_api_key(key) for key in settings.admin_api_keys]
-        auth = cls(client, admin)
+        client_keys, admin_keys = settings.client_keys(), settings.admin_keys()
+        names = {hash_api_key(named.key): named.name for named in [*client_keys, *admin_keys]}
+        client = [hash_api_key(named.key) for named in client_keys]
+        admin = [hash_api_key(named.key) for named in admin_keys]
+        auth = cls(client, admin, names)
         if auth.open:
             if not settings.allow_unauthenticated:
                 raise UnauthenticatedStartupError(
@@ -88,4 +117,5 @@ class ApiKeyAuth:
             raise AuthenticationError("invalid API key")
         if admin and not is_admin:
             raise PermissionDeniedError("this route needs an admin API key")
-        return Caller(key_hash=hash_api_key(key), admin=is_admin)
+        key_hash = hash_api_key(key)
+        return Caller(key_hash=key_hash, admin=is_admin, key_name=self._names.get(key_hash))

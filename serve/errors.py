@@ -30,12 +30,14 @@ from ouro.engine import (
 )
 from ouro.engine import InvalidRequestError as EngineRequestError
 from ouro.ledger import FeedbackTooLargeError, InvalidFeedbackError, LedgerUnavailableError
+from ouro.personal import UnknownCorrectionError
 from ouro.registry import (
     AdapterArtifactError,
     RegistryError,
     RegistryUnavailableError,
     UnknownModelError,
 )
+from ouro.scopes import InvalidScopeError
 from serve.exceptions import (
     InvalidRequestError,
     NotFoundError,
@@ -103,6 +105,10 @@ def api_error(exc: BaseException) -> ApiError:
         return api_error(PayloadTooLargeError(_message(exc), exc.param))
     if isinstance(exc, InvalidFeedbackError):
         return api_error(InvalidRequestError(_message(exc), exc.param))
+    if isinstance(exc, InvalidScopeError):
+        return api_error(InvalidRequestError(_message(exc), exc.param))
+    if isinstance(exc, UnknownCorrectionError):
+        return api_error(NotFoundError(_message(exc), "record_id"))
     if isinstance(exc, UnknownModelError):
         return api_error(NotFoundError(_message(exc), "model", code="model_not_found"))
     if isinstance(exc, AdapterNotFoundError):

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ouro.errors import OuroError
 from ouro.ledger import Watermark
-from ouro.registry import ALIAS_PRODUCTION, RegistrySnapshot
+from ouro.registry import ALIAS_PRODUCTION, PersonalRegistries, RegistrySnapshot
 from ouro.settings import OuroSettings
 from serve.auth import ApiKeyAuth
 from serve.errors import error_response
@@ -36,6 +36,7 @@ from serve.logs import configure_logging
 from serve.metrics import ServeMetrics
 from serve.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from serve.model_names import ModelNames
+from serve.personal_names import PersonalNames
 from serve.registry_watcher import RegistryWatcher
 from serve.routes import STATIC_DIR, router
 from serve.serving_chat import ChatCompletions
@@ -59,6 +60,9 @@ class IngressServices:
     chat: ChatCompletions
     feedback: Feedback
     health: Health
+    personal_registries: PersonalRegistries
+    personal: PersonalNames | None = None
+    """Personal name resolution; None unless OURO_PERSONAL_ADAPTERS is on."""
 
 
 def create_api(services: IngressServices) -> FastAPI:
@@ -140,6 +144,12 @@ class OuroIngress:
         auth = ApiKeyAuth.from_settings(self.settings)
         replica_id = serve.get_replica_context().replica_id.unique_id
         self.names = ModelNames()
+        personal_registries = PersonalRegistries.from_settings(self.settings)
+        self.personal = (
+            PersonalNames(personal_registries, self.settings.registry_poll_interval_s)
+            if self.settings.personal_adapters
+            else None
+        )
         self.watcher = RegistryWatcher(
             registry_factory(self.settings),
             self.settings.registry_poll_interval_s,
@@ -159,7 +169,12 @@ class OuroIngress:
             base_model_name=self.settings.base_model,
             metrics=self.metrics,
             chat=ChatCompletions(
-                self.settings, llm_server, self.names, self.watcher.refresh, self.metrics
+                self.settings,
+                llm_server,
+                self.names,
+                self.watcher.refresh,
+                self.metrics,
+                self.personal,
             ),
             feedback=Feedback(
                 self.settings,
@@ -168,6 +183,8 @@ class OuroIngress:
                 self._last_training_watermark,
             ),
             health=health,
+            personal_registries=personal_registries,
+            personal=self.personal,
         )
         await self.watcher.start()
         logger.info("ingress replica %s ready", replica_id)
@@ -186,6 +203,8 @@ class OuroIngress:
 
     async def _on_polled(self) -> None:
         self.metrics.registry_up.set(1 if self.watcher.state.reachable else 0)
+        if self.personal is not None and self.watcher.state.reachable:
+            await self.personal.refresh()
 
     def _last_training_watermark(self) -> Watermark | None:
         """The ledger watermark of the newest registered version, if it recorded one."""

@@ -6,9 +6,12 @@
 - ``ouro@<alias>``: the version the alias points at in the snapshot;
 - ``ouro@v<N>``: version N, if the registry has it (pinned: it keeps answering while
   ``ouro`` moves);
-- ``ouro-base``: the base model with no adapter.
+- ``ouro-base``: the base model with no adapter;
+- ``ouro-shared``: the same as ``ouro`` here (shared production); with personal adapters
+  on, ``ouro`` may mean the caller's own adapter instead (``serve.personal_names``).
 
-Anything else, or an alias or version the registry does not have: UnknownModelError
+Personal names (``ouro@<scope>/...``) are not resolved here: they need the caller's
+scope. Anything else, or an alias or version the registry does not have: UnknownModelError
 (404).
 """
 
@@ -63,6 +66,8 @@ class ModelNames:
     def resolve(self, name: str) -> ServedModel:
         """The version that answers ``name`` now; UnknownModelError if there is none."""
         ref = parse_model_name(name)
+        if ref.scope is not None:
+            raise UnknownModelError(f"the model {name!r} does not exist")
         if ref.is_base:
             return BASE_MODEL
         if ref.alias == ALIAS_PRODUCTION:

@@ -260,7 +260,11 @@ class ChatCompletionRequest(BaseModel):
         le=1.0,
         description=f"Nucleus sampling mass. Values below {MIN_TOP_P} act as {MIN_TOP_P}.",
     )
-    user: Text | None = Field(None, description="End-user id, for the logs.")
+    user: Text | None = Field(
+        None,
+        description="End-user id; with personal adapters it narrows the key's scope "
+        "('<key name>/<user>').",
+    )
 
     @field_validator("stop", mode="wrap")
     @classmethod
@@ -367,6 +371,9 @@ class FeedbackRequest(BaseModel):
     completion_id: str | None = Field(None, description="The chat completion's id.")
     model: str | None = Field(None, description="The version that answered, e.g. 'ouro@v7'.")
     reason: str | None = Field(None, description="Why the answer was wrong, free text.")
+    user: str | None = Field(
+        None, description="End-user id; with personal adapters it narrows the key's scope."
+    )
 
 
 # -- responses ------------------------------------------------------------------------

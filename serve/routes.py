@@ -81,20 +81,24 @@ CHAT_RESPONSES: dict[int | str, dict] = {
 }
 
 
-@router.post(
-    "/v1/chat/completions",
-    dependencies=[Depends(client)],
-    response_model=None,
-    responses=CHAT_RESPONSES,
-)
-async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-    return await services(request).chat.create(body)
+@router.post("/v1/chat/completions", response_model=None, responses=CHAT_RESPONSES)
+async def chat_completions(
+    body: ChatCompletionRequest, request: Request, caller: Annotated[Caller, Depends(client)]
+) -> Response:
+    return await services(request).chat.create(body, caller)
 
 
-@router.get("/v1/models", dependencies=[Depends(client)], responses=_errors(401))
-async def list_models(request: Request) -> ModelList:
+@router.get("/v1/models", responses=_errors(400, 401))
+async def list_models(
+    request: Request,
+    caller: Annotated[Caller, Depends(client)],
+    user: Annotated[str | None, Query(description="Narrows the key's personal scope.")] = None,
+) -> ModelList:
     ouro = services(request)
-    return ModelList(data=ouro.names.listing(ouro.base_model_name))
+    if ouro.personal is None:
+        return ModelList(data=ouro.names.listing(ouro.base_model_name))
+    cards = await ouro.personal.listing(ouro.names, ouro.base_model_name, caller.scope(user))
+    return ModelList(data=cards)
 
 
 @router.get(
@@ -133,6 +137,41 @@ async def create_feedback(
 )
 async def feedback_stats(request: Request) -> Response:
     return await services(request).feedback.stats()
+
+
+@router.post(
+    "/admin/scopes/{scope:path}/forget",
+    response_model=None,
+    responses={200: {"description": "The scope is forgotten."}, **_errors(400, 401, 403, 503)},
+)
+async def forget_scope(
+    scope: str,
+    request: Request,
+    caller: Annotated[Caller, Depends(admin)],
+    reason: Annotated[str | None, Query(max_length=1000)] = None,
+) -> Response:
+    ouro = services(request)
+    response = await ouro.feedback.forget(scope, reason, caller, ouro.personal_registries)
+    await ouro.health.refresh(0.0)  # drop the scope's names now, not at the next poll
+    return response
+
+
+@router.post(
+    "/admin/feedback/{record_id}/share",
+    status_code=201,
+    response_model=None,
+    responses={
+        201: {"description": "The correction is marked shared."},
+        **_errors(400, 401, 403, 404, 503),
+    },
+)
+async def share_feedback(
+    record_id: str,
+    request: Request,
+    caller: Annotated[Caller, Depends(admin)],
+    reason: Annotated[str | None, Query(max_length=1000)] = None,
+) -> Response:
+    return await services(request).feedback.share(record_id, reason, caller)
 
 
 @router.post(

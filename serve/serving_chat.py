@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ouro.engine import SamplingParams
 from ouro.registry import UnknownModelError, parse_model_name
 from ouro.settings import OuroSettings
-from serve.adapter_slots import adapter_name
+from serve.auth import Caller
 from serve.errors import error_response, stream_error_event
 from serve.exceptions import InvalidRequestError
 from serve.llm_calls import Finished, LLMCall, LLMResult, ServedModel, TextDelta
 from serve.logs import current_request_id
 from serve.metrics import ServeMetrics
 from serve.model_names import ModelNames
+from serve.personal_names import PersonalNames
 from serve.protocol import (
     SSE_DONE,
     AssistantMessage,
@@ -39,6 +41,7 @@ from serve.protocol import (
 logger = logging.getLogger(__name__)
 
 MODEL_VERSION_HEADER = "x-ouro-model-version"
+PERSONAL_METRIC_LABEL = "ouro@personal"
 
 
 class ChatCompletions:
@@ -51,30 +54,39 @@ class ChatCompletions:
         names: ModelNames,
         refresh_names: Callable[[], Awaitable[object]],
         metrics: ServeMetrics,
+        personal: PersonalNames | None = None,
     ) -> None:
         self._settings = settings
         self._llm = llm_server
         self._names = names
         self._refresh_names = refresh_names
         self._metrics = metrics
+        self._personal = personal
 
-    async def create(self, request: ChatCompletionRequest) -> Response:
+    async def create(
+        self, request: ChatCompletionRequest, caller: Caller | None = None
+    ) -> Response:
         try:
             call = self._to_call(request)
-            served = await self._check_model(request.model)
+            if self._personal is not None:
+                # The scope comes from the key; 'user' only narrows it (serve.auth).
+                scope = caller.scope(request.user) if caller is not None else None
+                forwarded = await self._personal.forwarded_name(call.model, scope)
+                call = replace(call, model=forwarded)
+            served = await self._check_model(call.model)
         except Exception as exc:  # noqa: BLE001 - every failure becomes its envelope
             return error_response(exc)
         llm = self._llm
         if served is not None and served.version is not None:
             # Serve routes a version's requests to replicas that already hold it.
-            llm = llm.options(multiplexed_model_id=adapter_name(served.version))
+            llm = llm.options(multiplexed_model_id=served.label)
         if request.stream:
-            return await self._stream(llm, call, request.include_usage())
+            return await self._stream(llm, call, request.model, request.include_usage())
         try:
             result: LLMResult = await llm.generate.remote(call)
         except Exception as exc:  # noqa: BLE001 - mapped by serve.errors (logged there if unexpected)
             return error_response(exc)
-        self._count(call.model, result.served, result.finished)
+        self._count(request.model, result.served, result.finished)
         body = ChatCompletionResponse(
             model=result.served.label,
             choices=[
@@ -135,7 +147,10 @@ class ChatCompletions:
     async def _check_model(self, name: str) -> ServedModel | None:
         """What ``name`` resolves to in this replica's registry view (None: not read yet);
         404 early for names it lacks (after one re-read)."""
-        parse_model_name(name)  # not one of the served forms: 404 without a registry read
+        ref = parse_model_name(name)  # not one of the served forms: 404 without a registry read
+        if ref.scope is not None:
+            # A personal version, pinned by serve.personal_names for the caller's own scope.
+            return ServedModel(label=name, version=ref.version)
         if self._names.snapshot is None:
             return None  # registry not reached yet: the LLM server says what it can serve
         try:
@@ -145,20 +160,20 @@ class ChatCompletions:
             return self._names.resolve(name)
 
     # -- streaming --------------------------------------------------------------------------
-    async def _stream(self, llm, call: LLMCall, include_usage: bool) -> Response:
+    async def _stream(self, llm, call: LLMCall, requested: str, include_usage: bool) -> Response:
         events = llm.options(stream=True).generate_stream.remote(call)
         try:
             served: ServedModel = await events.__anext__()
         except Exception as exc:  # noqa: BLE001 - before the first byte: a normal error status
             return error_response(exc)
         return StreamingResponse(
-            self._sse(call, served, events, include_usage),
+            self._sse(requested, served, events, include_usage),
             media_type="text/event-stream",
             headers={MODEL_VERSION_HEADER: served.label, "Cache-Control": "no-cache"},
         )
 
     async def _sse(
-        self, call: LLMCall, served: ServedModel, events: AsyncIterator, include_usage: bool
+        self, requested: str, served: ServedModel, events: AsyncIterator, include_usage: bool
     ) -> AsyncIterator[str]:
         chunk_id, created = completion_id(), now_s()
 
@@ -177,7 +192,7 @@ class ChatCompletions:
                 if isinstance(event, TextDelta):
                     yield chunk(DeltaMessage(content=event.text))
                 elif isinstance(event, Finished):
-                    self._count(call.model, served, event)
+                    self._count(requested, served, event)
                     yield chunk(DeltaMessage(), finish_reason=event.finish_reason)
                     if include_usage:
                         usage = Usage.of(event.prompt_tokens, event.completion_tokens)
@@ -188,7 +203,11 @@ class ChatCompletions:
 
     def _count(self, requested: str, served: ServedModel, finished: Finished) -> None:
         metrics = self._metrics
-        metrics.completions.labels(requested=requested, model=served.label).inc()
-        metrics.prompt_tokens.labels(model=served.label).inc(finished.prompt_tokens)
-        metrics.generated_tokens.labels(model=served.label).inc(finished.completion_tokens)
-        metrics.time_to_first_token.labels(model=served.label).observe(finished.first_token_s)
+        # One series for all personal versions: a label per scope would not scale.
+        model = served.label if "/" not in served.label else PERSONAL_METRIC_LABEL
+        if "/" in requested:
+            requested = PERSONAL_METRIC_LABEL
+        metrics.completions.labels(requested=requested, model=model).inc()
+        metrics.prompt_tokens.labels(model=model).inc(finished.prompt_tokens)
+        metrics.generated_tokens.labels(model=model).inc(finished.completion_tokens)
+        metrics.time_to_first_token.labels(model=model).observe(finished.first_token_s)

@@ -3,7 +3,9 @@
 The ledger validates what it stores (the conversation ends with the user turn that was
 answered; the correction is non-empty and differs from the completion; sizes within
 the configured limits) and returns only once the record is fsync'd, so a 201 means the
-correction is on disk. Writes run in a worker thread; the event loop never waits on
+correction is on disk. Each record carries its author's scope (``Caller.scope``) and
+whether an admin key sent it; the admin routes forget a scope and mark a correction
+shared (``ouro.personal``). Writes run in a worker thread; the event loop never waits on
 the disk.
 """
 
@@ -18,6 +20,8 @@ from collections.abc import Callable
 from fastapi.responses import JSONResponse, Response
 
 from ouro.ledger import FeedbackLedger, Watermark
+from ouro.personal import forget_scope, share_correction
+from ouro.registry import PersonalRegistries
 from ouro.settings import OuroSettings
 from serve.auth import Caller
 from serve.errors import error_response
@@ -64,6 +68,8 @@ class Feedback:
                 completion_id=body.completion_id,
                 reason=body.reason,
                 api_key_hash=caller.key_hash,
+                scope=caller.scope(body.user),
+                admin=caller.admin and caller.key_hash is not None,
             )
         except Exception as exc:  # noqa: BLE001 - every failure becomes its envelope
             return error_response(exc)
@@ -84,6 +90,48 @@ class Feedback:
                 "since_last_training": stats.since_last_training,
                 "bad_lines": stats.bad_lines,
             }
+        )
+
+    async def forget(
+        self, scope: str, reason: str | None, caller: Caller, registries: PersonalRegistries
+    ) -> Response:
+        """Tombstone ``scope`` in the ledger and delete its registered models."""
+        try:
+            result = await asyncio.to_thread(
+                forget_scope,
+                self._ledger,
+                registries,
+                scope,
+                reason=reason,
+                api_key_hash=caller.key_hash,
+            )
+        except Exception as exc:  # noqa: BLE001 - every failure becomes its envelope
+            return error_response(exc)
+        return JSONResponse(
+            {
+                "object": "scope.forgotten",
+                "scope": scope,
+                "tombstone": result.tombstone.id,
+                "forgotten_records": result.forgotten_records,
+                "deleted_models": list(result.deleted_models),
+                "deleted_runs": result.deleted_runs,
+            }
+        )
+
+    async def share(self, record_id: str, reason: str | None, caller: Caller) -> Response:
+        """Mark a correction for the shared adapter."""
+        try:
+            mark = await asyncio.to_thread(
+                share_correction,
+                self._ledger,
+                record_id,
+                reason=reason,
+                api_key_hash=caller.key_hash,
+            )
+        except Exception as exc:  # noqa: BLE001 - every failure becomes its envelope
+            return error_response(exc)
+        return JSONResponse(
+            {"object": "feedback.shared", "id": record_id, "mark": mark.id}, status_code=201
         )
 
     def close(self) -> None:

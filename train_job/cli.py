@@ -5,6 +5,10 @@ Commands:
   status    versions, aliases, gate results, corrections pending
   promote   point an alias (default: production) at a version
   rollback  move production back to the version it had before
+  scopes    personal adapters: every scope with a registered model, and its aliases
+  forget    forget a scope: ledger tombstone, registry versions and artifacts deleted
+  share     mark a correction for the shared adapter
+  (status, promote and rollback take --scope S for a personal adapter)
   export    write the corrections as OpenAI fine-tuning (sft) or preference (dpo) JSONL
   trigger   start a training Job now from the training CronJob (Kubernetes)
 
@@ -38,10 +42,12 @@ from ouro.registry import (
     ALIAS_PRODUCTION,
     AdapterRegistry,
     NothingToRollBackError,
+    PersonalRegistries,
     RegistryUnavailableError,
     UnknownModelError,
     is_valid_alias,
 )
+from ouro.scopes import is_valid_scope
 from ouro.settings import OuroSettings
 from train_job.config import (
     SHARED_FIELDS,
@@ -110,6 +116,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _notify_option(rollback)
 
+    scopes = commands.add_parser("scopes", help="scopes with a personal adapter, and aliases")
+    _registry_options(scopes, scoped=False)
+    scopes.add_argument("--json", action="store_true", help="print JSON")
+
+    forget = commands.add_parser(
+        "forget", help="forget a scope (and its user scopes): corrections and adapters"
+    )
+    _registry_options(forget, scoped=False)
+    forget.add_argument("scope", type=_scope, help="'<key name>' or '<key name>/<user>'")
+    forget.add_argument("--reason", help="a note kept in the tombstone")
+    _notify_option(forget)
+
+    share = commands.add_parser("share", help="mark a correction for the shared adapter")
+    _registry_options(share, scoped=False)
+    share.add_argument("record_id", help="the correction's id (fb-...)")
+    share.add_argument("--reason", help="a note kept with the mark")
+
     export = commands.add_parser("export", help="write the corrections as fine-tuning JSONL")
     export.add_argument(
         "--format",
@@ -143,8 +166,12 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
     pass
 
 
-def _registry_options(parser: argparse.ArgumentParser) -> None:
+def _registry_options(parser: argparse.ArgumentParser, *, scoped: bool = True) -> None:
     parser.add_argument("--data-dir", help="data dir (default: OURO_DATA_DIR or ./.ouro)")
+    if scoped:
+        parser.add_argument(
+            "--scope", type=_scope, help="a personal scope's adapter instead of the shared one"
+        )
     parser.add_argument(
         "--mlflow-tracking-uri",
         "--mlflow-uri",
@@ -171,6 +198,12 @@ def _version_number(text: str) -> int:
     if not digits.isdigit() or int(digits) < 1:
         raise argparse.ArgumentTypeError(f"not a version number: {text!r}")
     return int(digits)
+
+
+def _scope(text: str) -> str:
+    if not is_valid_scope(text):
+        raise argparse.ArgumentTypeError(f"not a valid scope: {text!r}")
+    return text
 
 
 def _alias(text: str) -> str:
@@ -239,7 +272,9 @@ def _settings(args: argparse.Namespace) -> OuroSettings:
     return OuroSettings(**overrides)
 
 
-def _registry(settings: OuroSettings) -> AdapterRegistry:
+def _registry(settings: OuroSettings, scope: str | None = None) -> AdapterRegistry:
+    if scope is not None:
+        return PersonalRegistries.from_settings(settings).for_scope(scope)
     return AdapterRegistry(settings.tracking_uri, settings.registered_model_name)
 
 
@@ -274,11 +309,17 @@ def _run(args: argparse.Namespace, config: TrainJobConfig) -> int:
         print(json.dumps(_result_dict(result), indent=2))
     else:
         print(_format_result(result))
-    return EXIT_GATES_FAILED if result.outcome is Outcome.GATES_FAILED else EXIT_OK
+        for personal in result.personal:
+            print(f"\nscope {personal.scope}:\n{_format_result(personal)}")
+    failed = [r for r in (result, *result.personal) if r.outcome is Outcome.GATES_FAILED]
+    return EXIT_GATES_FAILED if failed else EXIT_OK
 
 
 def _result_dict(result) -> dict:
     return {
+        "scope": result.scope,
+        "registered_model": result.registered_model,
+        "personal": [_result_dict(personal) for personal in result.personal],
         "outcome": result.outcome.value,
         "message": result.message,
         "version": result.version,
@@ -318,7 +359,7 @@ def _status(args: argparse.Namespace) -> int:
     from train_job.commands import format_status, status
 
     settings = _settings(args)
-    info = status(_registry(settings), settings)
+    info = status(_registry(settings, args.scope), settings)
     print(json.dumps(info, indent=2) if args.json else format_status(info))
     return EXIT_OK
 
@@ -328,7 +369,7 @@ def _promote(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     try:
-        promote(_registry(settings), args.version, args.alias, force=args.force)
+        promote(_registry(settings, args.scope), args.version, args.alias, force=args.force)
     except PromotionRefusedError as exc:
         logger.error("%s", exc)
         return EXIT_GATES_FAILED
@@ -343,13 +384,62 @@ def _rollback(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     try:
-        version = rollback(_registry(settings), args.alias)
+        version = rollback(_registry(settings, args.scope), args.alias)
     except NothingToRollBackError as exc:
         logger.error("%s", exc)
         return EXIT_ERROR
     print(f"{args.alias} -> " + (f"v{version}" if version is not None else "unset (base model)"))
     if args.notify:
         notify_serve(args.notify, _admin_key(settings))
+    return EXIT_OK
+
+
+def _scopes(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    scopes = PersonalRegistries.from_settings(settings).production_by_scope()
+    if args.json:
+        print(json.dumps(scopes, indent=2, sort_keys=True))
+        return EXIT_OK
+    if not scopes:
+        print("no personal adapters registered")
+    for scope, aliases in sorted(scopes.items()):
+        described = ", ".join(f"{a} -> v{v}" for a, v in sorted(aliases.items())) or "no aliases"
+        print(f"{scope}: {described}")
+    return EXIT_OK
+
+
+def _forget(args: argparse.Namespace) -> int:
+    from ouro.ledger import FeedbackLedger
+    from ouro.personal import command_writer_id, forget_scope
+    from train_job.commands import notify_serve
+
+    settings = _settings(args)
+    with FeedbackLedger.from_settings(settings, command_writer_id("forget")) as ledger:
+        result = forget_scope(
+            ledger, PersonalRegistries.from_settings(settings), args.scope, reason=args.reason
+        )
+    print(
+        f"forgot {args.scope}: {result.forgotten_records} correction(s) hidden by tombstone "
+        f"{result.tombstone.id}; deleted {len(result.deleted_models)} registered model(s) "
+        f"and {result.deleted_runs} run(s)"
+    )
+    if args.notify:
+        notify_serve(args.notify, _admin_key(settings))
+    return EXIT_OK
+
+
+def _share(args: argparse.Namespace) -> int:
+    from ouro.ledger import FeedbackLedger
+    from ouro.personal import UnknownCorrectionError, command_writer_id, share_correction
+
+    settings = _settings(args)
+    with FeedbackLedger.from_settings(settings, command_writer_id("share")) as ledger:
+        try:
+            mark = share_correction(ledger, args.record_id, reason=args.reason)
+        except UnknownCorrectionError as exc:
+            logger.error("%s", exc)
+            return EXIT_USAGE
+    print(f"{args.record_id} marked shared ({mark.id}); the next cycle trains on it")
     return EXIT_OK
 
 
@@ -395,9 +485,7 @@ def _pod_namespace() -> str | None:
 
 
 def _admin_key(settings: OuroSettings) -> str | None:
-    return os.environ.get(ADMIN_KEY_ENV) or (
-        settings.admin_api_keys[0] if settings.admin_api_keys else None
-    )
+    return os.environ.get(ADMIN_KEY_ENV) or settings.first_admin_key()
 
 
 def _setup_logging() -> None:
@@ -413,6 +501,9 @@ _COMMANDS = {
     "status": _status,
     "promote": _promote,
     "rollback": _rollback,
+    "scopes": _scopes,
+    "forget": _forget,
+    "share": _share,
     "export": _export,
     "trigger": _trigger,
 }

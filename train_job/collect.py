@@ -9,10 +9,11 @@ is registered; a cycle that failed or died leaves the next one the same work.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ouro.ledger import FeedbackRecord, LedgerReader, Watermark
+from ouro.ledger import FeedbackRecord, LedgerReader, LedgerScan, Watermark
 from ouro.registry import AdapterVersion, RegistrySnapshot
 from train_job.dataset import Correction
 
@@ -37,6 +38,8 @@ class Collected:
     """Ledger lines that could not be read (torn or invalid), skipped."""
     skipped: int
     """Records that are no usable correction, or repeat one word for word."""
+    new_ids: frozenset[str] = frozenset()
+    """Ids of the new corrections among ``corrections``."""
 
 
 def last_trained(snapshot: RegistrySnapshot) -> AdapterVersion | None:
@@ -48,19 +51,38 @@ def last_trained(snapshot: RegistrySnapshot) -> AdapterVersion | None:
     return None
 
 
-def collect(ledger_dir: Path, snapshot: RegistrySnapshot) -> Collected:
-    """Read the ledger: every usable correction, and the count that is new since the last version."""
+def collect(
+    ledger_dir: Path,
+    snapshot: RegistrySnapshot,
+    select: Callable[[list[Correction], LedgerScan], list[Correction]] | None = None,
+    *,
+    control_counts: bool = False,
+    scan: LedgerScan | None = None,
+) -> Collected:
+    """Read the ledger: every usable correction, and the count that is new since the last version.
+
+    ``select`` narrows the corrections to one adapter's training set (``train_job.sharing``:
+    the shared one with personal adapters on, or one scope's); by default every
+    correction counts once, whoever sent it. ``control_counts``: a share mark or a
+    tombstone written since the last version counts as new (they change the shared set).
+    ``scan``: a whole-ledger scan to reuse (one cycle collects for many scopes).
+    """
     reader = LedgerReader(ledger_dir)
-    scan = reader.scan()
+    scan = scan if scan is not None else reader.scan()
     corrections, skipped = usable_corrections(scan.records)
+    corrections = select(corrections, scan) if select is not None else distinct(corrections)
     previous = last_trained(snapshot)
     since = previous.watermark if previous is not None else None
     if since is None:
+        new_ids = frozenset(correction.id for correction in corrections)
         new = len(corrections)
     else:
         # Records appended between the two scans are not in ``corrections``: next cycle's.
-        new_ids = {record.id for record in reader.scan(after=since).records}
-        new = sum(1 for correction in corrections if correction.id in new_ids)
+        after = {record.id for record in reader.scan(after=since).records}
+        new_ids = frozenset(c.id for c in corrections if c.id in after)
+        new = len(new_ids)
+        if control_counts and previous.created_at is not None:
+            new += scan.control.changed_since(previous.created_at)
     logger.info(
         "ledger %s: %s corrections (%s new since %s), %s skipped, %s bad lines",
         ledger_dir,
@@ -78,6 +100,7 @@ def collect(ledger_dir: Path, snapshot: RegistrySnapshot) -> Collected:
         since_version=previous.version if previous else None,
         bad_lines=scan.bad_lines,
         skipped=skipped,
+        new_ids=new_ids,
     )
 
 
@@ -87,7 +110,7 @@ def usable_corrections(records: list[FeedbackRecord]) -> tuple[list[Correction],
     Contradicting corrections of the same question are all kept: the gates are what
     decide whether the model can learn them.
     """
-    seen: set[tuple] = set()
+    seen: set[tuple] = set()  # per scope: K scopes sending the same text is agreement
     corrections: list[Correction] = []
     skipped = 0
     for record in records:
@@ -100,7 +123,11 @@ def usable_corrections(records: list[FeedbackRecord]) -> tuple[list[Correction],
         ):
             skipped += 1
             continue
-        key = (tuple((m["role"], m["content"]) for m in messages), record.correction.strip())
+        key = (
+            record.scope,
+            tuple((m["role"], m["content"]) for m in messages),
+            record.correction.strip(),
+        )
         if key in seen:
             skipped += 1
             continue
@@ -112,6 +139,23 @@ def usable_corrections(records: list[FeedbackRecord]) -> tuple[list[Correction],
                 completion=record.completion,
                 correction=record.correction,
                 model=record.model,
+                scope=record.scope,
+                admin=record.admin,
             )
         )
     return corrections, skipped
+
+
+def distinct(corrections: list[Correction]) -> list[Correction]:
+    """The first of each (conversation, correction), whatever scope sent it."""
+    seen: set[tuple] = set()
+    kept = []
+    for correction in corrections:
+        key = (
+            tuple((m["role"], m["content"]) for m in correction.messages),
+            correction.correction.strip(),
+        )
+        if key not in seen:
+            seen.add(key)
+            kept.append(correction)
+    return kept

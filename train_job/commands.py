@@ -44,22 +44,31 @@ class PendingCorrections:
     since_version: int | None
 
 
-def pending_corrections(settings: OuroSettings, snapshot: RegistrySnapshot) -> PendingCorrections:
+def pending_corrections(
+    settings: OuroSettings, snapshot: RegistrySnapshot, scope: str | None = None
+) -> PendingCorrections:
+    """Usable corrections, and those after the newest trained version (``scope``: its own)."""
     reader = LedgerReader(settings.ledger_dir)
-    corrections, _ = usable_corrections(reader.scan().records)
+
+    def usable(records) -> list:
+        corrections, _ = usable_corrections(records)
+        return [c for c in corrections if scope is None or c.scope == scope]
+
+    corrections = usable(reader.scan().records)
     previous = last_trained(snapshot)
     if previous is None or previous.watermark is None:
         return PendingCorrections(len(corrections), len(corrections), None)
-    after, _ = usable_corrections(reader.scan(after=previous.watermark).records)
+    after = usable(reader.scan(after=previous.watermark).records)
     return PendingCorrections(len(corrections), len(after), previous.version)
 
 
 def status(registry: AdapterRegistry, settings: OuroSettings) -> dict:
     """Versions, aliases, gate results and pending corrections, as a JSON-ready dict."""
     snapshot = registry.snapshot()
-    pending = pending_corrections(settings, snapshot)
+    pending = pending_corrections(settings, snapshot, registry.scope)
     return {
         "registered_model": registry.model_name,
+        "scope": registry.scope,
         "tracking_uri": registry.tracking_uri,
         "aliases": {alias: version for alias, version in sorted(snapshot.aliases.items())},
         "versions": [
@@ -92,6 +101,8 @@ def _version_dict(version: AdapterVersion) -> dict:
 def format_status(info: dict) -> str:
     """The status as a table for people."""
     lines = [f"registered model {info['registered_model']} at {info['tracking_uri']}"]
+    if info.get("scope"):
+        lines[0] += f" (scope {info['scope']})"
     aliases = ", ".join(f"{a} -> v{v}" for a, v in info["aliases"].items()) or "none"
     lines.append(f"aliases: {aliases}")
     if info["versions"]:

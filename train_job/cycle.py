@@ -1,5 +1,10 @@
 """One training cycle: collect → dataset → train → gates → register.
 
+With personal adapters on (``OURO_PERSONAL_ADAPTERS``), the same steps run once for the
+shared adapter (on the shared corrections, ``train_job.sharing``) and then once per scope
+with new corrections of its own, each from the base model, into the scope's own
+registered model (``ouro.registry.PersonalRegistries``), each with its own MLflow run.
+
 Order matters for safety. The registry is read first (an unreachable MLflow fails the
 cycle within seconds, before any training); registering is the last step, and the ledger
 watermark is written last of all, so a cycle that stops anywhere (error, SIGTERM,
@@ -23,15 +28,22 @@ import torch
 from mlflow.exceptions import MlflowException
 
 from ouro.errors import OuroError
-from ouro.registry import AdapterRegistry, RegistrySnapshot, RegistryUnavailableError
+from ouro.ledger import LedgerReader, LedgerScan
+from ouro.registry import (
+    AdapterRegistry,
+    PersonalRegistries,
+    RegistrySnapshot,
+    RegistryUnavailableError,
+)
 from ouro.settings import OuroSettings
-from train_job.collect import Collected, collect
+from train_job.collect import Collected, collect, usable_corrections
 from train_job.config import TrainJobConfig
-from train_job.dataset import build_dataset
+from train_job.dataset import Correction, build_dataset
 from train_job.gates import GateReport, evaluate_gates
 from train_job.lock import CycleLock
 from train_job.register import CycleRun, register_version, version_tags
 from train_job.replay import self_answerer
+from train_job.sharing import SharingPolicy, scopes_with_corrections
 from train_job.train import train_adapter
 
 logger = logging.getLogger(__name__)
@@ -66,6 +78,12 @@ class CycleResult:
     report: GateReport | None = None
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds per stage (collect, train, gates, register) and in total."""
+    scope: str | None = None
+    """The personal scope this result is for (None: the shared adapter)."""
+    registered_model: str | None = None
+    """The registered model a version went into."""
+    personal: list[CycleResult] = field(default_factory=list)
+    """With personal adapters on: one result per scope with new corrections."""
 
 
 class StageTimer:
@@ -102,7 +120,72 @@ def _run_locked(config: TrainJobConfig, settings: OuroSettings) -> CycleResult:
     with timer.stage("collect"):
         registry = AdapterRegistry(settings.tracking_uri, settings.registered_model_name)
         snapshot = registry.snapshot()  # RegistryUnavailableError within seconds
-        collected = collect(settings.ledger_dir, snapshot)
+        if settings.personal_adapters:
+            policy = SharingPolicy.from_settings(settings)
+            scan = LedgerReader(settings.ledger_dir).scan()
+            collected = collect(
+                settings.ledger_dir, snapshot, policy.shared, control_counts=True, scan=scan
+            )
+        else:
+            collected = collect(settings.ledger_dir, snapshot)
+    result = _cycle(config, settings, registry, snapshot, collected, timer, [])
+    if settings.personal_adapters:
+        # Re-read: this cycle may have just promoted a shared version (the scopes' baseline).
+        shared = (registry, registry.snapshot())
+        result.personal = _personal_cycles(
+            config, settings, policy, scan, collected.corrections, shared
+        )
+    return result
+
+
+def _personal_cycles(
+    config: TrainJobConfig,
+    settings: OuroSettings,
+    policy: SharingPolicy,
+    scan: LedgerScan,
+    shared_set: list[Correction],
+    shared: tuple[AdapterRegistry, RegistrySnapshot],
+) -> list[CycleResult]:
+    """One cycle per scope with new corrections of its own (scopes with none are skipped).
+
+    ``shared_set`` is the shared adapter's training set, worked out once for all scopes.
+    """
+    personal = PersonalRegistries.from_settings(settings)
+    corrections, _ = usable_corrections(scan.records)
+    results = []
+    for scope in scopes_with_corrections(corrections):
+        timer = StageTimer()
+        with timer.stage("collect"):
+            registry = personal.for_scope(scope)
+            snapshot = registry.snapshot()
+            select = policy.personal(scope, shared_set)
+            collected = collect(settings.ledger_dir, snapshot, select, scan=scan)
+            own_new = _own_new(collected, scope)
+        if own_new < config.min_corrections:
+            logger.info("scope %s: no new corrections of its own", scope)
+            continue
+        logger.info("scope %s: %d new correction(s) of its own", scope, own_new)
+        result = _cycle(config, settings, registry, snapshot, collected, timer, [shared])
+        result.scope = scope
+        results.append(result)
+    return results
+
+
+def _own_new(collected: Collected, scope: str) -> int:
+    """New corrections the scope sent itself (new shared ones alone retrain no scope)."""
+    return sum(1 for c in collected.corrections if c.scope == scope and c.id in collected.new_ids)
+
+
+def _cycle(
+    config: TrainJobConfig,
+    settings: OuroSettings,
+    registry: AdapterRegistry,
+    snapshot: RegistrySnapshot,
+    collected: Collected,
+    timer: StageTimer,
+    fallback_baselines: list[tuple[AdapterRegistry, RegistrySnapshot]],
+) -> CycleResult:
+    """Train, gate and register one adapter (the shared one, or one scope's)."""
     if collected.new < config.min_corrections:
         since = f"v{collected.since_version}" if collected.since_version else "the start"
         message = (
@@ -118,15 +201,19 @@ def _run_locked(config: TrainJobConfig, settings: OuroSettings) -> CycleResult:
             registry,
             config.experiment_name,
             settings.local_artifacts_dir if not settings.mlflow_tracking_uri else None,
-            run_name=f"cycle-{time.strftime('%Y%m%d-%H%M%S')}",
+            run_name=f"cycle-{time.strftime('%Y%m%d-%H%M%S')}"
+            + (f"-{registry.scope}" if registry.scope else ""),
             tags={
                 "ouro.base_model": settings.base_model,
                 "ouro.new_corrections": str(collected.new),
+                **({"ouro.scope": registry.scope} if registry.scope else {}),
             },
         )
     status = "FAILED"
     try:
-        result = _train_gate_register(config, settings, registry, snapshot, collected, run, timer)
+        result = _train_gate_register(
+            config, settings, registry, snapshot, collected, run, timer, fallback_baselines
+        )
         status = "FINISHED"
         return result
     except (KeyboardInterrupt, CycleInterrupted):
@@ -144,12 +231,14 @@ def _train_gate_register(
     collected: Collected,
     run: CycleRun,
     timer: StageTimer,
+    fallback_baselines: list[tuple[AdapterRegistry, RegistrySnapshot]],
 ) -> CycleResult:
     run.log_params(
         {
             **config.to_params(),
             "base_model": settings.base_model,
-            "registered_model_name": settings.registered_model_name,
+            "registered_model_name": registry.model_name,
+            "scope": registry.scope,
             "corrections": len(collected.corrections),
             "new_corrections": collected.new,
             "ledger_bad_lines": collected.bad_lines,
@@ -182,7 +271,9 @@ def _train_gate_register(
             run.log_metrics({"train/final_mean_loss": trained.train_loss}, trained.steps)
 
         with timer.stage("gates"):
-            baseline_dir, baseline_label = _baseline(registry, snapshot, settings)
+            baseline_dir, baseline_label = _baseline(
+                [(registry, snapshot), *fallback_baselines], settings
+            )
             report = evaluate_gates(
                 config, settings, dataset, trained.adapter_dir, baseline_dir, baseline_label
             )
@@ -229,25 +320,40 @@ def _train_gate_register(
             timings=timings,
         )
     aliases = "candidate, production" if config.auto_promote else "candidate"
+    whose = f" for scope {registry.scope}" if registry.scope else ""
     return CycleResult(
         Outcome.REGISTERED,
-        f"registered {registry.model_name} v{version} (aliases: {aliases})",
+        f"registered {registry.model_name} v{version}{whose} (aliases: {aliases})",
         version=version,
         run_id=run.run_id,
         promoted=config.auto_promote,
         report=report,
         timings=timings,
+        registered_model=registry.model_name,
     )
 
 
 def _baseline(
-    registry: AdapterRegistry, snapshot: RegistrySnapshot, settings: OuroSettings
+    candidates: list[tuple[AdapterRegistry, RegistrySnapshot]], settings: OuroSettings
 ) -> tuple[Path | None, str]:
-    """The production adapter (downloaded) or None for the base model, with a label."""
-    production = snapshot.production
-    if production is None:
-        return None, "base model (no production version)"
-    return registry.download(production, settings.adapter_cache_dir), f"v{production} (production)"
+    """The first candidate's production adapter (downloaded) or None for the base model.
+
+    A scope's adapter is measured against the scope's own production, else against shared
+    production (what the scope is served without it).
+    """
+    for registry, snapshot in candidates:
+        production = snapshot.production
+        if production is None:
+            continue
+        # One cache folder per registered model: version numbers repeat across models.
+        cache = settings.adapter_cache_dir
+        if registry.scope is not None:
+            cache = cache / registry.model_name
+        label = f"{registry.model_name} v{production} (production)"
+        if registry.scope is None:
+            label = f"v{production} (production)"
+        return registry.download(production, cache), label
+    return None, "base model (no production version)"
 
 
 def _check_no_new_version(registry: AdapterRegistry, before: RegistrySnapshot) -> None:

@@ -45,6 +45,10 @@ class Correction:
     """What it should have said."""
     model: str | None = None
     """The version that answered (e.g. ``ouro@v3``)."""
+    scope: str | None = None
+    """The author's personal scope (None: open server, or before personal adapters)."""
+    admin: bool = False
+    """Sent with an admin key."""
 
     def prompt(self) -> Messages:
         return [dict(message) for message in self.messages]

@@ -213,6 +213,51 @@ def test_training_gets_the_model_settings_as_environment(rendered):
         assert field in OuroSettings.model_fields
 
 
+def test_personal_adapters_are_off_by_default_and_reach_serve_and_training(
+    rendered, render_chart, tmp_path
+):
+    def settings(objects) -> tuple[dict, dict]:
+        args = serve_config(objects)["applications"][0]["args"]
+        env = env_of(train_pod(objects)["containers"][0])
+        return args, env
+
+    args, env = settings(rendered["default"])
+    assert args["personal_adapters"] is False
+    assert env["OURO_PERSONAL_ADAPTERS"]["value"] == "false"
+    assert OuroSettings(**args).personal_adapters is False
+
+    values_file = tmp_path / "personal.yaml"  # --set would pass 0.9 as a string
+    values_file.write_text(
+        "personalAdapters: {enabled: true, consensusScopes: 5, consensusSimilarity: 0.9}\n"
+    )
+    on = render_chart(values_files=(values_file,))
+    args, env = settings(on)
+    parsed = OuroSettings(
+        **{k: args[k] for k in ("personal_adapters", "consensus_scopes", "consensus_similarity")}
+    )
+    assert (parsed.personal_adapters, parsed.consensus_scopes, parsed.consensus_similarity) == (
+        True,
+        5,
+        0.9,
+    )
+    assert env["OURO_PERSONAL_ADAPTERS"]["value"] == "true"
+    assert env["OURO_CONSENSUS_SCOPES"]["value"] == "5"
+    assert env["OURO_CONSENSUS_SIMILARITY"]["value"] == "0.9"
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"personalAdapters.enabled": "yes-please"},
+        {"personalAdapters.consensusScopes": "1"},
+        {"personalAdapters.consensusSimilarity": "1.5"},
+    ],
+)
+def test_personal_adapter_values_of_the_wrong_kind_are_refused(render_chart, values):
+    with pytest.raises(RenderError):
+        render_chart(set_values=values)
+
+
 # -- Images and entry points -----------------------------------------------------------
 
 

@@ -1,10 +1,19 @@
-"""API key hashing: stable, non-reversible, and matched in constant time."""
+"""API key hashing (stable, non-reversible, matched in constant time) and key names."""
 
 from __future__ import annotations
 
 import hashlib
 
-from ouro.apikeys import hash_api_key, is_known_api_key
+import pytest
+
+from ouro.apikeys import (
+    InvalidApiKeyEntryError,
+    hash_api_key,
+    is_known_api_key,
+    parse_key_entries,
+    parse_key_entry,
+    unnamed_key_name,
+)
 
 
 def test_hash_is_stable_sha256_and_never_contains_the_key() -> None:
@@ -27,3 +36,22 @@ def test_known_keys_match_only_by_exact_key() -> None:
 
 def test_unicode_keys_hash_as_utf8() -> None:
     assert is_known_api_key("clé-ünïcode", [hash_api_key("clé-ünïcode")])
+
+
+def test_named_keys_and_bare_keys_named_by_their_hash() -> None:
+    alice, bare, colon = parse_key_entries(["alice:sk-a-123", "sk-bare-456", "sk:with:colons"])
+    assert (alice.name, alice.key) == ("alice", "sk-a-123")
+    assert bare.key == "sk-bare-456"
+    assert bare.name == unnamed_key_name("sk-bare-456")
+    assert bare.name.startswith("key-") and len(bare.name) == 16
+    assert "sk-bare" not in bare.name and "sk-a-123" not in repr(alice)
+    # "sk" is a valid name, so this is a key named sk; a name that is not valid stays a key.
+    assert (colon.name, colon.key) == ("sk", "with:colons")
+    odd = parse_key_entry("bad name:sk-x")
+    assert odd.key == "bad name:sk-x" and odd.name == unnamed_key_name("bad name:sk-x")
+
+
+def test_one_name_for_two_keys_is_refused() -> None:
+    with pytest.raises(InvalidApiKeyEntryError):
+        parse_key_entries(["alice:sk-1", "alice:sk-2"])
+    assert len(parse_key_entries(["alice:sk-1", "alice:sk-1"])) == 2  # same key twice is fine

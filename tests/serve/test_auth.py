@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from ouro.apikeys import unnamed_key_name
 from ouro.settings import OuroSettings
 from serve.auth import ApiKeyAuth, UnauthenticatedStartupError, is_loopback_host
-from serve.exceptions import AuthenticationError, PermissionDeniedError
+from serve.exceptions import AuthenticationError, InvalidRequestError, PermissionDeniedError
 
 CLIENT = "sk-client-0123456789abcdef"
 ADMIN = "sk-admin-0123456789abcdef"
@@ -93,3 +94,38 @@ def test_an_admin_key_alone_closes_the_client_routes(tmp_path: Path) -> None:
 )
 def test_loopback_addresses_are_recognised(host: str, loopback: bool) -> None:
     assert is_loopback_host(host) is loopback
+
+
+def test_named_keys_give_the_caller_its_scope(tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("carol:sk-carol-0001\nsk-bare-0002\n", encoding="utf-8")
+    settings = OuroSettings(
+        data_dir=tmp_path,
+        api_keys=["alice:sk-alice-0001", "bob:sk-bob-0001"],
+        api_keys_file=keys_file,
+        admin_api_keys=["ops:sk-ops-0001"],
+    )
+    auth = ApiKeyAuth.from_settings(settings)
+    assert "sk-alice" not in repr(vars(auth))
+
+    def caller(key: str):
+        return auth.authenticate(f"Bearer {key}")
+
+    assert caller("sk-alice-0001").scope() == "alice"
+    assert caller("sk-alice-0001").scope("u1") == "alice/u1"
+    assert caller("sk-carol-0001").scope() == "carol"
+    assert caller("sk-bare-0002").scope() == unnamed_key_name("sk-bare-0002")
+    ops = caller("sk-ops-0001")
+    assert ops.admin and ops.scope() == "ops"
+    # The name is never accepted as a key, and 'user' cannot climb into another key.
+    with pytest.raises(AuthenticationError):
+        caller("alice:sk-alice-0001")
+    for user in ("../bob", "bob/x", "x" * 65):
+        with pytest.raises(InvalidRequestError) as raised:
+            caller("sk-alice-0001").scope(user)
+        assert raised.value.param == "user"
+
+
+def test_an_open_server_has_no_identity(tmp_path: Path) -> None:
+    auth = ApiKeyAuth.from_settings(OuroSettings(data_dir=tmp_path, allow_unauthenticated=True))
+    assert auth.authenticate(None).scope("u1") is None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ouro.registry import AdapterVersion, RegistrySnapshot, UnknownModelError
+from ouro.registry import AdapterVersion, RegistrySnapshot, UnknownModelError, parse_model_name
 from serve.llm_calls import ServedModel
 from serve.model_names import ModelNames
 
@@ -80,3 +80,34 @@ def test_the_listing_names_every_name_that_resolves(names: ModelNames) -> None:
     assert cards["ouro@v4"].aliases == ["candidate"]
     for name, card in cards.items():
         assert names.resolve(name).version == card.version
+
+
+@pytest.mark.parametrize(
+    ("name", "scope", "alias", "version"),
+    [
+        ("ouro@alice/v3", "alice", None, 3),
+        ("ouro@alice/u-1@example.org/v12", "alice/u-1@example.org", None, 12),
+        ("ouro@alice/production", "alice", "production", None),
+        ("ouro@alice/u1/candidate", "alice/u1", "candidate", None),
+        ("ouro-shared", None, "production", None),
+    ],
+)
+def test_personal_and_shared_name_forms_parse(name, scope, alias, version) -> None:
+    ref = parse_model_name(name)
+    assert (ref.scope, ref.alias, ref.version) == (scope, alias, version)
+
+
+@pytest.mark.parametrize(
+    "name", ["ouro@/v1", "ouro@alice/", "ouro@al ice/v1", "ouro@a/b/c/v1", "ouro@alice/v0"]
+)
+def test_malformed_personal_names_are_unknown(name: str) -> None:
+    with pytest.raises(UnknownModelError):
+        parse_model_name(name)
+
+
+def test_personal_names_need_the_callers_scope_and_shared_is_production(names) -> None:
+    # Without a scope (the LLM server today, or the switch off) a personal name names nothing.
+    with pytest.raises(UnknownModelError, match="does not exist"):
+        names.resolve("ouro@alice/v1")
+    assert names.resolve("ouro-shared") == names.resolve("ouro")
+    assert "ouro-shared" not in {card.id for card in names.listing("base")}  # listed when on

@@ -84,7 +84,8 @@ app.kubernetes.io/part-of: ouro
 {{- end }}
 
 {{/*
-OuroSettings fields (snake_case) shared by serving and training. Serve receives them as
+OuroSettings fields (snake_case) shared by serving and training (personal adapters too:
+Serve resolves names per scope, training trains per scope). Serve receives them as
 serveConfigV2 application args; the training Job as OURO_<FIELD> environment variables.
 */}}
 {{- define "ouro.modelSettings" -}}
@@ -97,6 +98,9 @@ system_prompt: {{ . | quote }}
 {{- end }}
 registered_model_name: {{ .Values.model.registeredModelName | quote }}
 mlflow_tracking_uri: {{ include "ouro.mlflowTrackingUri" . | quote }}
+personal_adapters: {{ .Values.personalAdapters.enabled }}
+consensus_scopes: {{ int .Values.personalAdapters.consensusScopes }}
+consensus_similarity: {{ .Values.personalAdapters.consensusSimilarity }}
 {{- end }}
 
 {{/* Environment of every Ouro container: storage paths, the HF token by reference, no telemetry. */}}
