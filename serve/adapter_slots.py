@@ -1,7 +1,9 @@
 """AdapterSlots: which adapter versions sit in one engine, and who still needs each.
 
-A version enters the engine (``download`` then ``engine.add_adapter("v<N>", path)``)
-when something first needs it, and leaves only when nothing does any more:
+A version is named by its pinned model name (``ouro@v<N>``, or ``ouro@<scope>/v<N>`` for a
+personal one): the engine's adapter name and Serve's multiplexed model id alike. It
+enters the engine (``download`` then ``engine.add_adapter(name, path)``) when something
+first needs it, and leaves only when nothing does any more:
 
 - a *pin*: the replica's production version (never evicted while it is production);
 - a *cache entry*: Serve's ``@serve.multiplexed`` LRU holds a ``CachedAdapter`` per
@@ -26,18 +28,13 @@ from ouro.engine import AdapterError, AsyncEngine
 
 logger = logging.getLogger(__name__)
 
-Download = Callable[[int], Path]
-"""Blocking: a local PEFT adapter directory for a registry version."""
-
-
-def adapter_name(version: int) -> str:
-    """The engine's name for a registry version."""
-    return f"v{version}"
+Download = Callable[[str], Path]
+"""Blocking: a local PEFT adapter directory for a pinned version name."""
 
 
 @dataclass
 class _Slot:
-    version: int
+    name: str
     loaded: bool = False
     removing: bool = False
     pinned: bool = False
@@ -57,44 +54,44 @@ class AdapterSlots:
         self._engine = engine
         self._download = download
         # One slot per version ever used (never deleted, so a waiter never holds a stale one).
-        self._slots: dict[int, _Slot] = {}
+        self._slots: dict[str, _Slot] = {}
         self.loads = 0
         self.evictions = 0
         self.load_failures = 0
 
     def loaded_names(self) -> list[str]:
-        return [adapter_name(v) for v, slot in sorted(self._slots.items()) if slot.loaded]
+        return [name for name, slot in sorted(self._slots.items()) if slot.loaded]
 
-    def is_loaded(self, version: int) -> bool:
-        slot = self._slots.get(version)
+    def is_loaded(self, name: str) -> bool:
+        slot = self._slots.get(name)
         return slot is not None and slot.loaded and not slot.removing
 
-    async def pin(self, version: int) -> None:
-        """Load ``version`` if needed and keep it until ``unpin`` (raises if it cannot load)."""
-        slot = await self._ensure_loaded(version)
+    async def pin(self, name: str) -> None:
+        """Load ``name`` if needed and keep it until ``unpin`` (raises if it cannot load)."""
+        slot = await self._ensure_loaded(name)
         slot.pinned = True
 
-    async def unpin(self, version: int) -> None:
-        slot = self._slots.get(version)
+    async def unpin(self, name: str) -> None:
+        slot = self._slots.get(name)
         if slot is not None:
             slot.pinned = False
             await self._remove_if_unneeded(slot)
 
-    async def load_cached(self, version: int) -> CachedAdapter:
-        """Load ``version`` for Serve's multiplexed LRU; its eviction drops the entry."""
-        slot = await self._ensure_loaded(version)
+    async def load_cached(self, name: str) -> CachedAdapter:
+        """Load ``name`` for Serve's multiplexed LRU; its eviction drops the entry."""
+        slot = await self._ensure_loaded(name)
         slot.cached += 1
-        return CachedAdapter(self, version, asyncio.get_running_loop())
+        return CachedAdapter(self, name, asyncio.get_running_loop())
 
-    def acquire(self, version: int) -> AdapterLease:
+    def acquire(self, name: str) -> AdapterLease:
         """Hold a loaded version for one request (release it with ``with`` or ``release``).
 
         Synchronous on purpose: taken right after the version was pinned or cached, with
         no await in between, so no eviction can slip in first.
         """
-        slot = self._slots.get(version)
+        slot = self._slots.get(name)
         if slot is None or not slot.loaded or slot.removing:
-            raise AdapterError(f"adapter version {version} is not loaded")
+            raise AdapterError(f"{name} is not loaded")
         slot.leases += 1
         return AdapterLease(self, slot)
 
@@ -103,30 +100,29 @@ class AdapterSlots:
         if not slot.needed:
             asyncio.get_running_loop().create_task(self._remove_if_unneeded(slot))
 
-    def drop_cached(self, version: int) -> None:
-        """Serve's LRU evicted its entry for ``version``."""
-        slot = self._slots.get(version)
+    def drop_cached(self, name: str) -> None:
+        """Serve's LRU evicted its entry for ``name``."""
+        slot = self._slots.get(name)
         if slot is None or slot.cached == 0:
             return
         slot.cached -= 1
         if not slot.needed:
             asyncio.get_running_loop().create_task(self._remove_if_unneeded(slot))
 
-    async def _ensure_loaded(self, version: int) -> _Slot:
-        slot = self._slots.setdefault(version, _Slot(version))
+    async def _ensure_loaded(self, name: str) -> _Slot:
+        slot = self._slots.setdefault(name, _Slot(name))
         async with slot.lock:
             if slot.loaded:
                 return slot
-            name = adapter_name(version)
             try:
-                path = await asyncio.to_thread(self._download, version)
+                path = await asyncio.to_thread(self._download, name)
                 await self._engine.add_adapter(name, path)
             except BaseException:
                 self.load_failures += 1
                 raise
             slot.loaded = True
             self.loads += 1
-            logger.info("adapter version %s loaded", version)
+            logger.info("adapter %s loaded", name)
             return slot
 
     async def _remove_if_unneeded(self, slot: _Slot) -> None:
@@ -137,10 +133,10 @@ class AdapterSlots:
             try:
                 if slot.needed or not slot.loaded:
                     return
-                await self._engine.remove_adapter(adapter_name(slot.version))
+                await self._engine.remove_adapter(slot.name)
                 slot.loaded = False
                 self.evictions += 1
-                logger.info("adapter version %s removed", slot.version)
+                logger.info("adapter %s removed", slot.name)
             finally:
                 slot.removing = False
 
@@ -152,7 +148,7 @@ class AdapterLease:
         self._slots = slots
         self._slot = slot
         self._released = False
-        self.name = adapter_name(slot.version)
+        self.name = slot.name
 
     def release(self) -> None:
         if not self._released:
@@ -167,14 +163,14 @@ class AdapterLease:
 
 
 class CachedAdapter:
-    """What Serve's multiplexed loader keeps per version; eviction calls ``__del__``.
+    """What Serve's multiplexed loader keeps per version name; eviction calls ``__del__``.
 
     Serve runs a synchronous ``__del__`` in a worker thread on eviction, and Python may
     call it again at garbage collection: the entry is dropped once, on the event loop.
     """
 
-    def __init__(self, slots: AdapterSlots, version: int, loop: asyncio.AbstractEventLoop) -> None:
-        self.version = version
+    def __init__(self, slots: AdapterSlots, name: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.name = name
         self._slots = slots
         self._loop = loop
         self._dropped = False
@@ -184,6 +180,6 @@ class CachedAdapter:
             return
         self._dropped = True
         try:
-            self._loop.call_soon_threadsafe(self._slots.drop_cached, self.version)
+            self._loop.call_soon_threadsafe(self._slots.drop_cached, self.name)
         except RuntimeError:  # the loop is closed: the replica is shutting down
             pass

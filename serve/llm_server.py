@@ -7,11 +7,13 @@
 - Streaming: the first token goes to the ingress at once, later text at most every
   ``stream_interval_s`` (Ray Serve LLM's stream batching), so a token is not one Ray
   message; ``generate`` (non-streamed) returns one result.
-- Adapters: ``@serve.multiplexed`` is the LRU of non-production versions (loader:
-  ``AdapterRegistry.download`` then ``engine.add_adapter``). The ingress sets the
-  version as Serve's multiplexed model id, so Serve routes a version's requests to
-  replicas that already hold it. The production version is pinned outside that LRU,
-  so it is never evicted while it is production.
+- Adapters: ``@serve.multiplexed`` is the LRU of non-production versions, shared ones
+  (``ouro@v<N>``) and personal ones (``ouro@<scope>/v<N>``, from the scope's registered
+  model; the ingress checks the caller may use it). Loader: ``AdapterRegistry.download``
+  then ``engine.add_adapter``. The ingress sets that pinned name as Serve's multiplexed
+  model id, so Serve routes a version's requests to replicas that already hold it. The
+  shared production version is pinned outside that LRU, so it is never evicted while it
+  is production.
 - Swaps: each replica runs its own registry watcher. When ``production`` moves to a new
   version, the replica loads it first (warm), then switches ``ouro`` to it; requests
   that started on the old version hold a lease on it and finish there. No request
@@ -36,9 +38,17 @@ from ray.serve.exceptions import RayServeException
 
 from ouro.engine import AsyncEngine, GenerationEngine, GenerationRequest
 from ouro.errors import OuroError
-from ouro.registry import ALIAS_PRODUCTION, AdapterRegistry, RegistrySnapshot
+from ouro.registry import (
+    ALIAS_PRODUCTION,
+    AdapterRegistry,
+    PersonalRegistries,
+    RegistrySnapshot,
+    UnknownModelError,
+    parse_model_name,
+    version_label,
+)
 from ouro.settings import OuroSettings
-from serve.adapter_slots import AdapterLease, AdapterSlots, CachedAdapter, adapter_name
+from serve.adapter_slots import AdapterLease, AdapterSlots, CachedAdapter
 from serve.exceptions import NotReadyError
 from serve.llm_calls import Finished, LLMCall, LLMResult, ServedModel, TextDelta
 from serve.logs import configure_logging, set_request_id
@@ -83,6 +93,9 @@ class LLMServer:
         self.engine = AsyncEngine(await asyncio.to_thread(engine_factory, self.settings))
         self.engine.start()
         self.registry = registry_factory(self.settings)
+        self.personal_registries = PersonalRegistries(
+            self.registry.tracking_uri, self.registry.model_name
+        )
         self.slots = AdapterSlots(self.engine, self._download)
         self.names = ModelNames()
         self._production_known = False
@@ -90,7 +103,7 @@ class LLMServer:
         self._coordinator = coordinator
 
         async def load_cached(model_id: str) -> CachedAdapter:
-            return await self.slots.load_cached(int(model_id.removeprefix("v")))
+            return await self.slots.load_cached(model_id)
 
         # The LRU size is a setting, so the decorator is applied per replica.
         self._load_cached = serve.multiplexed(
@@ -185,6 +198,13 @@ class LLMServer:
 
     # -- names and adapters ------------------------------------------------------------------
     async def _resolve(self, name: str) -> ServedModel:
+        ref = parse_model_name(name)
+        if ref.scope is not None:
+            # A personal version, pinned by the ingress for the caller's own scope; it is
+            # loaded (or found missing) from that scope's registered model.
+            if not self.settings.personal_adapters or ref.version is None:
+                raise UnknownModelError(f"the model {name!r} does not exist")
+            return ServedModel(label=name, version=ref.version)
         if not self._production_known and self.names.needs_production(name):
             raise NotReadyError(
                 "the production version is not loaded yet"
@@ -198,16 +218,23 @@ class LLMServer:
 
     async def _lease(self, served: ServedModel) -> AdapterLease | None:
         """Hold the served version's adapter for the request (None for the base model)."""
-        version = served.version
-        if version is None:
+        if served.version is None:
             return None
-        if not (version == self.names.production and self.slots.is_loaded(version)):
-            await self._load_cached(adapter_name(version))
+        name = served.label
+        production = self.names.production
+        pinned = production is not None and name == version_label(production)
+        if not (pinned and self.slots.is_loaded(name)):
+            await self._load_cached(name)
         # No await between the load and the lease: nothing can evict the version first.
-        return self.slots.acquire(version)
+        return self.slots.acquire(name)
 
-    def _download(self, version: int):
-        return self.registry.download(version, self.settings.adapter_cache_dir)
+    def _download(self, name: str):
+        """The adapter directory of a pinned version name (shared or personal)."""
+        ref = parse_model_name(name)
+        if ref.scope is None:
+            return self.registry.download(ref.version, self.settings.adapter_cache_dir)
+        registry = self.personal_registries.for_scope(ref.scope)
+        return registry.download(ref.version, self.settings.adapter_cache_dir / registry.model_name)
 
     async def _on_snapshot(self, snapshot: RegistrySnapshot) -> None:
         """Warm a new production version, then switch 'ouro' to it."""
@@ -219,7 +246,7 @@ class LLMServer:
             return
         if target is not None:
             try:
-                await self.slots.pin(target)
+                await self.slots.pin(version_label(target))
             except (OuroError, OSError) as exc:
                 self._warm_error = f"version {target}: {exc}"
                 logger.error(
@@ -232,7 +259,7 @@ class LLMServer:
         self._warm_error = None
         logger.info("'ouro' now answers with %s (was %s)", target, current)
         if current is not None and current != target:
-            await self.slots.unpin(current)
+            await self.slots.unpin(version_label(current))
 
     # -- reports ----------------------------------------------------------------------------
     def _make_report(self) -> ReplicaReport:

@@ -12,6 +12,9 @@ from ouro.engine import AdapterError, AdapterNotFoundError, AsyncEngine
 from ouro.settings import OuroSettings
 from serve.adapter_slots import AdapterSlots
 
+V1, V2, V3 = "ouro@v1", "ouro@v2", "ouro@v3"
+PERSONAL = "ouro@alice/v1"
+
 
 @pytest.fixture(scope="module")
 def engine(tiny_random_model_dir: Path, tmp_path_factory) -> AsyncEngine:
@@ -22,25 +25,26 @@ def engine(tiny_random_model_dir: Path, tmp_path_factory) -> AsyncEngine:
 
 
 @pytest.fixture(scope="module")
-def adapter_paths(make_lora_adapter, tiny_random_model_dir: Path) -> dict[int, Path]:
-    return {version: make_lora_adapter(tiny_random_model_dir, version) for version in (1, 2, 3)}
+def adapter_paths(make_lora_adapter, tiny_random_model_dir: Path) -> dict[str, Path]:
+    paths = {V1: 1, V2: 2, V3: 3, PERSONAL: 4}
+    return {name: make_lora_adapter(tiny_random_model_dir, seed) for name, seed in paths.items()}
 
 
 @pytest.fixture
-def downloads(adapter_paths) -> list[int]:
+def downloads(adapter_paths) -> list[str]:
     return []
 
 
 @pytest.fixture
-def slots(engine: AsyncEngine, adapter_paths, downloads: list[int]) -> AdapterSlots:
+def slots(engine: AsyncEngine, adapter_paths, downloads: list[str]) -> AdapterSlots:
     for name in engine.adapter_names():
         engine.engine.remove_adapter(name)
 
-    def download(version: int) -> Path:
-        downloads.append(version)
-        if version not in adapter_paths:
-            raise AdapterNotFoundError(f"no adapter for version {version}")
-        return adapter_paths[version]
+    def download(name: str) -> Path:
+        downloads.append(name)
+        if name not in adapter_paths:
+            raise AdapterNotFoundError(f"no adapter for {name}")
+        return adapter_paths[name]
 
     return AdapterSlots(engine, download)
 
@@ -56,12 +60,12 @@ def test_a_pinned_version_stays_until_unpinned_and_its_last_request_ends(
     slots: AdapterSlots, engine: AsyncEngine
 ) -> None:
     async def scenario() -> None:
-        await slots.pin(1)
-        assert engine.adapter_names() == ["v1"]
-        lease = slots.acquire(1)
-        await slots.unpin(1)
+        await slots.pin(V1)
+        assert engine.adapter_names() == [V1]
+        lease = slots.acquire(V1)
+        await slots.unpin(V1)
         await settle()
-        assert engine.adapter_names() == ["v1"], "a running request still holds it"
+        assert engine.adapter_names() == [V1], "a running request still holds it"
         lease.release()
         await settle()
         assert engine.adapter_names() == []
@@ -71,12 +75,12 @@ def test_a_pinned_version_stays_until_unpinned_and_its_last_request_ends(
 
 
 def test_concurrent_loads_of_one_version_load_it_once(
-    slots: AdapterSlots, downloads: list[int], engine: AsyncEngine
+    slots: AdapterSlots, downloads: list[str], engine: AsyncEngine
 ) -> None:
     async def scenario() -> None:
-        entries = await asyncio.gather(*(slots.load_cached(2) for _ in range(5)))
-        assert downloads == [2] and slots.loads == 1
-        assert engine.adapter_names() == ["v2"]
+        entries = await asyncio.gather(*(slots.load_cached(V2) for _ in range(5)))
+        assert downloads == [V2] and slots.loads == 1
+        assert engine.adapter_names() == [V2]
         for entry in entries:
             entry.__del__()  # what Serve's LRU does on eviction
         await settle()
@@ -89,16 +93,16 @@ def test_an_eviction_from_another_thread_is_applied_on_the_loop(
     slots: AdapterSlots, engine: AsyncEngine
 ) -> None:
     async def scenario() -> None:
-        entry = await slots.load_cached(3)
-        await slots.pin(1)
+        entry = await slots.load_cached(V3)
+        await slots.pin(V1)
         evictor = threading.Thread(target=entry.__del__)
         evictor.start()
         await asyncio.to_thread(evictor.join)
         entry.__del__()  # garbage collection later: nothing happens twice
         await settle()
-        assert engine.adapter_names() == ["v1"]
+        assert engine.adapter_names() == [V1]
         assert slots.evictions == 1
-        await slots.unpin(1)
+        await slots.unpin(V1)
         await settle()
 
     asyncio.run(scenario())
@@ -108,16 +112,35 @@ def test_a_version_that_fails_to_load_leaves_the_others_alone(
     slots: AdapterSlots, engine: AsyncEngine
 ) -> None:
     async def scenario() -> None:
-        await slots.pin(1)
+        await slots.pin(V1)
         with pytest.raises(AdapterNotFoundError):
-            await slots.load_cached(9)
+            await slots.load_cached("ouro@v9")
         assert slots.load_failures == 1
-        assert engine.adapter_names() == ["v1"]
+        assert engine.adapter_names() == [V1]
         with pytest.raises(AdapterError):
-            slots.acquire(9)
-        with slots.acquire(1) as lease:
-            assert lease.name == "v1"
-        await slots.unpin(1)
+            slots.acquire("ouro@v9")
+        with slots.acquire(V1) as lease:
+            assert lease.name == V1
+        await slots.unpin(V1)
+        await settle()
+
+    asyncio.run(scenario())
+
+
+def test_a_personal_version_is_a_slot_of_its_own_beside_the_shared_one(
+    slots: AdapterSlots, engine: AsyncEngine, downloads: list[str]
+) -> None:
+    async def scenario() -> None:
+        await slots.pin(V1)
+        entry = await slots.load_cached(PERSONAL)  # version 1 of alice's own model
+        assert sorted(engine.adapter_names()) == sorted([V1, PERSONAL])
+        assert downloads == [V1, PERSONAL]
+        with slots.acquire(PERSONAL) as lease:
+            assert lease.name == PERSONAL
+        entry.__del__()
+        await settle()
+        assert engine.adapter_names() == [V1]
+        await slots.unpin(V1)
         await settle()
 
     asyncio.run(scenario())

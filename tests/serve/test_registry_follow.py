@@ -20,7 +20,7 @@ import pytest
 
 from ouro.embedded.tiny import build_random_model
 from ouro.engine import GenerationEngine, GenerationRequest, SamplingParams
-from ouro.registry import ALIAS_CANDIDATE, ALIAS_PRODUCTION, AdapterRegistry
+from ouro.registry import ALIAS_CANDIDATE, ALIAS_PRODUCTION, AdapterRegistry, version_label
 from tests.fixtures.mlflow import MlflowServer, start_mlflow_server
 from tests.fixtures.models import TINY_RANDOM_RECIPE
 from tests.fixtures.serve import ServeStack, register_adapter_version
@@ -264,7 +264,7 @@ def test_the_lru_evicts_old_versions_but_never_production(
             )
     refresh(stack)  # replicas report their counters after a poll
     assert metric(stack, "ouro_adapter_evictions_total") > evictions
-    assert f"v{production}" in replica(stack)["adapters_loaded"]
+    assert version_label(production) in replica(stack)["adapters_loaded"]
     loads = metric(stack, "ouro_adapter_loads_total")
     assert chat(stack, "ouro", PROMPTS[1])[0] == f"ouro@v{production}"
     refresh(stack)
