@@ -278,13 +278,12 @@ def _evaluate(
         engine.add_adapter(BASELINE_ADAPTER, baseline_dir)
         baseline_adapter = BASELINE_ADAPTER
     scorer = scorer or BertScorer()
-    batch_size = settings.max_running_requests
 
     corrections = [*dataset.train, *dataset.held_out]
     limits = [_answer_budget(engine, c, config, settings) for c in corrections]
     prompts = [c.prompt() for c in corrections]
-    new_answers = _answers(engine, prompts, CANDIDATE_ADAPTER, limits, batch_size)
-    old_answers = _answers(engine, prompts, baseline_adapter, limits, batch_size)
+    new_answers = _answers(engine, prompts, CANDIDATE_ADAPTER, limits)
+    old_answers = _answers(engine, prompts, baseline_adapter, limits)
     references = [c.correction for c in corrections]
     new_f1 = scorer.f1(new_answers, references)
     old_f1 = scorer.f1(old_answers, references)
@@ -384,8 +383,8 @@ def _evaluate(
     old_probe: list[str] = []
     if dataset.probes:
         limit = [config.gate_max_new_tokens] * len(dataset.probes)
-        new_probe = _answers(engine, dataset.probes, CANDIDATE_ADAPTER, limit, batch_size)
-        old_probe = _answers(engine, dataset.probes, baseline_adapter, limit, batch_size)
+        new_probe = _answers(engine, dataset.probes, CANDIDATE_ADAPTER, limit)
+        old_probe = _answers(engine, dataset.probes, baseline_adapter, limit)
         similarity = scorer.f1(new_probe, old_probe)
         probes = [
             {"prompt": p[-1]["content"], "answer": n, "baseline_answer": o, "f1": s}
@@ -474,17 +473,13 @@ def _answers(
     prompts: Sequence[Messages],
     adapter: str | None,
     limits: Sequence[int],
-    batch_size: int,
 ) -> list[str]:
+    """Greedy answers; the engine batches them within its own limits."""
     requests = [
         GenerationRequest(messages=list(p), params=SamplingParams(max_tokens=n), adapter=adapter)
         for p, n in zip(prompts, limits, strict=True)
     ]
-    texts: list[str] = []
-    for start in range(0, len(requests), batch_size):
-        outputs = engine.generate(requests[start : start + batch_size])
-        texts += [output.text.strip() for output in outputs]
-    return texts
+    return [output.text.strip() for output in engine.generate(requests)]
 
 
 def _share(flags: list[bool]) -> float | None:

@@ -48,15 +48,14 @@ def self_answerer(settings: OuroSettings, max_new_tokens: int) -> ReplayAnswerer
             )
             engine = GenerationEngine.from_settings(settings)
             params = SamplingParams(max_tokens=max_new_tokens)
-            for start in range(0, len(missing), settings.max_batch_size):
-                chunk = missing[start : start + settings.max_batch_size]
-                outputs = engine.generate(
-                    [GenerationRequest(json.loads(key), params) for key in chunk]
-                )
-                for key, output in zip(chunk, outputs, strict=True):
-                    # An answer cut at max_new_tokens would teach the model to stop mid-sentence.
-                    finished = output.finish_reason == "stop" and output.text.strip()
-                    cached[key] = output.text.strip() if finished else None
+            # The engine batches them within its own limits (continuous batching).
+            outputs = engine.generate(
+                [GenerationRequest(json.loads(key), params) for key in missing]
+            )
+            for key, output in zip(missing, outputs, strict=True):
+                # An answer cut at max_new_tokens would teach the model to stop mid-sentence.
+                finished = output.finish_reason == "stop" and output.text.strip()
+                cached[key] = output.text.strip() if finished else None
             del engine
             _write(path, cached)
         return [cached[key] for key in keys]
