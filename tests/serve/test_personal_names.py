@@ -1,22 +1,25 @@
-"""Personal adapters at the ingress: identity from the key, names per scope, 404 for others.
+"""Personal adapters through Serve: identity from the key, names per scope, 404 for others,
+and each caller answered by their own adapter.
 
 One real Serve app (``OURO_PERSONAL_ADAPTERS=true``) following a real ``mlflow server``,
 with named keys for alice, bob and carol and an admin key. Personal versions are random
-LoRAs registered in each scope's own registered model, as the training job does. What
-is checked here needs no LLM server change: names, listings, 404s, the scope feedback
-records, and the admin forget/share routes. Generation with a personal version is the
-LLM server's side (see the README's personal adapters section).
+LoRAs registered in each scope's own registered model, as the training job does. Checked:
+names, listings, 404s, generation with each caller's adapter (equal to the engine's own
+text with that adapter, also when the callers' requests share a batch), the scope
+feedback records, and the admin forget/share routes.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import openai
 import pytest
 
+from ouro.engine import GenerationEngine, GenerationRequest, SamplingParams
 from ouro.ledger import LedgerReader
 from ouro.registry import ALIAS_PRODUCTION, AdapterRegistry, PersonalRegistries
 from tests.fixtures.mlflow import MlflowServer, start_mlflow_server
@@ -141,6 +144,40 @@ def test_another_scopes_adapter_is_a_404_exactly_like_an_unknown_name(stack: Ser
         stack.openai(KEYS["carol"]).chat.completions.create(
             model="ouro@alice/v1", messages=QUESTION
         )
+
+
+def test_each_caller_is_answered_by_their_own_adapter_in_one_batch(
+    stack: ServeStack, make_lora_adapter, tiny_random_model_dir: Path
+) -> None:
+    engine = GenerationEngine.from_settings(stack.settings)
+    for name, seed in (("alice", 202), ("bob", 203), ("shared", 201)):
+        engine.add_adapter(name, make_lora_adapter(tiny_random_model_dir, seed))
+    params = SamplingParams(max_tokens=12)
+    expected = {
+        key: engine.generate([GenerationRequest(QUESTION, params, adapter=adapter)])[0].text
+        for key, adapter in (("alice", "alice"), ("bob", "bob"), ("carol", "shared"))
+    }
+    assert len(set(expected.values())) == 3, "the adapters must answer differently"
+    wait_for(lambda: "ouro@alice/v1" in model_ids(stack, "alice"), "alice's names listed")
+
+    def ask(key: str) -> tuple[str, str, str]:
+        response = stack.openai(KEYS[key]).chat.completions.with_raw_response.create(
+            model="ouro", messages=QUESTION, max_tokens=12, temperature=0
+        )
+        answer = response.parse()
+        return (
+            answer.model,
+            response.headers["x-ouro-model-version"],
+            answer.choices[0].message.content,
+        )
+
+    keys = ["alice", "bob", "carol"] * 3
+    with ThreadPoolExecutor(max_workers=len(keys)) as pool:
+        answers = list(pool.map(ask, keys))
+    labels = {"alice": "ouro@alice/v1", "bob": "ouro@bob/v1", "carol": "ouro@v1"}
+    for key, (model, header, text) in zip(keys, answers, strict=True):
+        assert model == header == labels[key]
+        assert text == expected[key]
 
 
 def test_shared_production_answers_whoever_asks_for_ouro_shared(stack: ServeStack) -> None:
