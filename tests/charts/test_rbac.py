@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import re
 
-
 from tools.manifests import find, pod_specs
 from tools.paths import REPO_ROOT
 
