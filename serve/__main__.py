@@ -191,14 +191,21 @@ def main(argv: list[str] | None = None) -> int:
         print("Shutting down ...", flush=True)
         return 0
     finally:
+        # The training cycle (SIGTERM) and Ray stop side by side, to end within 10 s.
+        stopping = None
         if loop is not None:
-            loop.stop(timeout_s=TRAIN_STOP_TIMEOUT_S)
+            stopping = threading.Thread(
+                target=loop.stop, kwargs={"timeout_s": TRAIN_STOP_TIMEOUT_S}, daemon=True
+            )
+            stopping.start()
         # No serve.shutdown(): its graceful path waits up to 30 s for the controller.
         # This process started the local Ray, so ray.shutdown() ends every Ray process
         # of the run (controller, proxy and replicas included) within seconds.
         import ray
 
         ray.shutdown()
+        if stopping is not None:
+            stopping.join()
 
 
 if __name__ == "__main__":
