@@ -20,7 +20,8 @@ class LLMCall:
     model: str
     """The name the client asked for: 'ouro', 'ouro@<alias>', 'ouro@v<N>' or 'ouro-base'."""
     messages: list[dict]
-    """OpenAI-style messages, content as plain strings."""
+    """Chat-template messages: content as plain strings, plus ``tool_calls`` and
+    ``tool_call_id`` where the conversation has them (``serve.protocol``)."""
     params: SamplingParams
     """How to decode."""
     request_id: str

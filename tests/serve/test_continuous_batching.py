@@ -154,21 +154,3 @@ def test_requests_arriving_at_different_times_get_the_engines_answers(
     # Requests shared steps: some steps ran more than one row.
     assert metrics["ouro_engine_batch_size_count"] > metrics["ouro_engine_batch_size_bucket{1}"]
     assert metrics["ouro_engine_step_seconds_count"] == metrics["ouro_engine_batch_size_count"]
-
-
-def test_a_prompt_too_long_for_the_context_is_a_400_before_the_stream_starts(
-    stack: ServeStack,
-) -> None:
-    long_text = " ".join(["word"] * 2000)
-    with stack.http() as client:
-        response = client.post(
-            "/v1/chat/completions",
-            json={
-                "model": "ouro-base",
-                "messages": [{"role": "user", "content": long_text}],
-                "max_tokens": 8,
-                "stream": True,
-            },
-        )
-    assert response.status_code == 400
-    assert response.json()["error"]["code"] == "context_length_exceeded"

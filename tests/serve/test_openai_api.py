@@ -380,11 +380,6 @@ def test_inputs_that_crashed_a_batch_are_refused_or_served_and_spare_their_neigh
         assert "server_error" not in text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the LLM server checks the prompt after its first event (ServedModel); it must "
-    "check it before, so the ingress answers 400 before the stream starts (issue 17)",
-)
 def test_a_prompt_too_long_is_a_400_before_the_stream_starts(http: httpx.Client) -> None:
     body = {"model": "ouro-base", "messages": [{"role": "user", "content": "hello " * 2000}]}
     whole = http.post("/v1/chat/completions", json=body)
