@@ -154,6 +154,11 @@ class ServeMetrics:
             ["route", "status"],
             registry=self.registry,
         )
+        self.stream_errors = Counter(
+            "ouro_stream_errors",
+            "Streamed chat completions that failed after their 200 (an error event was sent).",
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "ouro_request_duration_seconds",
             "Time from request to the last byte of the response.",

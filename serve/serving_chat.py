@@ -198,6 +198,7 @@ class ChatCompletions:
                         usage = Usage.of(event.prompt_tokens, event.completion_tokens)
                         yield chunk(DeltaMessage(), choices=False, usage=usage)
         except Exception as exc:  # noqa: BLE001 - the status line is sent: report in-stream
+            self._metrics.stream_errors.inc()
             yield stream_error_event(exc)
         yield SSE_DONE
 
