@@ -37,19 +37,26 @@ CONCURRENCY = (1, 4, 16)
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+def random_lora(model, lora_alpha: int, std: float):
+    """``model`` wrapped with a rank-16 LoRA on every projection, B drawn from N(0, std):
+    a fresh adapter is a no-op, so give it weights that change the outputs."""
+    peft_model = get_peft_model(
+        model, LoraConfig(r=16, lora_alpha=lora_alpha, target_modules=LORA_TARGETS)
+    )
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=std)
+    return peft_model
+
+
 def make_adapters(model_dir: str, directory: Path, count: int) -> dict[str, Path]:
     """``count`` LoRA adapters (rank 16, all linear layers) with small random weights."""
     adapters = {}
     for index in range(count):
         torch.manual_seed(index)
         model = AutoModelForCausalLM.from_pretrained(model_dir)
-        peft_model = get_peft_model(
-            model, LoraConfig(r=16, lora_alpha=16, target_modules=LORA_TARGETS)
-        )
-        with torch.no_grad():  # a fresh adapter is a no-op: give it weights that matter
-            for name, parameter in peft_model.named_parameters():
-                if "lora_B" in name:
-                    parameter.normal_(std=0.01)
+        peft_model = random_lora(model, lora_alpha=16, std=0.01)
         path = directory / f"adapter-{index}"
         peft_model.save_pretrained(path)
         adapters[f"adapter-{index}"] = path

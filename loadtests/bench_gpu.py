@@ -34,10 +34,10 @@ import time
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, get_peft_model
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from loadtests.bench_engine import random_lora
 from ouro.engine import EngineLimits, GenerationEngine, GenerationRequest, SamplingParams
 from ouro.models import load_base_model
 from ouro.settings import OuroSettings
@@ -67,7 +67,6 @@ SHAPES = {
         "max_position_embeddings": 1024,
     },
 }
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 ADAPTERS = 4
 BATCHES = (1, 8, 16, 64)
 PROMPT_TOKENS = 128
@@ -101,13 +100,7 @@ def build_base(shape: dict, directory: Path, device: torch.device) -> list[Path]
     adapters = []
     for index in range(ADAPTERS):
         torch.manual_seed(100 + index)
-        peft_model = get_peft_model(
-            model, LoraConfig(r=16, lora_alpha=32, target_modules=LORA_TARGETS)
-        )
-        with torch.no_grad():  # a fresh adapter is a no-op: give it weights that matter
-            for name, parameter in peft_model.named_parameters():
-                if "lora_B" in name:
-                    parameter.normal_(std=0.02)
+        peft_model = random_lora(model, lora_alpha=32, std=0.02)
         path = directory / f"adapter-{index}"
         peft_model.save_pretrained(path)
         adapters.append(path)

@@ -64,6 +64,20 @@ def wait_for(condition, timeout_s: float = 30.0, what: str = "condition") -> Non
         time.sleep(0.2)
 
 
+def wait_for_abort(stack: ServeStack, aborted_before: float) -> None:
+    """Until the engine has counted one more abort and no row is running."""
+    wait_for(
+        lambda: (
+            engine_metrics(stack).get("ouro_engine_aborted_requests_total", 0.0) > aborted_before
+        ),
+        what="the abort to be counted",
+    )
+    wait_for(
+        lambda: engine_metrics(stack)["ouro_engine_running_requests"] == 0,
+        what="the batch to empty",
+    )
+
+
 def test_a_client_that_closes_its_stream_is_aborted_within_a_step(stack: ServeStack) -> None:
     before = engine_metrics(stack).get("ouro_engine_aborted_requests_total", 0.0)
     body = {
@@ -83,14 +97,7 @@ def test_a_client_that_closes_its_stream_is_aborted_within_a_step(stack: ServeSt
                 if chunks == 3:  # the role chunk, then two chunks of text
                     break
     # The connection is closed: the row must leave the engine long before 200 tokens.
-    wait_for(
-        lambda: engine_metrics(stack).get("ouro_engine_aborted_requests_total", 0.0) > before,
-        what="the abort to be counted",
-    )
-    wait_for(
-        lambda: engine_metrics(stack)["ouro_engine_running_requests"] == 0,
-        what="the batch to empty",
-    )
+    wait_for_abort(stack, before)
     with stack.http() as client:
         answer = client.post(
             "/v1/chat/completions",
@@ -111,14 +118,7 @@ def test_a_client_that_gives_up_on_a_whole_answer_is_aborted_too(stack: ServeSta
         with pytest.raises(httpx.ReadTimeout):
             # Wait until the row is decoding, then hang up before the answer is complete.
             client.post("/v1/chat/completions", json=body)
-    wait_for(
-        lambda: engine_metrics(stack).get("ouro_engine_aborted_requests_total", 0.0) > before,
-        what="the abort to be counted",
-    )
-    wait_for(
-        lambda: engine_metrics(stack)["ouro_engine_running_requests"] == 0,
-        what="the batch to empty",
-    )
+    wait_for_abort(stack, before)
 
 
 def test_requests_arriving_at_different_times_get_the_engines_answers(
