@@ -236,7 +236,14 @@ def test_corrections_heal_the_running_bot_and_rollback_restores_it(
 
     # Train while a client keeps chatting; the new version must arrive with no failure.
     with BackgroundChatter(stack.client(), unrelated[0]) as chatter:
-        trained = stack.train_job("run", "--config", str(TINY_CONFIG_FILE), "--auto-promote")
+        trained = stack.train_job(
+            "run",
+            "--config",
+            str(TINY_CONFIG_FILE),
+            "--base_model",  # the small build Serve runs; the file names the full ouro-tiny
+            stack.env["OURO_BASE_MODEL"],
+            "--auto-promote",
+        )
         assert trained.returncode == 0, trained.stdout + trained.stderr
         _wait_for_version(stack, questions[0], version_label(1))
         after = _ask_all(client, questions)
