@@ -119,7 +119,6 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory,
     mlflow_server: str,
     ouro_tiny_small_dir: Path,
-    small_model_chat_jsonl: Path,
 ) -> Iterator[LocalStack]:
     work = tmp_path_factory.mktemp("closed-loop")
     env = {
@@ -132,9 +131,6 @@ def stack(
         "OURO_API_KEYS": CLIENT_KEY,
         "OURO_ADMIN_API_KEYS": ADMIN_KEY,
         "OURO_ADMIN_API_KEY": ADMIN_KEY,
-        # Replay and regression data = what the small test model knows, so forgetting shows.
-        "OURO_TRAIN_REPLAY_SOURCE": str(small_model_chat_jsonl),
-        "OURO_TRAIN_REGRESSION_SOURCE": str(small_model_chat_jsonl),
     }
     port = free_port()
     log_path = work / "serve.log"
@@ -236,12 +232,18 @@ def test_corrections_heal_the_running_bot_and_rollback_restores_it(
 
     # Train while a client keeps chatting; the new version must arrive with no failure.
     with BackgroundChatter(stack.client(), unrelated[0]) as chatter:
+        # ouro-tiny's recipe, on the small build Serve runs, replaying what that build
+        # knows so forgetting shows (flags win over the file's full ouro-tiny and corpus).
         trained = stack.train_job(
             "run",
             "--config",
             str(TINY_CONFIG_FILE),
-            "--base_model",  # the small build Serve runs; the file names the full ouro-tiny
+            "--base-model",
             stack.env["OURO_BASE_MODEL"],
+            "--replay-source",
+            str(small_model_chat_jsonl),
+            "--regression-source",
+            str(small_model_chat_jsonl),
             "--auto-promote",
         )
         assert trained.returncode == 0, trained.stdout + trained.stderr
