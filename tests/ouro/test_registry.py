@@ -73,7 +73,8 @@ def test_served_model_names_parse(name: str, expected: ModelRef) -> None:
         "ouro@v1.5",
         "ouro@latest",
         "ouro@has space",
-        "ouro@a/b",
+        "ouro@/v1",  # a personal name needs a scope
+        "ouro@a/",
         "ouro@production@v1",
         "ouro-base@v1",
         "ouro-adapter",
