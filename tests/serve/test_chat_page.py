@@ -72,6 +72,9 @@ def stack(
             "registered_model_name": f"ouro-chat-page-{uuid.uuid4().hex[:8]}",
             "api_keys": [API_KEY],
             "default_max_tokens": 24,
+            # Every step's text as it comes: the toy model answers faster than the default
+            # 50 ms coalescing interval, and the page must be seen filling in.
+            "stream_interval_s": 0,
         }
     )
 

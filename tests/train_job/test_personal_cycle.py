@@ -14,7 +14,7 @@ from mlflow.exceptions import MlflowException
 
 from ouro.ledger import FeedbackLedger, LedgerReader
 from ouro.registry import ALIAS_PRODUCTION, AdapterRegistry, PersonalRegistries
-from tests.fixtures.train_job import CORRECTION_PAIRS
+from tests.fixtures.train_job import CORRECTION_PAIRS, TINY_CONFIG_FILE
 from train_job.cli import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -62,6 +62,8 @@ def personal_job(
     run_args = [
         "run",
         *registry_args,
+        "--config",  # ouro-tiny's recipe; the defaults suit smollm2-135m
+        str(TINY_CONFIG_FILE),
         "--replay-source",
         str(small_model_chat_jsonl),
         "--regression-source",
