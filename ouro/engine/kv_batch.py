@@ -32,6 +32,7 @@ class KVBatch:
         """(rows, width): 1 where a row has a real cached token."""
         self.positions = positions
         """(rows, 1): the position of each row's next token."""
+        self._next_mask = attention_mask
 
     @classmethod
     def empty(cls, config, device: torch.device) -> KVBatch:
@@ -51,15 +52,16 @@ class KVBatch:
         return self.attention_mask.shape[1]
 
     def step_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Attention mask and positions for feeding one new token per row."""
-        mask = torch.cat([self.attention_mask, self.attention_mask.new_ones((self.rows, 1))], 1)
-        return mask, self.positions
-
-    def advance(self) -> None:
-        """Record that one token per row was just cached (call after the forward)."""
-        self.attention_mask = torch.cat(
+        """Attention mask and positions for feeding one new token per row; ``advance``
+        keeps that mask once the forward has cached the tokens."""
+        self._next_mask = torch.cat(
             [self.attention_mask, self.attention_mask.new_ones((self.rows, 1))], 1
         )
+        return self._next_mask, self.positions
+
+    def advance(self) -> None:
+        """Record that one token per row was just cached (after a ``step_inputs`` forward)."""
+        self.attention_mask = self._next_mask
         self.positions = self.positions + 1
 
     def select(self, keep: list[int]) -> None:
