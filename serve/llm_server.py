@@ -52,7 +52,7 @@ from serve.adapter_slots import AdapterLease, AdapterSlots, CachedAdapter
 from serve.exceptions import NotReadyError
 from serve.llm_calls import Finished, LLMCall, LLMResult, ServedModel, TextDelta
 from serve.logs import configure_logging, set_request_id
-from serve.model_names import ModelNames
+from serve.model_names import ModelNames, served_model
 from serve.registry_watcher import RegistryWatcher
 from serve.replica_report import ReplicaReport
 
@@ -204,7 +204,7 @@ class LLMServer:
             # loaded (or found missing) from that scope's registered model.
             if not self.settings.personal_adapters or ref.version is None:
                 raise UnknownModelError(f"the model {name!r} does not exist")
-            return ServedModel(label=name, version=ref.version)
+            return served_model(ref.version, ref.scope)
         if not self._production_known and self.names.needs_production(name):
             raise NotReadyError(
                 "the production version is not loaded yet"

@@ -32,11 +32,12 @@ from serve.protocol import ModelCard
 BASE_MODEL = ServedModel(label=BASE_MODEL_NAME, version=None)
 
 
-def served_model(version: int | None) -> ServedModel:
-    """The label a response carries for a version (None: the base model)."""
+def served_model(version: int | None, scope: str | None = None) -> ServedModel:
+    """The label a response carries for a version (None: the base model); ``scope`` names
+    a personal version."""
     if version is None:
         return BASE_MODEL
-    return ServedModel(label=version_label(version), version=version)
+    return ServedModel(label=version_label(version, scope), version=version)
 
 
 class ModelNames:

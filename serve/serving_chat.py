@@ -22,7 +22,7 @@ from serve.exceptions import InvalidRequestError
 from serve.llm_calls import Finished, LLMCall, LLMResult, ServedModel, TextDelta
 from serve.logs import current_request_id
 from serve.metrics import ServeMetrics
-from serve.model_names import ModelNames
+from serve.model_names import ModelNames, served_model
 from serve.personal_names import PersonalNames
 from serve.protocol import (
     SSE_DONE,
@@ -150,7 +150,7 @@ class ChatCompletions:
         ref = parse_model_name(name)  # not one of the served forms: 404 without a registry read
         if ref.scope is not None:
             # A personal version, pinned by serve.personal_names for the caller's own scope.
-            return ServedModel(label=name, version=ref.version)
+            return served_model(ref.version, ref.scope)
         if self._names.snapshot is None:
             return None  # registry not reached yet: the LLM server says what it can serve
         try:
