@@ -91,23 +91,6 @@ async def _measure(
     }
 
 
-def run_ttft(
-    stack: ServeProcess,
-    prompts: list[list[dict]],
-    *,
-    background: int,
-    probes: int,
-    probe_max_tokens: int,
-    background_max_tokens: int,
-) -> dict:
-    """The scenario (see the module docstring)."""
-    return asyncio.run(
-        _measure(
-            stack,
-            prompts,
-            background=background,
-            probes=probes,
-            probe_max_tokens=probe_max_tokens,
-            background_max_tokens=background_max_tokens,
-        )
-    )
+def run_ttft(stack: ServeProcess, prompts: list[list[dict]], **sizes: int) -> dict:
+    """The scenario (see the module docstring); ``sizes`` are ``_measure``'s keywords."""
+    return asyncio.run(_measure(stack, prompts, **sizes))
