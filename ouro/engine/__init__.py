@@ -28,6 +28,7 @@ from ouro.engine.types import (
     RequestAbortedError,
     SamplingParams,
     StreamDelta,
+    TokenConstraint,
 )
 
 __all__ = [
@@ -51,4 +52,5 @@ __all__ = [
     "RequestSink",
     "SamplingParams",
     "StreamDelta",
+    "TokenConstraint",
 ]

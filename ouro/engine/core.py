@@ -110,6 +110,7 @@ class _Sequence:
         self.next_token: int | None = None
         """The last sampled token: fed to the model at the next decoding step."""
         self.first_token_at: float | None = None
+        self.constraint = request.constraint() if request.constraint is not None else None
         self.generator: torch.Generator | None = None
         if not self.params.greedy:
             seed = self.params.seed if self.params.seed is not None else secrets.randbits(63)
@@ -126,6 +127,8 @@ class _Sequence:
         self.next_token = token
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
+        if self.constraint is not None:
+            self.constraint.accept(token)
         if token in end_ids:
             self.finish_reason = FINISH_STOP
             text = self.detokenizer.flush()
@@ -133,6 +136,9 @@ class _Sequence:
             text = self.detokenizer.add(token)
             if self.detokenizer.stopped:
                 self.finish_reason = FINISH_STOP
+            elif self.constraint is not None and self.constraint.finished:
+                self.finish_reason = FINISH_STOP
+                text += self.detokenizer.flush()
             elif self.completion_tokens >= self.max_new_tokens:
                 self.finish_reason = FINISH_LENGTH
                 text += self.detokenizer.flush()
@@ -501,8 +507,18 @@ class GenerationEngine:
     def _emit(self, seqs: list[_Sequence], logits: torch.Tensor) -> list[int]:
         """Sample each row's next token and hand out its delta; the rows that go on."""
         keep = []
+        failed: set[int] = set()
+        for row, seq in enumerate(seqs):
+            if seq.constraint is not None:
+                try:
+                    seq.constraint.mask_logits(logits[row])
+                except (RuntimeError, ValueError) as error:
+                    failed.add(row)
+                    self._fail(seq, error)
         greedy = logits.argmax(dim=-1).tolist()
         for row, seq in enumerate(seqs):
+            if row in failed:
+                continue
             try:
                 token = greedy[row] if seq.generator is None else _sample(logits[row], seq)
                 with self._tokenizer_lock:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
 
 from ouro.errors import OuroError
 
@@ -77,6 +81,24 @@ class SamplingParams:
         return self.temperature < MIN_TEMPERATURE
 
 
+class TokenConstraint(Protocol):
+    """One row's structured-output state (a grammar matcher), advanced token by token.
+
+    The engine calls ``mask_logits`` before it picks the row's next token, then
+    ``accept`` with the token it picked; once ``finished`` the row ends ('stop').
+    """
+
+    def mask_logits(self, logits: torch.Tensor) -> None:
+        """Set the logits of tokens the grammar forbids next to -inf (one vocab row, in place)."""
+
+    def accept(self, token: int) -> None:
+        """Advance past ``token`` (one ``mask_logits`` allowed)."""
+
+    @property
+    def finished(self) -> bool:
+        """The output is complete: nothing more may follow."""
+
+
 @dataclass
 class GenerationRequest:
     """One conversation to answer."""
@@ -89,6 +111,8 @@ class GenerationRequest:
     """Name of a loaded adapter, or None for the base model."""
     request_id: str = ""
     """Unique among the engine's live requests (``abort`` names it); empty: one is drawn."""
+    constraint: Callable[[], TokenConstraint] | None = None
+    """Makes a fresh constraint for the answer (structured output); None: free text."""
 
 
 @dataclass(frozen=True)

@@ -362,3 +362,47 @@ def test_adding_an_adapter_does_not_wait_for_a_running_generation(
     assert not done_before, "the load waited for the whole generation"
     assert steps_at_load < 180
     assert "c" in runner.adapter_names()
+
+
+class ForcedTokens:
+    """A constraint that allows exactly one token sequence (a grammar with one sentence)."""
+
+    def __init__(self, tokens: list[int]) -> None:
+        self.tokens = tokens
+        self.accepted: list[int] = []
+
+    def mask_logits(self, logits) -> None:
+        allowed = logits[self.tokens[len(self.accepted)]].item()
+        logits.fill_(float("-inf"))
+        logits[self.tokens[len(self.accepted)]] = allowed
+
+    def accept(self, token: int) -> None:
+        assert token == self.tokens[len(self.accepted)], "a forbidden token was picked"
+        self.accepted.append(token)
+
+    @property
+    def finished(self) -> bool:
+        return len(self.accepted) == len(self.tokens)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_constrained_row_follows_its_constraint_and_its_neighbours_are_unchanged(
+    engine, temperature
+):
+    target = engine.tokenizer.encode("hello there friend", add_special_tokens=False)
+    expected = [alone(engine, request(index)) for index in range(3)]
+    driver = Driver(engine)
+    free = [driver.submit(request(index)) for index in range(3)]
+    constrained = GenerationRequest(
+        messages=[{"role": "user", "content": QUESTIONS[1]}],
+        params=SamplingParams(max_tokens=40, temperature=temperature, seed=3),
+        constraint=lambda: ForcedTokens(target),
+        request_id="constrained",
+    )
+    forced = driver.submit(constrained)
+    driver.finish()
+    assert [sink.text for sink in free] == expected
+    assert forced.error is None
+    assert forced.text == engine.tokenizer.decode(target)
+    assert forced.deltas[-1].finish_reason == "stop"
+    assert forced.deltas[-1].completion_tokens == len(target)
