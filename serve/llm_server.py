@@ -172,8 +172,8 @@ class LLMServer:
                 delta = await anext(deltas)
                 yield served
                 interval = self.settings.stream_interval_s
+                # Per choice: what arrived since its last TextDelta, merged.
                 pending: dict[int, StreamDelta] = {}
-                """Per choice: what arrived since its last TextDelta, merged."""
                 sent_at, unfinished = None, call.params.n
                 while True:
                     held = pending.get(delta.index)
