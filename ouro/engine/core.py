@@ -239,6 +239,8 @@ class GenerationEngine:
         self._waiting: deque[_Sequence] = deque()
         self._aborted_ids: set[str] = set()
         self._aborted_seqs: set[int] = set()
+        self._failed_seq_ids: set[int] = set()
+        """Requests one of whose choices failed: their other choices leave at the next step."""
         self._seq_ids = itertools.count()
         self._work = threading.Event()
         """Set when a request or an abort arrives; the driver waits on it when idle."""
@@ -442,6 +444,12 @@ class GenerationEngine:
                 lambda seq: seq.seq_id in seqs or seq.request.request_id in ids, error
             )
             self._counters["aborted"] += dropped
+            self._failed_seq_ids -= seqs  # their remaining choices are gone now
+
+    def _end(self, seq: _Sequence, error: BaseException) -> None:
+        """Tell a dropped row's sink, unless another choice of its request already failed it."""
+        if seq.seq_id not in self._failed_seq_ids:
+            seq.sink.fail(error)
 
     def _drop(self, doomed, error: BaseException) -> int:
         """Take every sequence for which ``doomed(seq)`` holds out of the engine."""
@@ -452,13 +460,13 @@ class GenerationEngine:
             gone = [seq for seq in self._waiting if doomed(seq)]
             self._waiting = kept
         for seq in gone:
-            seq.sink.fail(error)
+            self._end(seq, error)
         if self._prefill is not None:
             keep = [row for row, seq in enumerate(self._prefill.seqs) if not doomed(seq)]
             for seq in self._prefill.seqs:
                 if doomed(seq):
                     self._release(seq)
-                    seq.sink.fail(error)
+                    self._end(seq, error)
                     dropped += 1
             if not keep:
                 self._prefill = None
@@ -469,7 +477,7 @@ class GenerationEngine:
             for seq in self._running:
                 if doomed(seq):
                     self._release(seq)
-                    seq.sink.fail(error)
+                    self._end(seq, error)
                     dropped += 1
             self._keep_running(keep)
         return dropped
@@ -571,6 +579,10 @@ class GenerationEngine:
         for row, seq in enumerate(seqs):
             if row in failed:
                 continue
+            if seq.seq_id in self._failed_seq_ids:  # a choice of this request failed above
+                self._release(seq)
+                self._counters["aborted"] += 1
+                continue
             try:
                 if seq.generator is None:
                     token = greedy[row]
@@ -601,10 +613,13 @@ class GenerationEngine:
 
     def _fail(self, seq: _Sequence, error: BaseException) -> None:
         self._release(seq)
+        if seq.seq_id in self._failed_seq_ids:
+            return  # another choice already failed the request
         self._counters["failed"] += 1
         seq.sink.fail(error)
         if seq.request.params.n > 1:
-            # The request has failed: its other choices stop at the next step.
+            # The request has failed: its other choices stop at the next step, silently.
+            self._failed_seq_ids.add(seq.seq_id)
             with self._queue_lock:
                 self._aborted_seqs.add(seq.seq_id)
 
@@ -652,8 +667,7 @@ class _Collector:
         self.deltas[delta.index].append(delta)
 
     def fail(self, error: BaseException) -> None:
-        if self.error is None:  # the first cause, not its siblings' abort
-            self.error = error
+        self.error = error
 
     def outputs(self) -> list[GenerationOutput]:
         if self.error is not None:

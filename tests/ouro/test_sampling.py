@@ -15,8 +15,9 @@ from ouro.engine import (
     GenerationRequest,
     InvalidRequestError,
     SamplingParams,
+    sampling,
 )
-from tests.ouro.test_scheduler import RecordingSink, load_engine, request
+from tests.ouro.test_scheduler import Driver, RecordingSink, load_engine, request
 
 
 @pytest.fixture(scope="module")
@@ -173,3 +174,36 @@ def test_a_batch_mixing_every_setting_leaves_the_plain_rows_unchanged(engine):
     texts = [output.text for output in outputs]  # one per choice: special[3] gives two
     assert [texts[0], texts[2], texts[7]] == expected
     assert [texts[1], texts[3], texts[4], texts[5], texts[6]] == alone
+
+
+def test_a_choice_that_fails_fails_its_request_alone(engine, monkeypatch):
+    neighbours = [
+        request(0, max_tokens=14),
+        request(1, max_tokens=14, n=2, temperature=1.0, seed=1),
+    ]
+    expected = [output.text for output in engine.generate(neighbours)]
+    real_adjust = sampling.adjust_logits
+
+    def adjust(logits, params, generated, constraint):  # one choice's processing breaks
+        if params.seed == 101 and len(generated) == 2:
+            raise RuntimeError("a broken logits processor")
+        real_adjust(logits, params, generated, constraint)
+
+    monkeypatch.setattr(sampling, "adjust_logits", adjust)
+    before = engine.stats()
+    driver = Driver(engine)
+    sinks = [driver.submit(req) for req in neighbours]
+    failing = driver.submit(
+        request(2, max_tokens=14, n=3, temperature=1.0, seed=100, frequency_penalty=0.5)
+    )
+    driver.finish()
+    driver.step()  # the failed request's other choices leave
+    assert isinstance(failing.error, RuntimeError)
+    assert not failing.deltas or failing.deltas[-1].finish_reason is None
+    texts = [sinks[0].text] + [
+        "".join(delta.text for delta in sinks[1].deltas if delta.index == index) for index in (0, 1)
+    ]
+    assert texts == expected
+    stats = engine.stats()
+    assert stats.failed_requests == before.failed_requests + 1
+    assert stats.running_requests == 0 and stats.kv_cache_usage == 0
