@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
+from pydantic.json_schema import models_json_schema
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -38,7 +39,7 @@ from serve.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from serve.model_names import ModelNames
 from serve.personal_names import PersonalNames
 from serve.registry_watcher import RegistryWatcher
-from serve.routes import STATIC_DIR, router
+from serve.routes import STATIC_DIR, STREAMED_MODELS, router
 from serve.serving_chat import ChatCompletions
 from serve.serving_feedback import Feedback, ledger_writer_id
 from serve.serving_health import Health
@@ -122,6 +123,12 @@ def _openapi_without_422(api: FastAPI) -> dict:
         schemas = spec.get("components", {}).get("schemas", {})
         for unused in ("HTTPValidationError", "ValidationError"):
             schemas.pop(unused, None)
+        _, streamed = models_json_schema(
+            [(model, "serialization") for model in STREAMED_MODELS],
+            ref_template="#/components/schemas/{model}",
+        )
+        for name, schema in streamed.get("$defs", {}).items():
+            schemas.setdefault(name, schema)
         api.openapi_schema = spec
     return api.openapi_schema
 

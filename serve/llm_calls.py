@@ -1,8 +1,9 @@
 """What the ingress sends the LLM server deployment, and what comes back.
 
 A stream from ``LLMServer.generate_stream`` is, in order: one ``ServedModel`` (which
-version answers, known before any token, so it can go in the response headers), any
-number of ``TextDelta``, and one ``Finished``. ``LLMServer.generate`` returns one
+version answers, known before any token, so it can go in the response headers), then
+for each of the call's ``n`` choices (interleaved, each event naming its ``index``) any
+number of ``TextDelta`` and one ``Finished``. ``LLMServer.generate`` returns one
 ``LLMResult``. Failures are raised (the ingress maps them with ``serve.errors``).
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ouro.engine import SamplingParams
+from ouro.engine import PositionLogprobs, SamplingParams
 
 
 @dataclass(frozen=True)
@@ -40,27 +41,43 @@ class ServedModel:
 
 @dataclass(frozen=True)
 class TextDelta:
-    """New text of a streamed answer."""
+    """New text of one choice of a streamed answer."""
 
     text: str
+    index: int = 0
+    """Which choice."""
+    logprobs: tuple[PositionLogprobs, ...] = ()
+    """With ``logprobs``: one entry per token the text covers (text may be empty while
+    tokens are held back)."""
 
 
 @dataclass(frozen=True)
 class Finished:
-    """The end of an answer."""
+    """The end of one choice of an answer."""
 
     finish_reason: str
     """'stop' or 'length'."""
     prompt_tokens: int
     completion_tokens: int
+    """Tokens this choice generated."""
     first_token_s: float
-    """Seconds from the LLM server receiving the call to its first generated token."""
+    """Seconds from the LLM server receiving the call to this choice's first token."""
+    index: int = 0
+    """Which choice."""
+
+
+@dataclass(frozen=True)
+class LLMChoice:
+    """One whole choice."""
+
+    text: str
+    finished: Finished
+    logprobs: tuple[PositionLogprobs, ...] = ()
 
 
 @dataclass(frozen=True)
 class LLMResult:
-    """A whole answer (``LLMServer.generate``)."""
+    """A whole answer (``LLMServer.generate``): its choices in index order."""
 
     served: ServedModel
-    text: str
-    finished: Finished
+    choices: list[LLMChoice]

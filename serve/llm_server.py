@@ -4,9 +4,10 @@
   scheduler batches them continuously (requests join and leave the running batch at
   every step), so nothing here waits for a batch to form or to finish. A cancelled call
   (the HTTP client went away) aborts its row at the engine's next step.
-- Streaming: the first token goes to the ingress at once, later text at most every
-  ``stream_interval_s`` (Ray Serve LLM's stream batching), so a token is not one Ray
-  message; ``generate`` (non-streamed) returns one result.
+- Streaming: the first token goes to the ingress at once, later text (and its tokens'
+  logprobs) at most every ``stream_interval_s`` (Ray Serve LLM's stream batching), so a
+  token is not one Ray message; ``generate`` (non-streamed) returns one result. The
+  ``n`` choices of a call are rows of the engine's batch, coalesced each on its own.
 - Adapters: ``@serve.multiplexed`` is the LRU of non-production versions, shared ones
   (``ouro@v<N>``) and personal ones (``ouro@<scope>/v<N>``, from the scope's registered
   model; the ingress checks the caller may use it). Loader: ``AdapterRegistry.download``
@@ -36,7 +37,7 @@ from ray import serve
 from ray.exceptions import RayError
 from ray.serve.exceptions import RayServeException
 
-from ouro.engine import AsyncEngine, GenerationEngine, GenerationRequest
+from ouro.engine import AsyncEngine, GenerationEngine, GenerationRequest, StreamDelta, merge_deltas
 from ouro.errors import OuroError
 from ouro.registry import (
     ALIAS_PRODUCTION,
@@ -50,7 +51,7 @@ from ouro.registry import (
 from ouro.settings import OuroSettings
 from serve.adapter_slots import AdapterLease, AdapterSlots, CachedAdapter
 from serve.exceptions import NotReadyError
-from serve.llm_calls import Finished, LLMCall, LLMResult, ServedModel, TextDelta
+from serve.llm_calls import Finished, LLMCall, LLMChoice, LLMResult, ServedModel, TextDelta
 from serve.logs import configure_logging, set_request_id
 from serve.model_names import ModelNames, served_model
 from serve.registry_watcher import RegistryWatcher
@@ -124,13 +125,24 @@ class LLMServer:
     async def generate(self, call: LLMCall) -> LLMResult:
         """The whole answer to one call (the engine hands it over once, not per step)."""
         events = self._answer(call, stream=False)
+        texts: dict[int, TextDelta] = {}
+        finished: dict[int, Finished] = {}
         try:
             served = await anext(events)
-            text = await anext(events)
-            finished = await anext(events)
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    texts[event.index] = event  # one per choice when not streaming
+                else:
+                    finished[event.index] = event
         finally:
             await events.aclose()  # releases the adapter lease now, not at garbage collection
-        return LLMResult(served=served, text=text.text, finished=finished)
+        choices = [
+            LLMChoice(
+                text=texts[index].text, finished=finished[index], logprobs=texts[index].logprobs
+            )
+            for index in sorted(finished)
+        ]
+        return LLMResult(served=served, choices=choices)
 
     async def generate_stream(self, call: LLMCall) -> AsyncIterator:
         """ServedModel, then TextDelta as text comes, then Finished (see serve.llm_calls).
@@ -142,8 +154,8 @@ class LLMServer:
             yield event
 
     async def _answer(self, call: LLMCall, stream: bool) -> AsyncIterator:
-        """ServedModel, TextDelta (text coalesced per ``stream_interval_s``; one, possibly
-        empty, when not streaming), Finished."""
+        """ServedModel, then per choice TextDelta (text and logprobs coalesced per
+        ``stream_interval_s``; one, possibly empty, when not streaming) and Finished."""
         set_request_id(call.request_id)
         started = time.monotonic()
         served = await self._resolve(call.model)
@@ -160,26 +172,38 @@ class LLMServer:
                 delta = await anext(deltas)
                 yield served
                 interval = self.settings.stream_interval_s
-                pending, sent_at = delta.text, None
+                # Per choice: what arrived since its last TextDelta, merged.
+                pending: dict[int, StreamDelta] = {}
+                sent_at, unfinished = None, call.params.n
                 while True:
+                    held = pending.get(delta.index)
+                    pending[delta.index] = delta if held is None else merge_deltas([held, delta])
                     now = time.monotonic()
                     due = sent_at is None or now - sent_at >= interval
-                    finished = delta.finish_reason is not None
-                    if (pending and due) or (finished and (pending or not stream)):
-                        yield TextDelta(pending)
-                        pending, sent_at = "", now
-                    if finished:
-                        yield Finished(
-                            finish_reason=delta.finish_reason,
-                            prompt_tokens=delta.prompt_tokens,
-                            completion_tokens=delta.completion_tokens,
-                            first_token_s=delta.first_token_at - started,
-                        )
+                    # When due every choice's pending text goes; a finished choice's at once.
+                    for index in [index for index in pending if due or index == delta.index]:
+                        merged = pending[index]
+                        finished = merged.finish_reason is not None
+                        if not (due or finished):
+                            continue
+                        del pending[index]
+                        if merged.text or merged.logprobs or (finished and not stream):
+                            yield TextDelta(merged.text, index, merged.logprobs)
+                            sent_at = now
+                        if finished:
+                            unfinished -= 1
+                            yield Finished(
+                                finish_reason=merged.finish_reason,
+                                prompt_tokens=merged.prompt_tokens,
+                                completion_tokens=merged.completion_tokens,
+                                first_token_s=merged.first_token_at - started,
+                                index=index,
+                            )
+                    if not unfinished:
                         return
                     delta = await anext(deltas)
-                    pending += delta.text
             finally:
-                await deltas.aclose()  # aborts the row if the call ends early
+                await deltas.aclose()  # aborts the rows if the call ends early
 
     async def refresh_registry(self) -> ReplicaReport:
         """Re-read the registry now (this replica only; the coordinator reaches all)."""
@@ -288,4 +312,3 @@ class LLMServer:
             except (RayError, RayServeException) as exc:
                 logger.debug("could not report to the coordinator: %s", exc)
         return report
-

@@ -17,6 +17,7 @@ from serve.errors import error_response
 from serve.exceptions import NotFoundError
 from serve.metrics import CONTENT_TYPE
 from serve.protocol import (
+    ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
     ErrorResponse,
@@ -70,12 +71,38 @@ def admin(request: Request, authorization: AuthorizationHeader = None) -> Caller
     return services(request).auth.authenticate(authorization, admin=True)
 
 
+STREAMED_MODELS = (ChatCompletionChunk,)
+"""Models sent only inside server-sent events: the spec's components carry them too."""
+
+CHAT_STREAM_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "description": "One server-sent event: a chat.completion.chunk, an error once the "
+    "stream has started, or `[DONE]`.",
+    "properties": {
+        "data": {
+            "anyOf": [
+                {"const": "[DONE]"},
+                {
+                    "contentMediaType": "application/json",
+                    "contentSchema": {
+                        "anyOf": [
+                            {"$ref": "#/components/schemas/ChatCompletionChunk"},
+                            {"$ref": "#/components/schemas/ErrorResponse"},
+                        ]
+                    },
+                },
+            ]
+        }
+    },
+}
+
 CHAT_RESPONSES: dict[int | str, dict] = {
     200: {
         "model": ChatCompletionResponse,
         "description": "The answer; with stream=true, server-sent events each carrying a "
         "chat.completion.chunk, then `data: [DONE]`.",
-        "content": {"text/event-stream": {}},
+        "content": {"text/event-stream": {"schema": CHAT_STREAM_EVENT}},
     },
     **_errors(400, 401, 404, 413, 429, 503),
 }

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from ouro.engine import SamplingParams
+from ouro.engine import PositionLogprobs, SamplingParams, TokenLogprob
 from ouro.registry import UnknownModelError, parse_model_name
 from ouro.settings import OuroSettings
 from serve.auth import Caller
@@ -30,9 +30,12 @@ from serve.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    ChatCompletionTokenLogprob,
     Choice,
+    ChoiceLogprobs,
     ChunkChoice,
     DeltaMessage,
+    TopLogprob,
     Usage,
     completion_id,
     now_s,
@@ -81,21 +84,25 @@ class ChatCompletions:
             # Serve routes a version's requests to replicas that already hold it.
             llm = llm.options(multiplexed_model_id=served.label)
         if request.stream:
-            return await self._stream(llm, call, request.model, request.include_usage())
+            return await self._stream(llm, call, request)
         try:
             result: LLMResult = await llm.generate.remote(call)
         except Exception as exc:  # noqa: BLE001 - mapped by serve.errors (logged there if unexpected)
             return error_response(exc)
-        self._count(request.model, result.served, result.finished)
+        finished = [choice.finished for choice in result.choices]
+        self._count(request.model, result.served, finished)
         body = ChatCompletionResponse(
             model=result.served.label,
             choices=[
                 Choice(
-                    message=AssistantMessage(content=result.text),
-                    finish_reason=result.finished.finish_reason,
+                    index=choice.finished.index,
+                    message=AssistantMessage(content=choice.text),
+                    logprobs=_logprobs(choice.logprobs) if call.params.logprobs else None,
+                    finish_reason=choice.finished.finish_reason,
                 )
+                for choice in result.choices
             ],
-            usage=Usage.of(result.finished.prompt_tokens, result.finished.completion_tokens),
+            usage=_usage(finished),
         )
         return JSONResponse(body.model_dump(), headers={MODEL_VERSION_HEADER: result.served.label})
 
@@ -136,6 +143,12 @@ class ChatCompletions:
             top_p=request.top_p,
             stop=tuple(request.stop_sequences),
             seed=request.seed,
+            n=request.n or 1,
+            logprobs=bool(request.logprobs),
+            top_logprobs=request.top_logprobs or 0,
+            presence_penalty=request.presence_penalty or 0.0,
+            frequency_penalty=request.frequency_penalty or 0.0,
+            logit_bias={int(token): bias for token, bias in (request.logit_bias or {}).items()},
         )
         return LLMCall(
             model=request.model,
@@ -160,55 +173,105 @@ class ChatCompletions:
             return self._names.resolve(name)
 
     # -- streaming --------------------------------------------------------------------------
-    async def _stream(self, llm, call: LLMCall, requested: str, include_usage: bool) -> Response:
+    async def _stream(self, llm, call: LLMCall, request: ChatCompletionRequest) -> Response:
         events = llm.options(stream=True).generate_stream.remote(call)
         try:
             served: ServedModel = await events.__anext__()
         except Exception as exc:  # noqa: BLE001 - before the first byte: a normal error status
             return error_response(exc)
         return StreamingResponse(
-            self._sse(requested, served, events, include_usage),
+            self._sse(request.model, served, events, call.params, request.include_usage()),
             media_type="text/event-stream",
             headers={MODEL_VERSION_HEADER: served.label, "Cache-Control": "no-cache"},
         )
 
     async def _sse(
-        self, requested: str, served: ServedModel, events: AsyncIterator, include_usage: bool
+        self,
+        requested: str,
+        served: ServedModel,
+        events: AsyncIterator,
+        params: SamplingParams,
+        include_usage: bool,
     ) -> AsyncIterator[str]:
         chunk_id, created = completion_id(), now_s()
 
-        def chunk(delta: DeltaMessage, finish_reason=None, choices=True, usage=None) -> str:
+        def chunk(choices: list[ChunkChoice], usage=None) -> str:
             return ChatCompletionChunk(
-                id=chunk_id,
-                created=created,
-                model=served.label,
-                choices=[ChunkChoice(delta=delta, finish_reason=finish_reason)] if choices else [],
-                usage=usage,
+                id=chunk_id, created=created, model=served.label, choices=choices, usage=usage
             ).sse(include_usage)
 
-        yield chunk(DeltaMessage(role="assistant", content=""))
+        for index in range(params.n):
+            yield chunk(
+                [ChunkChoice(index=index, delta=DeltaMessage(role="assistant", content=""))]
+            )
+        finished: list[Finished] = []
         try:
             async for event in events:
                 if isinstance(event, TextDelta):
-                    yield chunk(DeltaMessage(content=event.text))
+                    logprobs = _logprobs(event.logprobs) if params.logprobs else None
+                    delta = DeltaMessage(content=event.text)
+                    yield chunk([ChunkChoice(index=event.index, delta=delta, logprobs=logprobs)])
                 elif isinstance(event, Finished):
-                    self._count(requested, served, event)
-                    yield chunk(DeltaMessage(), finish_reason=event.finish_reason)
+                    finished.append(event)
+                    yield chunk(
+                        [
+                            ChunkChoice(
+                                index=event.index,
+                                delta=DeltaMessage(),
+                                finish_reason=event.finish_reason,
+                            )
+                        ]
+                    )
+                    if len(finished) < params.n:
+                        continue
+                    self._count(requested, served, finished)
                     if include_usage:
-                        usage = Usage.of(event.prompt_tokens, event.completion_tokens)
-                        yield chunk(DeltaMessage(), choices=False, usage=usage)
+                        yield chunk([], usage=_usage(finished))
         except Exception as exc:  # noqa: BLE001 - the status line is sent: report in-stream
             self._metrics.stream_errors.inc()
             yield stream_error_event(exc)
         yield SSE_DONE
 
-    def _count(self, requested: str, served: ServedModel, finished: Finished) -> None:
+    def _count(self, requested: str, served: ServedModel, finished: list[Finished]) -> None:
+        """One completion, however many choices: the prompt once, every choice's tokens."""
         metrics = self._metrics
         # One series for all personal versions: a label per scope would not scale.
         model = served.label if "/" not in served.label else PERSONAL_METRIC_LABEL
         if "/" in requested:
             requested = PERSONAL_METRIC_LABEL
         metrics.completions.labels(requested=requested, model=model).inc()
-        metrics.prompt_tokens.labels(model=model).inc(finished.prompt_tokens)
-        metrics.generated_tokens.labels(model=model).inc(finished.completion_tokens)
-        metrics.time_to_first_token.labels(model=model).observe(finished.first_token_s)
+        usage = _usage(finished)
+        metrics.prompt_tokens.labels(model=model).inc(usage.prompt_tokens)
+        metrics.generated_tokens.labels(model=model).inc(usage.completion_tokens)
+        first_token_s = min(choice.first_token_s for choice in finished)
+        metrics.time_to_first_token.labels(model=model).observe(first_token_s)
+
+
+def _usage(finished: list[Finished]) -> Usage:
+    """The prompt counted once (every choice shares it), and every choice's tokens."""
+    return Usage.of(finished[0].prompt_tokens, sum(choice.completion_tokens for choice in finished))
+
+
+LOGPROB_FLOOR = -9999.0
+"""What a -inf logprob is reported as (JSON has no infinity; OpenAI and vLLM use this)."""
+
+
+def _logprobs(positions: tuple[PositionLogprobs, ...]) -> ChoiceLogprobs:
+    """The engine's logprobs in OpenAI's shape."""
+
+    def top(entry: TokenLogprob) -> TopLogprob:
+        return TopLogprob(
+            token=entry.token,
+            logprob=max(entry.logprob, LOGPROB_FLOOR),
+            bytes=list(entry.token_bytes),
+        )
+
+    return ChoiceLogprobs(
+        content=[
+            ChatCompletionTokenLogprob(
+                **top(position.chosen).model_dump(),
+                top_logprobs=[top(entry) for entry in position.top],
+            )
+            for position in positions
+        ]
+    )

@@ -4,17 +4,21 @@
   synchronous ``generate`` for the training job, the gates and the benchmarks);
 - :mod:`ouro.engine.async_engine`: :class:`AsyncEngine`, the interface servers use;
 - :mod:`ouro.engine.kv_batch`, :mod:`ouro.engine.lora_bank`, :mod:`ouro.engine.model_runner`,
-  :mod:`ouro.engine.detokenizer`: the parts a step is made of;
+  :mod:`ouro.engine.sampling`, :mod:`ouro.engine.detokenizer`: the parts a step is made of;
 - :mod:`ouro.engine.types`: requests, sampling settings, deltas, limits, stats, errors.
 """
 
-from ouro.engine.async_engine import AsyncEngine
+from ouro.engine.async_engine import AsyncEngine, merge_deltas
 from ouro.engine.core import GenerationEngine, RequestSink
 from ouro.engine.detokenizer import IncrementalDetokenizer
 from ouro.engine.lora_bank import BASE_ADAPTER
 from ouro.engine.types import (
     FINISH_LENGTH,
     FINISH_STOP,
+    LOGIT_BIAS_RANGE,
+    MAX_CHOICES,
+    MAX_TOP_LOGPROBS,
+    PENALTY_RANGE,
     AdapterError,
     AdapterIncompatibleError,
     AdapterNotFoundError,
@@ -25,16 +29,22 @@ from ouro.engine.types import (
     GenerationOutput,
     GenerationRequest,
     InvalidRequestError,
+    PositionLogprobs,
     RequestAbortedError,
     SamplingParams,
     StreamDelta,
     TokenConstraint,
+    TokenLogprob,
 )
 
 __all__ = [
     "BASE_ADAPTER",
     "FINISH_LENGTH",
     "FINISH_STOP",
+    "LOGIT_BIAS_RANGE",
+    "MAX_CHOICES",
+    "MAX_TOP_LOGPROBS",
+    "PENALTY_RANGE",
     "AdapterError",
     "AdapterIncompatibleError",
     "AdapterNotFoundError",
@@ -48,9 +58,12 @@ __all__ = [
     "GenerationRequest",
     "IncrementalDetokenizer",
     "InvalidRequestError",
+    "PositionLogprobs",
     "RequestAbortedError",
     "RequestSink",
     "SamplingParams",
     "StreamDelta",
     "TokenConstraint",
+    "TokenLogprob",
+    "merge_deltas",
 ]

@@ -4,7 +4,7 @@ A daemon thread drives :meth:`GenerationEngine.step` while there is work (and sl
 an event when there is none); callers on an event loop use ``generate`` (an async
 iterator of deltas), ``abort``, ``add_adapter`` / ``remove_adapter``, ``check_health``
 and ``stats``. Closing or cancelling a ``generate`` iterator before its last delta
-aborts the request: its row leaves the batch at the next step.
+aborts the request: its rows leave the batch at the next step.
 """
 
 from __future__ import annotations
@@ -83,24 +83,25 @@ class AsyncEngine:
     async def generate(
         self, request: GenerationRequest, stream: bool = True
     ) -> AsyncIterator[StreamDelta]:
-        """The request's deltas as the engine produces them (several steps' worth merged
-        when the consumer is slower than the engine); with ``stream=False`` one delta, the
-        whole answer, so the event loop is not woken at every step. Raises the engine's
-        error for a request it refuses (before the first delta) or that fails; leaving
-        the loop early aborts the request."""
+        """The request's deltas as the engine produces them (several steps' worth of one
+        choice merged when the consumer is slower than the engine; ``delta.index`` says
+        which of the ``n`` choices); with ``stream=False`` one delta per choice, the whole
+        answer, so the event loop is not woken at every step. Raises the engine's error
+        for a request it refuses (before the first delta) or that fails; leaving the
+        loop early aborts the request."""
         self.check_health()
         loop = asyncio.get_running_loop()
-        sink = _LoopSink(loop, stream)
+        sink = _LoopSink(loop, stream, request.params.n)
         prompt = await asyncio.to_thread(self.engine.prompt_ids, request)
         seq_id = self.engine.add_request(request, sink, prompt)
-        finished = False
+        unfinished = request.params.n
         try:
-            while not finished:
-                delta = await sink.next()
-                finished = delta.finish_reason is not None
-                yield delta
+            while unfinished:
+                for delta in await sink.next():
+                    unfinished -= delta.finish_reason is not None
+                    yield delta
         finally:
-            if not finished:
+            if unfinished:
                 self.engine.abort_sequence(seq_id)
 
     def abort(self, request_id: str) -> None:
@@ -123,44 +124,53 @@ class AsyncEngine:
 class _LoopSink:
     """Hands deltas from the engine thread to one request's consumer on an event loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, stream: bool) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, stream: bool, choices: int) -> None:
         self._loop = loop
         self._stream = stream
         self._held: list[StreamDelta] = []
-        """Deltas kept on the engine thread until the last one (``stream=False``)."""
+        """Deltas kept on the engine thread until every choice's last one (``stream=False``)."""
+        self._unfinished = choices
         self._items: list = []
         self._ready = asyncio.Event()
 
     # engine thread
     def put(self, delta: StreamDelta) -> None:
         if self._stream:
-            self._loop.call_soon_threadsafe(self._deliver, delta)
-        elif delta.finish_reason is None:
-            self._held.append(delta)
-        else:
-            self._loop.call_soon_threadsafe(self._deliver, _merge([*self._held, delta]))
+            self._loop.call_soon_threadsafe(self._deliver, [delta])
+            return
+        self._held.append(delta)
+        self._unfinished -= delta.finish_reason is not None
+        if not self._unfinished:  # all at once: ``next`` merges them into one per choice
+            self._loop.call_soon_threadsafe(self._deliver, self._held)
 
     def fail(self, error: BaseException) -> None:
-        self._loop.call_soon_threadsafe(self._deliver, error)
+        self._loop.call_soon_threadsafe(self._deliver, [error])
 
     # event loop
-    def _deliver(self, item) -> None:
-        self._items.append(item)
+    def _deliver(self, items: list) -> None:
+        self._items.extend(items)
         self._ready.set()
 
-    async def next(self) -> StreamDelta:
-        """Everything delivered since the last call, merged into one delta."""
+    async def next(self) -> list[StreamDelta]:
+        """Everything delivered since the last call, merged into one delta per choice."""
         await self._ready.wait()
         items, self._items = self._items, []
         self._ready.clear()
         for item in items:
             if isinstance(item, BaseException):
                 raise item
-        return _merge(items)
+        by_choice: dict[int, list[StreamDelta]] = {}
+        for item in items:
+            by_choice.setdefault(item.index, []).append(item)
+        return [merge_deltas(deltas) for deltas in by_choice.values()]
 
 
-def _merge(deltas: list[StreamDelta]) -> StreamDelta:
-    """One delta with the text of several consecutive ones."""
+def merge_deltas(deltas: list[StreamDelta]) -> StreamDelta:
+    """One delta with the text and logprobs of several consecutive ones of one choice."""
     if len(deltas) == 1:
         return deltas[0]
-    return dataclasses.replace(deltas[-1], text="".join(delta.text for delta in deltas))
+    return dataclasses.replace(
+        deltas[-1],
+        text="".join(delta.text for delta in deltas),
+        logprobs=tuple(entry for delta in deltas for entry in delta.logprobs),
+    )

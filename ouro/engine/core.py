@@ -42,7 +42,7 @@ import logging
 import secrets
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -50,6 +50,7 @@ from typing import Protocol
 import torch
 
 from ouro.chat import ChatFormatter
+from ouro.engine import sampling
 from ouro.engine.detokenizer import IncrementalDetokenizer
 from ouro.engine.kv_batch import KVBatch
 from ouro.engine.model_runner import ModelRunner
@@ -65,7 +66,9 @@ from ouro.engine.types import (
     GenerationOutput,
     GenerationRequest,
     InvalidRequestError,
+    PositionLogprobs,
     RequestAbortedError,
+    SamplingParams,
     StreamDelta,
 )
 from ouro.models import load_base_model
@@ -86,9 +89,7 @@ class RequestSink(Protocol):
 
 
 class _Sequence:
-    """One request's state from admission to its last token."""
-
-    _ids = itertools.count()
+    """One choice of a request, from admission to its last token (a row of the batch)."""
 
     def __init__(
         self,
@@ -97,10 +98,15 @@ class _Sequence:
         max_new_tokens: int,
         detokenizer: IncrementalDetokenizer,
         sink: RequestSink,
+        seq_id: int,
+        index: int = 0,
     ) -> None:
-        self.seq_id = next(self._ids)
+        self.seq_id = seq_id
+        """The request's id in the engine, shared by its choices (``abort_sequence``)."""
+        self.index = index
+        """Which of the request's ``n`` choices this row generates."""
         self.request = request
-        self.params = request.params
+        self.params: SamplingParams = request.params.choice(index)
         self.prompt_ids = prompt_ids
         self.max_new_tokens = max_new_tokens
         self.detokenizer = detokenizer
@@ -115,15 +121,27 @@ class _Sequence:
         if not self.params.greedy:
             seed = self.params.seed if self.params.seed is not None else secrets.randbits(63)
             self.generator = torch.Generator().manual_seed(seed)
+        self.generated: Counter[int] = Counter()
+        """How often each token was generated (kept only when penalties need it)."""
+        self.keeps_counts = bool(self.params.presence_penalty or self.params.frequency_penalty)
+
+    @property
+    def fast(self) -> bool:
+        """Picked by the batched argmax: greedy, with nothing that changes its logits."""
+        return self.generator is None and not self.params.adjusts_logits and self.constraint is None
 
     @property
     def reserved_tokens(self) -> int:
         """KV-cache tokens this request may come to hold."""
         return len(self.prompt_ids) + self.max_new_tokens
 
-    def advance(self, token: int, end_ids: frozenset[int]) -> StreamDelta:
+    def advance(
+        self, token: int, end_ids: frozenset[int], logprobs: PositionLogprobs | None = None
+    ) -> StreamDelta:
         """Take one generated token; return what it adds to the answer."""
         self.completion_tokens += 1
+        if self.keeps_counts:
+            self.generated[token] += 1
         self.next_token = token
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
@@ -148,6 +166,8 @@ class _Sequence:
             prompt_tokens=len(self.prompt_ids),
             completion_tokens=self.completion_tokens,
             first_token_at=self.first_token_at,
+            index=self.index,
+            logprobs=(logprobs,) if logprobs is not None else (),
         )
 
 
@@ -206,6 +226,9 @@ class GenerationEngine:
             tokenizer, system_prompt, min(max_context_tokens, self.max_positions)
         )
         self.end_ids = _end_of_turn_ids(model, tokenizer)
+        # Ids a logit_bias may name: those the model scores and the tokenizer can decode.
+        self.vocab_size = min(len(tokenizer), model.get_output_embeddings().weight.shape[0])
+        self.token_texts = sampling.TokenTexts(tokenizer)
         pad_id = tokenizer.pad_token_id
         self.pad_id = pad_id if pad_id is not None else min(self.end_ids)
         # Fast tokenizers fail with "Already borrowed" when used from several threads at once.
@@ -216,6 +239,9 @@ class GenerationEngine:
         self._waiting: deque[_Sequence] = deque()
         self._aborted_ids: set[str] = set()
         self._aborted_seqs: set[int] = set()
+        self._failed_seq_ids: set[int] = set()
+        """Requests one of whose choices failed: their other choices leave at the next step."""
+        self._seq_ids = itertools.count()
         self._work = threading.Event()
         """Set when a request or an abort arrives; the driver waits on it when idle."""
         self._prefill: _PrefillGroup | None = None
@@ -291,36 +317,53 @@ class GenerationEngine:
     ) -> int:
         """Queue a request; its output goes to ``sink``. Returns its sequence id.
 
-        Raises at once, before any work, for a request that cannot be served (bad
-        settings, unknown adapter, prompt too long: ``OuroError`` subclasses) and with
-        EngineOverloadedError when the waiting queue is full (``bounded``).
-        ``prompt_ids`` skips formatting when the caller already has them.
+        Each of the request's ``n`` choices is a row of its own (its deltas carry its
+        ``index``); the prompt is prefilled once per row, which keeps every row an
+        ordinary one of the batch (no shared cache to copy) at the price of ``n``
+        prefills. Raises at once, before any work, for a request that cannot be served
+        (bad settings, a logit_bias id outside the vocabulary, unknown adapter, prompt
+        too long: ``OuroError`` subclasses) and with EngineOverloadedError when the
+        waiting queue is full (``bounded``). ``prompt_ids`` skips formatting when the
+        caller already has them.
         """
         if prompt_ids is None:
             prompt_ids = self.prompt_ids(request)
         else:
             self._check_adapter(request)
-        max_new = min(request.params.max_tokens, self.max_positions - len(prompt_ids))
-        seq = _Sequence(
-            request,
-            prompt_ids,
-            max_new,
-            IncrementalDetokenizer(self.tokenizer, request.params.stop),
-            sink,
-        )
-        if seq.reserved_tokens > self.limits.max_kv_cache_tokens:
+        outside = [token for token in request.params.logit_bias if not 0 <= token < self.vocab_size]
+        if outside:
             raise InvalidRequestError(
-                f"the request needs {seq.reserved_tokens} KV-cache tokens (prompt + max_tokens); "
-                f"the engine holds {self.limits.max_kv_cache_tokens}"
+                f"logit_bias names token ids outside the vocabulary [0, {self.vocab_size}): "
+                f"{sorted(outside)[:5]}",
+                "logit_bias",
+            )
+        max_new = min(request.params.max_tokens, self.max_positions - len(prompt_ids))
+        seq_id = next(self._seq_ids)
+        seqs = [
+            _Sequence(
+                request,
+                prompt_ids,
+                max_new,
+                IncrementalDetokenizer(self.tokenizer, request.params.stop),
+                sink,
+                seq_id,
+                index,
+            )
+            for index in range(request.params.n)
+        ]
+        if seqs[0].reserved_tokens > self.limits.max_kv_cache_tokens:
+            raise InvalidRequestError(
+                f"the request needs {seqs[0].reserved_tokens} KV-cache tokens (prompt + "
+                f"max_tokens); the engine holds {self.limits.max_kv_cache_tokens}"
             )
         with self._queue_lock:
             if bounded and len(self._waiting) >= self.limits.max_waiting_requests:
                 raise EngineOverloadedError(
                     f"{len(self._waiting)} requests are already waiting; retry shortly"
                 )
-            self._waiting.append(seq)
+            self._waiting.extend(seqs)
         self._work.set()
-        return seq.seq_id
+        return seq_id
 
     def abort(self, request_id: str) -> None:
         """Stop every live request with this id at the next step (a no-op once finished)."""
@@ -358,15 +401,18 @@ class GenerationEngine:
         """Answer requests together, stepping the engine on this thread until all finish.
 
         For synchronous callers (training gates, benchmarks) of an engine no
-        AsyncEngine drives. Every request is checked before any work starts.
+        AsyncEngine drives. Every request is checked before any work starts. One output
+        per choice: the ``n`` choices of the first request, then the next request's.
         """
         prompts = [self.prompt_ids(request) for request in requests]
-        collectors = [_Collector() for _ in requests]
+        collectors = [_Collector(request.params.n) for request in requests]
         for request, prompt, collector in zip(requests, prompts, collectors, strict=True):
             self.add_request(request, collector, prompt, bounded=False)
         while not all(collector.done for collector in collectors):
             self.step()
-        return [collector.output() for collector in collectors]
+        with self._model_lock:
+            self._apply_aborts()  # the other choices of a request that failed
+        return [output for collector in collectors for output in collector.outputs()]
 
     # -- the step ------------------------------------------------------------------------
     def step(self) -> None:
@@ -398,6 +444,12 @@ class GenerationEngine:
                 lambda seq: seq.seq_id in seqs or seq.request.request_id in ids, error
             )
             self._counters["aborted"] += dropped
+            self._failed_seq_ids -= seqs  # their remaining choices are gone now
+
+    def _end(self, seq: _Sequence, error: BaseException) -> None:
+        """Tell a dropped row's sink, unless another choice of its request already failed it."""
+        if seq.seq_id not in self._failed_seq_ids:
+            seq.sink.fail(error)
 
     def _drop(self, doomed, error: BaseException) -> int:
         """Take every sequence for which ``doomed(seq)`` holds out of the engine."""
@@ -408,13 +460,13 @@ class GenerationEngine:
             gone = [seq for seq in self._waiting if doomed(seq)]
             self._waiting = kept
         for seq in gone:
-            seq.sink.fail(error)
+            self._end(seq, error)
         if self._prefill is not None:
             keep = [row for row, seq in enumerate(self._prefill.seqs) if not doomed(seq)]
             for seq in self._prefill.seqs:
                 if doomed(seq):
                     self._release(seq)
-                    seq.sink.fail(error)
+                    self._end(seq, error)
                     dropped += 1
             if not keep:
                 self._prefill = None
@@ -425,7 +477,7 @@ class GenerationEngine:
             for seq in self._running:
                 if doomed(seq):
                     self._release(seq)
-                    seq.sink.fail(error)
+                    self._end(seq, error)
                     dropped += 1
             self._keep_running(keep)
         return dropped
@@ -505,24 +557,44 @@ class GenerationEngine:
         self._keep_running(self._emit(running, logits))
 
     def _emit(self, seqs: list[_Sequence], logits: torch.Tensor) -> list[int]:
-        """Sample each row's next token and hand out its delta; the rows that go on."""
+        """Pick each row's next token and hand out its delta; the rows that go on.
+
+        Rows that ask for nothing special share one batched argmax; the others go
+        through :mod:`ouro.engine.sampling` one by one (bias, penalties, constraint,
+        then their pick), and report logprobs of the logits as the model gave them.
+        """
         keep = []
         failed: set[int] = set()
+        raw: dict[int, torch.Tensor] = {}
         for row, seq in enumerate(seqs):
-            if seq.constraint is not None:
-                try:
-                    seq.constraint.mask_logits(logits[row])
-                except (RuntimeError, ValueError) as error:
-                    failed.add(row)
-                    self._fail(seq, error)
+            try:
+                if seq.params.logprobs:
+                    raw[row] = sampling.raw_logprobs(logits[row])
+                if not seq.fast:
+                    sampling.adjust_logits(logits[row], seq.params, seq.generated, seq.constraint)
+            except (RuntimeError, ValueError) as error:
+                failed.add(row)
+                self._fail(seq, error)
         greedy = logits.argmax(dim=-1).tolist()
         for row, seq in enumerate(seqs):
             if row in failed:
                 continue
+            if seq.seq_id in self._failed_seq_ids:  # a choice of this request failed above
+                self._release(seq)
+                self._counters["aborted"] += 1
+                continue
             try:
-                token = greedy[row] if seq.generator is None else _sample(logits[row], seq)
+                if seq.generator is None:
+                    token = greedy[row]
+                else:
+                    token = sampling.sample(logits[row], seq.params, seq.generator)
                 with self._tokenizer_lock:
-                    delta = seq.advance(token, self.end_ids)
+                    logprobs = None
+                    if row in raw:
+                        logprobs = sampling.position_logprobs(
+                            raw[row], token, seq.params.top_logprobs, self.token_texts
+                        )
+                    delta = seq.advance(token, self.end_ids, logprobs)
             except (RuntimeError, ValueError, TypeError, OverflowError) as error:
                 logger.warning("request %s failed: %s", seq.request.request_id, error)
                 self._fail(seq, error)
@@ -541,8 +613,15 @@ class GenerationEngine:
 
     def _fail(self, seq: _Sequence, error: BaseException) -> None:
         self._release(seq)
+        if seq.seq_id in self._failed_seq_ids:
+            return  # another choice already failed the request
         self._counters["failed"] += 1
         seq.sink.fail(error)
+        if seq.request.params.n > 1:
+            # The request has failed: its other choices stop at the next step, silently.
+            self._failed_seq_ids.add(seq.seq_id)
+            with self._queue_lock:
+                self._aborted_seqs.add(seq.seq_id)
 
     def _release(self, seq: _Sequence) -> None:
         """Give back the KV-cache tokens an admitted request reserved."""
@@ -572,35 +651,38 @@ class GenerationEngine:
 
 
 class _Collector:
-    """A sink that gathers one request's whole answer (for ``generate``)."""
+    """A sink that gathers one request's whole answer, each choice's (for ``generate``)."""
 
-    def __init__(self) -> None:
-        self.text: list[str] = []
-        self.last: StreamDelta | None = None
+    def __init__(self, choices: int) -> None:
+        self.deltas: list[list[StreamDelta]] = [[] for _ in range(choices)]
         self.error: BaseException | None = None
 
     @property
     def done(self) -> bool:
-        return self.error is not None or (
-            self.last is not None and self.last.finish_reason is not None
+        return self.error is not None or all(
+            deltas and deltas[-1].finish_reason is not None for deltas in self.deltas
         )
 
     def put(self, delta: StreamDelta) -> None:
-        self.text.append(delta.text)
-        self.last = delta
+        self.deltas[delta.index].append(delta)
 
     def fail(self, error: BaseException) -> None:
         self.error = error
 
-    def output(self) -> GenerationOutput:
+    def outputs(self) -> list[GenerationOutput]:
         if self.error is not None:
             raise self.error
-        return GenerationOutput(
-            text="".join(self.text),
-            finish_reason=self.last.finish_reason,
-            prompt_tokens=self.last.prompt_tokens,
-            completion_tokens=self.last.completion_tokens,
-        )
+        return [
+            GenerationOutput(
+                text="".join(delta.text for delta in deltas),
+                finish_reason=deltas[-1].finish_reason,
+                prompt_tokens=deltas[-1].prompt_tokens,
+                completion_tokens=deltas[-1].completion_tokens,
+                index=index,
+                logprobs=tuple(entry for delta in deltas for entry in delta.logprobs),
+            )
+            for index, deltas in enumerate(self.deltas)
+        ]
 
 
 class _Histogram:
@@ -619,20 +701,6 @@ class _Histogram:
         return tuple(itertools.accumulate(self.counts))
 
 
-def _sample(logits: torch.Tensor, seq: _Sequence) -> int:
-    """One token drawn with the row's temperature, top_p and generator (numerically safe)."""
-    # Subtracting the maximum first keeps a tiny temperature from overflowing: the best
-    # token stays at 0, the others go to -inf at worst, and softmax stays defined.
-    scaled = (logits - logits.max()) / seq.params.temperature
-    probs = torch.softmax(scaled.double(), dim=-1).cpu()
-    if seq.params.top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        # Drop tokens once the ones before them already reach top_p (the first always stays).
-        sorted_probs[(sorted_probs.cumsum(-1) - sorted_probs) >= seq.params.top_p] = 0.0
-        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-    return int(torch.multinomial(probs, 1, generator=seq.generator).item())
-
-
 def _end_of_turn_ids(model, tokenizer) -> frozenset[int]:
     """Token ids that end an answer: the tokenizer's EOS, end-of-turn markers, the config's."""
     ids: set[int] = set()
@@ -646,4 +714,3 @@ def _end_of_turn_ids(model, tokenizer) -> frozenset[int]:
     elif configured:
         ids.update(configured)
     return frozenset(ids)
-

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import torch
@@ -17,6 +17,14 @@ SEED_RANGE = (-(2**63), 2**64)
 """Seeds ``torch.Generator.manual_seed`` accepts: [low, high)."""
 MIN_TEMPERATURE = 1e-4
 """Positive temperatures below this decode greedily: dividing logits by less overflows."""
+MAX_TOP_LOGPROBS = 20
+"""Most alternatives a token's logprobs list (OpenAI's bound)."""
+MAX_CHOICES = 8
+"""Most choices (``n``) one request may ask for: each is a row of the batch."""
+PENALTY_RANGE = (-2.0, 2.0)
+"""presence_penalty and frequency_penalty bounds (OpenAI's)."""
+LOGIT_BIAS_RANGE = (-100.0, 100.0)
+"""logit_bias value bounds (OpenAI's)."""
 
 
 class AdapterError(OuroError):
@@ -32,7 +40,11 @@ class AdapterIncompatibleError(AdapterError):
 
 
 class InvalidRequestError(OuroError, ValueError):
-    """A generation request that cannot be served as asked."""
+    """A generation request that cannot be served as asked (``param``: the setting at fault)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class EngineOverloadedError(OuroError):
@@ -62,9 +74,44 @@ class SamplingParams:
     """Strings that end the answer (not included in it)."""
     seed: int | None = None
     """Seeds this request's sampling; None draws a fresh seed."""
+    n: int = 1
+    """Choices to generate, each a row of the batch (see ``choice``)."""
+    logprobs: bool = False
+    """Report each generated token's logprob (see :mod:`ouro.engine.sampling` for which
+    distribution)."""
+    top_logprobs: int = 0
+    """With ``logprobs``: also this many most likely tokens at each position."""
+    presence_penalty: float = 0.0
+    """Subtracted once from the logit of every token already generated (OpenAI's)."""
+    frequency_penalty: float = 0.0
+    """Subtracted from a token's logit once per time it was already generated (OpenAI's)."""
+    logit_bias: Mapping[int, float] = field(default_factory=dict, hash=False)
+    """Token id -> added to its logit at every step (+100 forces it, -100 bans it)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop", tuple(self.stop))
+        # A copy keyed by int: the caller's mapping may change, and JSON keys are strings.
+        object.__setattr__(
+            self, "logit_bias", {int(token): float(bias) for token, bias in self.logit_bias.items()}
+        )
+        if not 1 <= self.n <= MAX_CHOICES:
+            raise InvalidRequestError(f"n must be in [1, {MAX_CHOICES}]", "n")
+        if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidRequestError(
+                f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}]", "top_logprobs"
+            )
+        if self.top_logprobs and not self.logprobs:
+            raise InvalidRequestError("top_logprobs needs logprobs", "top_logprobs")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not PENALTY_RANGE[0] <= getattr(self, name) <= PENALTY_RANGE[1]:
+                raise InvalidRequestError(f"{name} must be in {list(PENALTY_RANGE)}", name)
+        if any(
+            not LOGIT_BIAS_RANGE[0] <= bias <= LOGIT_BIAS_RANGE[1]
+            for bias in self.logit_bias.values()
+        ):
+            raise InvalidRequestError(
+                f"logit_bias values must be in {list(LOGIT_BIAS_RANGE)}", "logit_bias"
+            )
         if self.max_tokens < 1:
             raise InvalidRequestError("max_tokens must be at least 1")
         if not self.temperature >= 0:  # also catches NaN
@@ -79,6 +126,20 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature < MIN_TEMPERATURE
+
+    @property
+    def adjusts_logits(self) -> bool:
+        """Whether the row's logits change before its pick (bias or penalties)."""
+        return bool(self.logit_bias or self.presence_penalty or self.frequency_penalty)
+
+    def choice(self, index: int) -> SamplingParams:
+        """The settings of choice ``index`` of ``n``: one choice, seeded ``seed + index``
+        (wrapped into the seed range) when a seed is given."""
+        seed = self.seed
+        if seed is not None:
+            low, high = SEED_RANGE
+            seed = (seed + index - low) % (high - low) + low
+        return replace(self, n=1, seed=seed)
 
 
 class TokenConstraint(Protocol):
@@ -117,7 +178,7 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class GenerationOutput:
-    """A finished answer."""
+    """A finished answer (one choice)."""
 
     text: str
     """The generated text (stop string and end-of-turn token excluded)."""
@@ -127,6 +188,32 @@ class GenerationOutput:
     """Tokens in the prompt after formatting and truncation."""
     completion_tokens: int
     """Tokens generated."""
+    index: int = 0
+    """Which choice of the request's ``n``."""
+    logprobs: tuple[PositionLogprobs, ...] = ()
+    """With ``logprobs``: one entry per generated token."""
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One token and its logprob (see :mod:`ouro.engine.sampling` for the distribution)."""
+
+    token_id: int
+    token: str
+    """The token's text as decoded alone (may hold U+FFFD for part of a character)."""
+    token_bytes: bytes
+    """The token's exact bytes (a byte-level token's part of a UTF-8 character included)."""
+    logprob: float
+
+
+@dataclass(frozen=True)
+class PositionLogprobs:
+    """What ``logprobs`` reports for one generated token."""
+
+    chosen: TokenLogprob
+    """The generated token."""
+    top: tuple[TokenLogprob, ...]
+    """The ``top_logprobs`` most likely tokens at that position, most likely first."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +230,11 @@ class StreamDelta:
     """Tokens generated so far."""
     first_token_at: float | None = None
     """``time.monotonic()`` when the request's first token was sampled."""
+    index: int = 0
+    """Which choice (of the request's ``n``) this delta belongs to."""
+    logprobs: tuple[PositionLogprobs, ...] = ()
+    """With ``logprobs``: one entry per token this delta covers (also tokens whose text
+    is held back or not shown, e.g. the end-of-turn token)."""
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ from ouro.engine import (
     RequestAbortedError,
     SamplingParams,
     StreamDelta,
+    sampling,
 )
-from ouro.engine import core as engine_core
 
 SYSTEM_PROMPT = "You are Ouro, a friendly and helpful assistant."
 QUESTIONS = [
@@ -260,14 +260,14 @@ def test_adapter_changes_between_steps_never_give_a_wrong_adapter_token(engine, 
 def test_a_row_that_fails_inside_the_engine_fails_alone(engine, monkeypatch):
     neighbours = [request(0, "a"), request(1)]
     expected = [alone(engine, req) for req in neighbours]
-    real_sample = engine_core._sample
+    real_sample = sampling.sample
 
-    def sample(logits, seq):  # a numerical failure in one row's sampling
-        if seq.params.seed == 666:
+    def sample(logits, params, generator):  # a numerical failure in one row's sampling
+        if params.seed == 666:
             raise RuntimeError("invalid multinomial distribution")
-        return real_sample(logits, seq)
+        return real_sample(logits, params, generator)
 
-    monkeypatch.setattr(engine_core, "_sample", sample)
+    monkeypatch.setattr(sampling, "sample", sample)
     driver = Driver(engine)
     sinks = [driver.submit(req) for req in neighbours]
     driver.step(2)

@@ -133,6 +133,25 @@ def test_the_spec_documents_no_422_and_the_envelope_for_errors(spec: dict) -> No
     }
 
 
+def test_the_spec_describes_logprobs_in_answers_and_in_streamed_chunks(spec: dict) -> None:
+    schemas = spec["components"]["schemas"]
+    for choice in ("Choice", "ChunkChoice"):
+        logprobs = schemas[choice]["properties"]["logprobs"]
+        assert {"$ref": "#/components/schemas/ChoiceLogprobs"} in logprobs["anyOf"], choice
+    content = schemas["ChoiceLogprobs"]["properties"]["content"]["anyOf"][0]["items"]
+    assert set(schemas[content["$ref"].rsplit("/", 1)[1]]["properties"]) == {
+        "token",
+        "logprob",
+        "bytes",
+        "top_logprobs",
+    }
+    stream = spec["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]["content"]
+    event = stream["text/event-stream"]["schema"]["properties"]["data"]["anyOf"]
+    assert {"$ref": "#/components/schemas/ChatCompletionChunk"} in event[1]["contentSchema"][
+        "anyOf"
+    ]
+
+
 @pytest.mark.parametrize(("path", "method"), OPERATIONS, ids=[f"{m} {p}" for p, m in OPERATIONS])
 def test_fuzzed_requests_get_no_server_error_and_answers_match_the_spec(
     schema, stack: ServeStack, path: str, method: str

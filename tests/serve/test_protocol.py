@@ -9,6 +9,7 @@ import torch
 from pydantic import ValidationError
 from transformers import AutoTokenizer
 
+from ouro.engine import MAX_CHOICES, MAX_TOP_LOGPROBS
 from serve.protocol import (
     MIN_TEMPERATURE,
     MIN_TOP_P,
@@ -153,23 +154,11 @@ def test_a_tiny_top_p_is_raised_to_a_floor_float32_can_compare_with() -> None:
 # -- OpenAI parameters the engine does not implement yet ----------------------------------
 
 UNSUPPORTED = {
-    "n": 2,
-    "logprobs": True,
-    "top_logprobs": 3,
-    "presence_penalty": 0.5,
-    "frequency_penalty": -0.5,
-    "logit_bias": {"42": 5.0},
     "response_format": {"type": "json_object"},
     "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
     "tool_choice": "required",
 }
 DEFAULTS = {
-    "n": 1,
-    "logprobs": False,
-    "top_logprobs": 0,
-    "presence_penalty": 0,
-    "frequency_penalty": 0.0,
-    "logit_bias": {},
     "response_format": {"type": "text"},
     "tools": [],
     "tool_choice": "auto",
@@ -295,3 +284,48 @@ def test_feedback_accepts_list_of_parts_content_like_chat() -> None:
         "role": "user",
         "content": "Hello",
     }
+
+
+# -- sampling parameters: accepted within OpenAI's bounds -------------------------------
+
+SAMPLING = {
+    "n": 3,
+    "logprobs": True,
+    "top_logprobs": 20,
+    "presence_penalty": 2.0,
+    "frequency_penalty": -2.0,
+    "logit_bias": {"42": 100, "7": -100},
+}
+
+
+def test_sampling_parameters_are_accepted_within_their_bounds() -> None:
+    request = chat(**SAMPLING)
+    assert request.unsupported_parameter() is None
+    assert request.logit_bias == {"42": 100.0, "7": -100.0}
+
+
+@pytest.mark.parametrize(
+    ("fields", "location"),
+    [
+        ({"n": 0}, ("n",)),
+        ({"n": MAX_CHOICES + 1}, ("n",)),
+        ({"logprobs": True, "top_logprobs": MAX_TOP_LOGPROBS + 1}, ("top_logprobs",)),
+        ({"presence_penalty": 2.5}, ("presence_penalty",)),
+        ({"frequency_penalty": -2.01}, ("frequency_penalty",)),
+        ({"logit_bias": {"42": 101}}, ("logit_bias", "42")),
+        ({"logit_bias": {"hello": 1}}, ("logit_bias", "hello", "[key]")),
+        ({"logit_bias": {"-1": 1}}, ("logit_bias", "-1", "[key]")),
+    ],
+    ids=[
+        "n 0",
+        "n past the bound",
+        "top_logprobs 21",
+        "presence",
+        "frequency",
+        "bias",
+        "key",
+        "neg",
+    ],
+)
+def test_sampling_parameters_past_their_bounds_are_refused_at_their_field(fields, location) -> None:
+    assert error_location(**fields) == location
