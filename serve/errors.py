@@ -122,7 +122,7 @@ def api_error(exc: BaseException) -> ApiError:
             InvalidRequestError(_message(exc), "messages", code="context_length_exceeded")
         )
     if isinstance(exc, EngineRequestError):
-        return api_error(InvalidRequestError(_message(exc)))
+        return api_error(InvalidRequestError(_message(exc), getattr(exc, "param", None)))
     if isinstance(exc, BackPressureError | EngineOverloadedError):
         return api_error(OverloadedError("the server is busy; retry shortly"))
     if isinstance(exc, EngineStoppedError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ouro.engine import SamplingParams
+from ouro.structured import OutputFormat
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class LLMCall:
     """How to decode."""
     request_id: str
     """The HTTP request's id, for the LLM server's logs."""
+    output: OutputFormat | None = None
+    """The format the answer is held to (JSON, tool calls); None: free text."""
 
 
 @dataclass(frozen=True)

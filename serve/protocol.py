@@ -193,14 +193,85 @@ class StreamOptions(BaseModel):
     )
 
 
+class JsonSchemaFormat(BaseModel):
+    """The schema a ``json_schema`` answer follows."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=64, description="The format's name.")
+    description: str | None = Field(None, description="What the format is for.")
+    schema_: dict[str, Any] = Field(
+        default_factory=dict,
+        alias="schema",
+        description="The JSON schema (a JSON object); the answer always matches it.",
+    )
+    strict: bool | None = Field(
+        None, description="Accepted for compatibility: answers always match the schema."
+    )
+
+
 class ResponseFormat(BaseModel):
     """The answer's format."""
 
     model_config = ConfigDict(extra="allow")
 
     type: Literal["text", "json_object", "json_schema"] = Field(
-        description="Only 'text' is supported yet."
+        description="'json_object': a JSON object; 'json_schema': one matching json_schema."
     )
+    json_schema: JsonSchemaFormat | None = Field(
+        None, description="Required with type 'json_schema'."
+    )
+
+    @model_validator(mode="after")
+    def _check_schema(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("json_schema is required with type 'json_schema'")
+        return self
+
+
+class FunctionDefinition(BaseModel):
+    """A function the model may call."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[a-zA-Z0-9_-]+$",
+        description="The function's name (letters, digits, _ and -).",
+    )
+    description: Text | None = Field(None, description="What it does, for the model.")
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}},
+        description="The JSON schema of its arguments (an object); calls always match it.",
+    )
+    strict: bool | None = Field(
+        None, description="Accepted for compatibility: calls always match the schema."
+    )
+
+
+class Tool(BaseModel):
+    """A tool the model may call."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["function"] = Field(description="Only functions are supported.")
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(description="The function to call.")
+
+
+class NamedToolChoice(BaseModel):
+    """Call this function."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["function"]
+    function: NamedFunction
 
 
 NOT_YET = "Not supported yet: a value other than the default is refused (400)."
@@ -230,7 +301,13 @@ class ChatCompletionRequest(BaseModel):
     )
     n: int | None = Field(None, description="Number of choices; only 1 is supported.")
     presence_penalty: float | None = Field(None, description=NOT_YET)
-    response_format: ResponseFormat | None = Field(None, description=NOT_YET)
+    parallel_tool_calls: bool | None = Field(
+        None, description="Accepted; an answer makes at most one tool call."
+    )
+    response_format: ResponseFormat | None = Field(
+        None,
+        description="'json_object' or 'json_schema': the answer is JSON (400 for a bad schema).",
+    )
     seed: int | None = Field(
         None,
         ge=SEED_MIN,
@@ -251,8 +328,14 @@ class ChatCompletionRequest(BaseModel):
         description=f"0 is greedy (deterministic); higher samples. Values between 0 and "
         f"{MIN_TEMPERATURE} act as {MIN_TEMPERATURE}.",
     )
-    tool_choice: str | dict | None = Field(None, description=NOT_YET)
-    tools: list[dict] | None = Field(None, description=NOT_YET)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None,
+        description="'none', 'auto' (the default with tools: text or one call), 'required' "
+        "(one call), or a named function.",
+    )
+    tools: list[Tool] | None = Field(
+        None, max_length=128, description="Functions the model may call (one per answer)."
+    )
     top_logprobs: int | None = Field(None, description=NOT_YET)
     top_p: float = Field(
         1.0,
@@ -325,10 +408,6 @@ NOT_YET_SUPPORTED: dict[str, Callable[[Any], bool]] = {
     "presence_penalty": lambda value: not value,
     "frequency_penalty": lambda value: not value,
     "logit_bias": lambda value: not value,
-    "response_format": lambda value: value is None or value.type == "text",
-    "tools": lambda value: not value,
-    # 'auto' and 'none' ask nothing when no tools are given (tools is checked above).
-    "tool_choice": lambda value: value in (None, "auto", "none"),
 }
 """OpenAI parameters the engine does not implement yet, with what counts as unset."""
 
@@ -387,16 +466,33 @@ def now_s() -> int:
     return int(time.time())
 
 
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str = Field(description="The arguments: a JSON object, as a string.")
+
+
+class ToolCallOut(BaseModel):
+    """A tool call the answer makes."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None = Field(description="The text; null when the answer only calls a tool.")
+    tool_calls: list[ToolCallOut] | None = None
+
+
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class Choice(BaseModel):
     index: int = 0
     message: AssistantMessage
     logprobs: None = None
-    finish_reason: Literal["stop", "length"]
+    finish_reason: FinishReason
 
 
 class Usage(BaseModel):
@@ -424,16 +520,31 @@ class ChatCompletionResponse(BaseModel):
     usage: Usage
 
 
+class FunctionCallDelta(BaseModel):
+    name: str | None = Field(None, description="In the call's first chunk only.")
+    arguments: str = Field(description="The next fragment of the arguments' JSON text.")
+
+
+class ToolCallDelta(BaseModel):
+    """Part of a streamed tool call: the first carries id, type and name."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta
+
+
 class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChunkChoice(BaseModel):
     index: int = 0
     delta: DeltaMessage
     logprobs: None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: FinishReason | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -450,8 +561,8 @@ class ChatCompletionChunk(BaseModel):
         """The event's text, as OpenAI sends it: deltas carry only the fields they set, and
         ``usage`` is present (null until the last chunk) only when it was asked for."""
         body = self.model_dump(exclude={"usage"} if not include_usage_field else None)
-        for choice in body["choices"]:
-            choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
+        for choice, model in zip(body["choices"], self.choices, strict=True):
+            choice["delta"] = model.delta.model_dump(exclude_none=True)
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
 

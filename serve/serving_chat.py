@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ouro.engine import SamplingParams
 from ouro.registry import UnknownModelError, parse_model_name
 from ouro.settings import OuroSettings
+from ouro.structured import ToolFormat
 from serve.auth import Caller
 from serve.errors import error_response, stream_error_event
 from serve.exceptions import InvalidRequestError
@@ -37,6 +38,7 @@ from serve.protocol import (
     completion_id,
     now_s,
 )
+from serve.tool_calls import ToolCallText, output_format, whole_answer
 
 logger = logging.getLogger(__name__)
 
@@ -87,14 +89,15 @@ class ChatCompletions:
         except Exception as exc:  # noqa: BLE001 - mapped by serve.errors (logged there if unexpected)
             return error_response(exc)
         self._count(request.model, result.served, result.finished)
+        message, finish_reason = (
+            AssistantMessage(content=result.text),
+            result.finished.finish_reason,
+        )
+        if isinstance(call.output, ToolFormat):
+            message, finish_reason = whole_answer(result.text, finish_reason)
         body = ChatCompletionResponse(
             model=result.served.label,
-            choices=[
-                Choice(
-                    message=AssistantMessage(content=result.text),
-                    finish_reason=result.finished.finish_reason,
-                )
-            ],
+            choices=[Choice(message=message, finish_reason=finish_reason)],
             usage=Usage.of(result.finished.prompt_tokens, result.finished.completion_tokens),
         )
         return JSONResponse(body.model_dump(), headers={MODEL_VERSION_HEADER: result.served.label})
@@ -142,6 +145,7 @@ class ChatCompletions:
             messages=request.engine_messages(),
             params=params,
             request_id=current_request_id(),
+            output=output_format(request),
         )
 
     async def _check_model(self, name: str) -> ServedModel | None:
@@ -166,15 +170,23 @@ class ChatCompletions:
             served: ServedModel = await events.__anext__()
         except Exception as exc:  # noqa: BLE001 - before the first byte: a normal error status
             return error_response(exc)
+        tool_text = ToolCallText() if isinstance(call.output, ToolFormat) else None
         return StreamingResponse(
-            self._sse(requested, served, events, include_usage),
+            self._sse(requested, served, events, include_usage, tool_text),
             media_type="text/event-stream",
             headers={MODEL_VERSION_HEADER: served.label, "Cache-Control": "no-cache"},
         )
 
     async def _sse(
-        self, requested: str, served: ServedModel, events: AsyncIterator, include_usage: bool
+        self,
+        requested: str,
+        served: ServedModel,
+        events: AsyncIterator,
+        include_usage: bool,
+        tool_text: ToolCallText | None = None,
     ) -> AsyncIterator[str]:
+        """The answer's chunks; ``tool_text`` reads a tool call out of the text, when the
+        request has tools."""
         chunk_id, created = completion_id(), now_s()
 
         def chunk(delta: DeltaMessage, finish_reason=None, choices=True, usage=None) -> str:
@@ -190,10 +202,21 @@ class ChatCompletions:
         try:
             async for event in events:
                 if isinstance(event, TextDelta):
-                    yield chunk(DeltaMessage(content=event.text))
+                    deltas = (
+                        tool_text.feed(event.text)
+                        if tool_text
+                        else [DeltaMessage(content=event.text)]
+                    )
+                    for delta in deltas:
+                        yield chunk(delta)
                 elif isinstance(event, Finished):
                     self._count(requested, served, event)
-                    yield chunk(DeltaMessage(), finish_reason=event.finish_reason)
+                    finish_reason = event.finish_reason
+                    if tool_text is not None:
+                        deltas, finish_reason = tool_text.finish(finish_reason)
+                        for delta in deltas:
+                            yield chunk(delta)
+                    yield chunk(DeltaMessage(), finish_reason=finish_reason)
                     if include_usage:
                         usage = Usage.of(event.prompt_tokens, event.completion_tokens)
                         yield chunk(DeltaMessage(), choices=False, usage=usage)

@@ -233,9 +233,6 @@ BAD_REQUESTS = [
             ("presence_penalty", 1.0),
             ("frequency_penalty", 0.5),
             ("logit_bias", {"1": 2}),
-            ("response_format", {"type": "json_object"}),
-            ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
-            ("tool_choice", "required"),
         ]
     ],
     (

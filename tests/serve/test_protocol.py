@@ -159,9 +159,6 @@ UNSUPPORTED = {
     "presence_penalty": 0.5,
     "frequency_penalty": -0.5,
     "logit_bias": {"42": 5.0},
-    "response_format": {"type": "json_object"},
-    "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
-    "tool_choice": "required",
 }
 DEFAULTS = {
     "n": 1,
@@ -170,9 +167,6 @@ DEFAULTS = {
     "presence_penalty": 0,
     "frequency_penalty": 0.0,
     "logit_bias": {},
-    "response_format": {"type": "text"},
-    "tools": [],
-    "tool_choice": "auto",
 }
 
 
@@ -181,10 +175,6 @@ def test_unsupported_parameters_are_named_and_their_defaults_pass() -> None:
     for name, value in UNSUPPORTED.items():
         assert chat(**{name: value}).unsupported_parameter() == name
     assert chat(**DEFAULTS).unsupported_parameter() is None
-    assert chat(tool_choice="none").unsupported_parameter() is None
-    assert chat(response_format={"type": "json_schema"}).unsupported_parameter() == (
-        "response_format"
-    )
 
 
 # -- messages real clients send ------------------------------------------------------------
