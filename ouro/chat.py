@@ -6,6 +6,7 @@ Serving (ouro.engine) and training (train_job.train) both format through
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 
@@ -29,6 +30,29 @@ CHATML_TEMPLATE = (
 template in SmolLM2's GGUF it adds no built-in system prompt (Ouro's configured one is
 put in front by ChatFormatter), and its ``{% generation %}`` markers let TRL put the loss
 on assistant tokens only. The engine stops on ``<|im_end|>``."""
+
+
+TOOL_CALL_BEGIN = "<tool_call>"
+TOOL_CALL_END = "}\n</tool_call>"
+"""A tool call is written ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``
+(Hermes/Qwen style): how earlier calls appear in prompts and how ``ouro.structured`` holds
+an answer that calls a tool."""
+
+TOOLS_HEADER = (
+    "Functions you may call:\n<tools>\n{tools}\n</tools>\nTo call one, answer "
+    '<tool_call>\n{{"name": <name>, "arguments": <JSON object>}}\n</tool_call>'
+)
+"""Compact: small models have short contexts, and every prompt with tools carries it."""
+
+
+def tool_call_prefix(name: str) -> str:
+    """A call's text up to its arguments."""
+    return f'{TOOL_CALL_BEGIN}\n{{"name": {json.dumps(name, ensure_ascii=False)}, "arguments": '
+
+
+def render_tool_call(name: str, arguments: dict) -> str:
+    """A tool call as the model writes it."""
+    return tool_call_prefix(name) + json.dumps(arguments, ensure_ascii=False) + TOOL_CALL_END
 
 
 class PromptTooLongError(OuroError):
@@ -55,6 +79,38 @@ class ChatFormatter:
         messages = [dict(message) for message in messages]
         if self.system_prompt and not any(message["role"] == "system" for message in messages):
             messages.insert(0, {"role": "system", "content": self.system_prompt})
+        return messages
+
+    def with_tools(self, messages: Sequence[dict], tools: Sequence[dict] = ()) -> list[dict]:
+        """The conversation with tools as plain text, which every chat template renders:
+        the tools' functions (name, description, parameters) after the system prompt, earlier tool calls
+        in their assistant turn's content, tool results as the 'tool' turn's content.
+
+        The embedded models' templates have no tools section of their own (and changing a
+        template renames the cached models), so tools go through the messages instead.
+        """
+        messages = self.with_system_prompt(messages) if tools else [dict(m) for m in messages]
+        if tools:
+            described = "\n".join(
+                json.dumps(tool["function"], ensure_ascii=False, separators=(",", ":"))
+                for tool in tools
+            )
+            block = TOOLS_HEADER.format(tools=described)
+            if messages and messages[0]["role"] == "system":
+                system = messages[0]["content"]
+                messages[0]["content"] = f"{system}\n\n{block}" if system else block
+            else:
+                messages.insert(0, {"role": "system", "content": block})
+        for message in messages:
+            calls = message.pop("tool_calls", None)
+            if calls:
+                rendered = "\n".join(
+                    render_tool_call(call["function"]["name"], call["function"]["arguments"])
+                    for call in calls
+                )
+                content = message.get("content") or ""
+                message["content"] = f"{content}\n{rendered}" if content else rendered
+            message.pop("tool_call_id", None)
         return messages
 
     def render(self, messages: Sequence[dict]) -> list[int]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ouro.engine import PositionLogprobs, SamplingParams
+from ouro.structured import OutputFormat
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class LLMCall:
     """How to decode."""
     request_id: str
     """The HTTP request's id, for the LLM server's logs."""
+    output: OutputFormat | None = None
+    """The format the answer is held to (JSON, tool calls); None: free text."""
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ from ouro.registry import (
     version_label,
 )
 from ouro.settings import OuroSettings
+from ouro.structured import StructuredOutput, ToolFormat
 from serve.adapter_slots import AdapterLease, AdapterSlots, CachedAdapter
 from serve.exceptions import NotReadyError
 from serve.llm_calls import Finished, LLMCall, LLMChoice, LLMResult, ServedModel, TextDelta
@@ -92,6 +93,7 @@ class LLMServer:
         torch.set_num_threads(max(1, int(self.settings.llm_num_cpus)))
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self.engine = AsyncEngine(await asyncio.to_thread(engine_factory, self.settings))
+        self.structured = await asyncio.to_thread(StructuredOutput.for_engine, self.engine.engine)
         self.engine.start()
         self.registry = registry_factory(self.settings)
         self.personal_registries = PersonalRegistries(
@@ -161,12 +163,7 @@ class LLMServer:
         served = await self._resolve(call.model)
         lease = await self._lease(served)
         with lease or nullcontext():
-            request = GenerationRequest(
-                messages=call.messages,
-                params=call.params,
-                adapter=lease.name if lease is not None else None,
-                request_id=call.request_id,
-            )
+            request = await self._request(call, lease.name if lease is not None else None)
             deltas = self.engine.generate(request, stream=stream)
             try:
                 delta = await anext(deltas)
@@ -204,6 +201,22 @@ class LLMServer:
                     delta = await anext(deltas)
             finally:
                 await deltas.aclose()  # aborts the rows if the call ends early
+
+    async def _request(self, call: LLMCall, adapter: str | None) -> GenerationRequest:
+        """The engine request: tools described in the messages, and the answer's grammar
+        compiled (a schema it cannot use fails here, before anything is streamed)."""
+        output = call.output
+        tools = [tool.describe() for tool in output.tools] if isinstance(output, ToolFormat) else []
+        constraint = None
+        if output is not None:
+            constraint = await asyncio.to_thread(self.structured.constraint, output)
+        return GenerationRequest(
+            messages=self.engine.engine.formatter.with_tools(call.messages, tools),
+            params=call.params,
+            adapter=adapter,
+            request_id=call.request_id,
+            constraint=constraint,
+        )
 
     async def refresh_registry(self) -> ReplicaReport:
         """Re-read the registry now (this replica only; the coordinator reaches all)."""

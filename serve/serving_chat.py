@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ouro.engine import PositionLogprobs, SamplingParams, TokenLogprob
 from ouro.registry import UnknownModelError, parse_model_name
 from ouro.settings import OuroSettings
+from ouro.structured import ToolFormat
 from serve.auth import Caller
 from serve.errors import error_response, stream_error_event
 from serve.exceptions import InvalidRequestError
@@ -40,6 +41,7 @@ from serve.protocol import (
     completion_id,
     now_s,
 )
+from serve.tool_calls import ToolCallText, output_format, whole_answer
 
 logger = logging.getLogger(__name__)
 
@@ -91,17 +93,23 @@ class ChatCompletions:
             return error_response(exc)
         finished = [choice.finished for choice in result.choices]
         self._count(request.model, result.served, finished)
-        body = ChatCompletionResponse(
-            model=result.served.label,
-            choices=[
+        choices = []
+        for choice in result.choices:
+            message = AssistantMessage(content=choice.text)
+            finish_reason = choice.finished.finish_reason
+            if isinstance(call.output, ToolFormat):
+                message, finish_reason = whole_answer(choice.text, finish_reason)
+            choices.append(
                 Choice(
                     index=choice.finished.index,
-                    message=AssistantMessage(content=choice.text),
+                    message=message,
                     logprobs=_logprobs(choice.logprobs) if call.params.logprobs else None,
-                    finish_reason=choice.finished.finish_reason,
+                    finish_reason=finish_reason,
                 )
-                for choice in result.choices
-            ],
+            )
+        body = ChatCompletionResponse(
+            model=result.served.label,
+            choices=choices,
             usage=_usage(finished),
         )
         return JSONResponse(body.model_dump(), headers={MODEL_VERSION_HEADER: result.served.label})
@@ -155,6 +163,7 @@ class ChatCompletions:
             messages=request.engine_messages(),
             params=params,
             request_id=current_request_id(),
+            output=output_format(request),
         )
 
     async def _check_model(self, name: str) -> ServedModel | None:
@@ -180,7 +189,14 @@ class ChatCompletions:
         except Exception as exc:  # noqa: BLE001 - before the first byte: a normal error status
             return error_response(exc)
         return StreamingResponse(
-            self._sse(request.model, served, events, call.params, request.include_usage()),
+            self._sse(
+                request.model,
+                served,
+                events,
+                call.params,
+                request.include_usage(),
+                tool_calls=isinstance(call.output, ToolFormat),
+            ),
             media_type="text/event-stream",
             headers={MODEL_VERSION_HEADER: served.label, "Cache-Control": "no-cache"},
         )
@@ -192,8 +208,12 @@ class ChatCompletions:
         events: AsyncIterator,
         params: SamplingParams,
         include_usage: bool,
+        tool_calls: bool = False,
     ) -> AsyncIterator[str]:
+        """The answer's chunks, choice by choice; with ``tool_calls`` each choice's text
+        is read for a tool call (``ToolCallText``)."""
         chunk_id, created = completion_id(), now_s()
+        tool_texts = [ToolCallText() for _ in range(params.n)] if tool_calls else []
 
         def chunk(choices: list[ChunkChoice], usage=None) -> str:
             return ChatCompletionChunk(
@@ -209,16 +229,28 @@ class ChatCompletions:
             async for event in events:
                 if isinstance(event, TextDelta):
                     logprobs = _logprobs(event.logprobs) if params.logprobs else None
-                    delta = DeltaMessage(content=event.text)
-                    yield chunk([ChunkChoice(index=event.index, delta=delta, logprobs=logprobs)])
+                    deltas = (
+                        tool_texts[event.index].feed(event.text)
+                        if tool_calls
+                        else [DeltaMessage(content=event.text)]
+                    )
+                    for delta in deltas:
+                        choice = ChunkChoice(index=event.index, delta=delta, logprobs=logprobs)
+                        yield chunk([choice])
+                        logprobs = None  # a token's logprobs go out once
                 elif isinstance(event, Finished):
                     finished.append(event)
+                    finish_reason = event.finish_reason
+                    if tool_calls:
+                        deltas, finish_reason = tool_texts[event.index].finish(finish_reason)
+                        for delta in deltas:
+                            yield chunk([ChunkChoice(index=event.index, delta=delta)])
                     yield chunk(
                         [
                             ChunkChoice(
                                 index=event.index,
                                 delta=DeltaMessage(),
-                                finish_reason=event.finish_reason,
+                                finish_reason=finish_reason,
                             )
                         ]
                     )

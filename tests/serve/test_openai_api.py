@@ -229,9 +229,12 @@ BAD_REQUESTS = [
             "unsupported_parameter",
         )
         for name, value in [
-            ("response_format", {"type": "json_object"}),
-            ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
-            ("tool_choice", "required"),
+            ("functions", [{"name": "f", "parameters": {}}]),
+            ("function_call", {"name": "f"}),
+            ("modalities", ["text", "audio"]),
+            ("audio", {"voice": "alloy", "format": "wav"}),
+            ("prediction", {"type": "content", "content": "x"}),
+            ("web_search_options", {}),
         ]
     ],
     (

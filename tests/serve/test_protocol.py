@@ -154,14 +154,20 @@ def test_a_tiny_top_p_is_raised_to_a_floor_float32_can_compare_with() -> None:
 # -- OpenAI parameters the engine does not implement yet ----------------------------------
 
 UNSUPPORTED = {
-    "response_format": {"type": "json_object"},
-    "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
-    "tool_choice": "required",
+    "functions": [{"name": "f", "parameters": {}}],
+    "function_call": {"name": "f"},
+    "modalities": ["text", "audio"],
+    "audio": {"voice": "alloy", "format": "wav"},
+    "prediction": {"type": "content", "content": "x"},
+    "web_search_options": {},
 }
 DEFAULTS = {
-    "response_format": {"type": "text"},
-    "tools": [],
-    "tool_choice": "auto",
+    "functions": [],
+    "function_call": "auto",
+    "modalities": ["text"],
+    "audio": None,
+    "prediction": None,
+    "web_search_options": None,
 }
 
 
@@ -170,10 +176,6 @@ def test_unsupported_parameters_are_named_and_their_defaults_pass() -> None:
     for name, value in UNSUPPORTED.items():
         assert chat(**{name: value}).unsupported_parameter() == name
     assert chat(**DEFAULTS).unsupported_parameter() is None
-    assert chat(tool_choice="none").unsupported_parameter() is None
-    assert chat(response_format={"type": "json_schema"}).unsupported_parameter() == (
-        "response_format"
-    )
 
 
 # -- messages real clients send ------------------------------------------------------------
