@@ -14,6 +14,9 @@ everything (also on Ctrl-C, SIGTERM or an error), and writes ``latest.json`` and
   multi_adapter     16 clients over 4 versions: Ouro vs. one-at-a-time with adapter reloads
   saturation        1, 4, 16, 64 clients: throughput, p50/p99, 429s, the knee
   locust            the project's locustfile at the knee for 2 minutes
+  personal          100 personal adapters, 64 clients each with its own key, vs. shared
+                    production alone, on a stack of its own; shared first, not
+                    interleaved (``loadtests.bench_personal`` says why)
 
 Compared systems run interleaved in the same run (A, B, B, A, ...) and are reported as
 ratios of medians, because a shared machine's speed drifts. ``--quick`` runs every
@@ -40,6 +43,7 @@ from loadtests.bench_adapters import run_multi_adapter
 from loadtests.bench_locust import LocustRunError, run_locust
 from loadtests.bench_overhead import concurrent_clients, corpus_questions, longest_answer_prompts
 from loadtests.bench_overhead import single_client as overhead_single_client
+from loadtests.bench_personal import PersonalSizes, run_personal
 from loadtests.bench_report import (
     check_targets,
     headline,
@@ -68,7 +72,17 @@ from ouro.settings import OuroSettings
 
 logger = logging.getLogger("loadtests.bench")
 
-SCENARIOS = ("serving_overhead", "swap", "ttft", "multi_adapter", "saturation", "locust")
+SCENARIOS = (
+    "serving_overhead",
+    "swap",
+    "ttft",
+    "multi_adapter",
+    "saturation",
+    "locust",
+    "personal",
+)
+OWN_STACK_SCENARIOS = ("personal",)
+"""Scenarios that start a stack of their own (the others share one)."""
 RESULTS_DIR = REPO_ROOT / "loadtests" / "results"
 JSON_NAME = "latest.json"
 PLOT_NAME = "bench.png"
@@ -188,96 +202,108 @@ def run(args: argparse.Namespace) -> dict:
         work = Path(scratch)
         settings = OuroSettings(data_dir=work / "data", base_model=str(model_dir))
         registry = AdapterRegistry.from_settings(settings)
-        adapter_dirs = timed(
-            "register_adapters",
-            lambda: register_adapters(settings, model_dir, work / "adapters", sizes.adapters),
-        )
-        versions = sorted(adapter_dirs)
-        registry.set_alias(ALIAS_PRODUCTION, versions[0])  # ouro -> v1 from the start
-        serve_started = time.monotonic()
-        with serve_process(settings, model_dir, args.out / "serve.log") as stack:
-            timings["serve_ready"] = round(time.monotonic() - serve_started, 1)
-            niceness = match_replica_niceness(stack)
-            engine = GenerationEngine.from_settings(settings)
-            torch.set_num_threads(replica_threads())
-            questions = corpus_questions()
-            long_prompts = timed(
-                "pick_prompts",
-                lambda: longest_answer_prompts(
-                    engine, sizes.max_tokens, OVERHEAD_PROMPTS, sizes.prompt_scan
-                ),
+        shared_stack = [name for name in args.scenarios if name not in OWN_STACK_SCENARIOS]
+        if shared_stack:
+            adapter_dirs = timed(
+                "register_adapters",
+                lambda: register_adapters(settings, model_dir, work / "adapters", sizes.adapters),
             )
-            steps: dict[str, Callable[[], dict]] = {
-                "serving_overhead": lambda: {
-                    "prompt_completion_tokens": [tokens for _, tokens in long_prompts],
-                    "single_client": overhead_single_client(
+            versions = sorted(adapter_dirs)
+            registry.set_alias(ALIAS_PRODUCTION, versions[0])  # ouro -> v1 from the start
+            serve_started = time.monotonic()
+            with serve_process(settings, model_dir, args.out / "serve.log") as stack:
+                timings["serve_ready"] = round(time.monotonic() - serve_started, 1)
+                niceness = match_replica_niceness(stack)
+                engine = GenerationEngine.from_settings(settings)
+                torch.set_num_threads(replica_threads())
+                questions = corpus_questions()
+                long_prompts = timed(
+                    "pick_prompts",
+                    lambda: longest_answer_prompts(
+                        engine, sizes.max_tokens, OVERHEAD_PROMPTS, sizes.prompt_scan
+                    ),
+                )
+                steps: dict[str, Callable[[], dict]] = {
+                    "serving_overhead": lambda: {
+                        "prompt_completion_tokens": [tokens for _, tokens in long_prompts],
+                        "single_client": overhead_single_client(
+                            engine,
+                            stack,
+                            [messages for messages, _ in long_prompts],
+                            pairs=sizes.overhead_pairs,
+                            warmup=sizes.overhead_warmup,
+                            max_tokens=sizes.max_tokens,
+                        ),
+                        "concurrent": concurrent_clients(
+                            engine,
+                            stack,
+                            [messages for messages, _ in long_prompts],
+                            clients=sizes.concurrent_clients,
+                            rounds=sizes.overhead_rounds,
+                            requests_per_client=sizes.overhead_requests_per_client,
+                            max_tokens=sizes.max_tokens,
+                        ),
+                    },
+                    "swap": lambda: run_swap(
+                        stack,
+                        registry,
+                        questions,
+                        to_version=versions[1],
+                        clients=sizes.swap_clients,
+                        steady_s=sizes.swap_steady_s,
+                        tail_s=sizes.swap_tail_s,
+                        timeout_s=sizes.swap_timeout_s,
+                        max_tokens=sizes.swap_max_tokens,
+                    ),
+                    "ttft": lambda: run_ttft(
+                        stack,
+                        questions,
+                        background=sizes.ttft_background,
+                        probes=sizes.ttft_probes,
+                        probe_max_tokens=sizes.max_tokens,
+                        background_max_tokens=sizes.ttft_background_max_tokens,
+                    ),
+                    "multi_adapter": lambda: run_multi_adapter(
                         engine,
                         stack,
-                        [messages for messages, _ in long_prompts],
-                        pairs=sizes.overhead_pairs,
-                        warmup=sizes.overhead_warmup,
+                        adapter_dirs,
+                        questions,
+                        clients=sizes.multi_clients,
+                        rounds=sizes.multi_rounds,
+                        requests_per_client=sizes.multi_requests_per_client,
                         max_tokens=sizes.max_tokens,
                     ),
-                    "concurrent": concurrent_clients(
-                        engine,
+                    "saturation": lambda: run_saturation(
                         stack,
-                        [messages for messages, _ in long_prompts],
-                        clients=sizes.concurrent_clients,
-                        rounds=sizes.overhead_rounds,
-                        requests_per_client=sizes.overhead_requests_per_client,
+                        questions,
+                        levels=sizes.saturation_levels,
+                        level_s=sizes.saturation_level_s,
                         max_tokens=sizes.max_tokens,
                     ),
-                },
-                "swap": lambda: run_swap(
-                    stack,
-                    registry,
-                    questions,
-                    to_version=versions[1],
-                    clients=sizes.swap_clients,
-                    steady_s=sizes.swap_steady_s,
-                    tail_s=sizes.swap_tail_s,
-                    timeout_s=sizes.swap_timeout_s,
-                    max_tokens=sizes.swap_max_tokens,
-                ),
-                "ttft": lambda: run_ttft(
-                    stack,
-                    questions,
-                    background=sizes.ttft_background,
-                    probes=sizes.ttft_probes,
-                    probe_max_tokens=sizes.max_tokens,
-                    background_max_tokens=sizes.ttft_background_max_tokens,
-                ),
-                "multi_adapter": lambda: run_multi_adapter(
-                    engine,
-                    stack,
-                    adapter_dirs,
-                    questions,
-                    clients=sizes.multi_clients,
-                    rounds=sizes.multi_rounds,
-                    requests_per_client=sizes.multi_requests_per_client,
-                    max_tokens=sizes.max_tokens,
-                ),
-                "saturation": lambda: run_saturation(
-                    stack,
-                    questions,
-                    levels=sizes.saturation_levels,
-                    level_s=sizes.saturation_level_s,
-                    max_tokens=sizes.max_tokens,
-                ),
-                "locust": lambda: run_locust(
-                    stack,
-                    scenarios.get("saturation", {}).get("knee_clients", FALLBACK_KNEE),
-                    sizes.locust_s,
-                    args.out,
-                    sizes.max_tokens,
-                ),
-            }
-            for name in args.scenarios:
-                try:
-                    scenarios[name] = timed(name, steps[name])
-                except (httpx.HTTPError, OuroError, SwapTimeoutError, LocustRunError) as exc:
-                    logger.error("scenario %s failed: %s", name, exc)
-                    errors[name] = repr(exc)
+                    "locust": lambda: run_locust(
+                        stack,
+                        scenarios.get("saturation", {}).get("knee_clients", FALLBACK_KNEE),
+                        sizes.locust_s,
+                        args.out,
+                        sizes.max_tokens,
+                    ),
+                }
+                for name in shared_stack:
+                    try:
+                        scenarios[name] = timed(name, steps[name])
+                    except (httpx.HTTPError, OuroError, SwapTimeoutError, LocustRunError) as exc:
+                        logger.error("scenario %s failed: %s", name, exc)
+                        errors[name] = repr(exc)
+        if "personal" in args.scenarios:
+            personal_sizes = PersonalSizes.quick() if args.quick else PersonalSizes()
+            try:
+                scenarios["personal"] = timed(
+                    "personal",
+                    lambda: run_personal(model_dir, work / "personal", args.out, personal_sizes),
+                )
+            except (httpx.HTTPError, OuroError) as exc:
+                logger.error("scenario personal failed: %s", exc)
+                errors["personal"] = repr(exc)
     figures = headline(scenarios)
     machine["load_average_at_end"] = list(os.getloadavg())
     return {
@@ -295,6 +321,7 @@ def run(args: argparse.Namespace) -> dict:
         "torch_threads": replica_threads(),
         "niceness": niceness,
         "sizes": asdict(sizes),
+        "personal_sizes": asdict(PersonalSizes.quick() if args.quick else PersonalSizes()),
         "headline": figures,
         "targets": check_targets(figures),
         "errors": errors,

@@ -24,6 +24,7 @@ TARGETS = {
     "ttft_under_load_ratio": ("<=", 3.0),
     "swap_failed_requests": ("<=", 0),
     "locust_failures": ("<=", 0),
+    "personal_adapter_slowdown": ("<=", 2.0),
 }
 """Issue targets, checked against the headline figures of the same run."""
 
@@ -95,7 +96,27 @@ def headline(scenarios: dict) -> dict:
         )
     if "locust" in scenarios:
         figures["locust_failures"] = scenarios["locust"]["failures"]
+    if "personal" in scenarios:
+        figures.update(personal_headline(scenarios["personal"]))
     return figures
+
+
+def personal_headline(personal: dict) -> dict:
+    """The headline figures of the "personal" scenario (``loadtests.bench_personal``)."""
+    return {
+        "personal_adapter_slowdown": personal["personal_adapter_slowdown"],
+        "personal_p50_s": personal["personal"].get("p50_s"),
+        "personal_p99_s": personal["personal"].get("p99_s"),
+        "personal_tokens_per_s": personal["personal"].get("tokens_per_s"),
+        "shared_p50_s": personal["shared"].get("p50_s"),
+        "shared_p99_s": personal["shared"].get("p99_s"),
+        "shared_tokens_per_s": personal["shared"].get("tokens_per_s"),
+        "adapter_loads_per_min": personal["personal"].get("adapter_loads_per_min"),
+        "adapter_evictions_per_min": personal["personal"].get("adapter_evictions_per_min"),
+        "personal_llm_replica_peak_mib": personal["llm_replica_peak_mib"],
+        "adapter_load_s": personal["adapter_load_s_median"],
+        "personal_cold_start_p50_s": personal["cold_start"]["latency"]["p50"],
+    }
 
 
 def check_targets(figures: dict) -> dict:
@@ -242,7 +263,56 @@ def markdown(result: dict) -> str:
             f"Locust: {locust['users']} users for {locust['duration_s']} s, "
             f"{locust['failures']} failures.",
         ]
+    if "personal" in scenarios:
+        lines += ["", *personal_table(scenarios["personal"])]
     return "\n".join(lines)
+
+
+def personal_table(personal: dict) -> list[str]:
+    """The "personal" scenario as Markdown lines."""
+    sizes = personal["sizes"]
+    lines = [
+        f"Personal adapters: {sizes['scopes']} scopes with an adapter, {sizes['clients']} "
+        f"clients each with its own key, LRU of {sizes['max_adapters']} per replica, "
+        f"max_tokens={sizes['max_tokens']}, {sizes['phases']} phases of "
+        f"{sizes['phase_s']:g} s (medians of the phases):",
+        "",
+        "| load | requests | failed | requests/s | tokens/s | p50 (s) | p99 (s) "
+        "| adapter loads/min | evictions/min |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, key in (
+        ("shared production only (`ouro-shared`)", "shared"),
+        ("each its own adapter (`ouro`)", "personal"),
+    ):
+        row = personal[key]
+        if not row:
+            continue
+        lines.append(
+            f"| {label} | {row['requests']} | {row['failed']} | {_fmt(row['requests_per_s'])} "
+            f"| {_fmt(row['tokens_per_s'], 1)} | {_fmt(row['p50_s'], 3)} "
+            f"| {_fmt(row['p99_s'], 3)} | {_fmt(row['adapter_loads_per_min'], 1)} "
+            f"| {_fmt(row['adapter_evictions_per_min'], 1)} |"
+        )
+    cold = personal["cold_start"]
+    lines.append(
+        f"| cold start: each client's first request, all adapters cold | {cold['requests']} "
+        f"| {cold['failed']} | {_fmt(cold['requests_per_s'])} | {_fmt(cold['tokens_per_s'], 1)} "
+        f"| {_fmt(cold['latency']['p50'], 3)} | {_fmt(cold['latency']['p99'], 3)} "
+        f"| {cold['adapter_loads']:g} in {_fmt(cold['duration_s'], 1)} s "
+        f"| {cold['adapter_evictions']:g} |"
+    )
+    registry = personal["registry"]
+    lines += [
+        "",
+        f"`personal_adapter_slowdown` (p50 ratio): {_fmt(personal['personal_adapter_slowdown'])}; "
+        f"LLM replica peak RSS {_fmt(personal['llm_replica_peak_mib'], 0)} MiB; a cold "
+        f"adapter adds {_fmt(personal['adapter_load_s_median'], 3)} s (median of "
+        f"{len(personal['cold_probes'])}); per scope {_fmt(registry['rows_per_scope_total'], 1)} "
+        f"MLflow rows, {_fmt(registry['sqlite_bytes_per_scope'] / 1024, 1)} KiB of sqlite and "
+        f"{_fmt(personal['adapter_bytes_on_disk'] / 1024, 1)} KiB of adapter.",
+    ]
+    return lines
 
 
 def plot(result: dict, path: Path) -> None:

@@ -85,6 +85,31 @@ def prepare_base_model(base_model: str | None) -> Path | str:
     return Path(resolved) if Path(resolved).exists() else resolved
 
 
+def register_adapter_dir(
+    registry: AdapterRegistry,
+    settings: OuroSettings,
+    model_dir: Path | str,
+    adapter_dir: Path,
+    run_name: str,
+) -> int:
+    """Log ``adapter_dir`` as a run's artifacts and register it in ``registry`` (shared or
+    a scope's), as the training job does; returns the version."""
+    run = CycleRun.start(
+        registry,
+        EXPERIMENT,
+        settings.local_artifacts_dir,
+        run_name=run_name,
+        tags={"ouro.bench": "true", **({"ouro.scope": registry.scope} if registry.scope else {})},
+    )
+    run.log_artifacts(adapter_dir, ADAPTER_ARTIFACT_PATH)
+    run.end("FINISHED")
+    return registry.register_adapter(
+        run.run_id,
+        f"{run.artifact_uri}/{ADAPTER_ARTIFACT_PATH}",
+        {TAG_BASE_MODEL: str(model_dir), "ouro.bench": "true"},
+    )
+
+
 def register_adapters(
     settings: OuroSettings, model_dir: Path | str, work_dir: Path, count: int
 ) -> dict[int, Path]:
@@ -92,19 +117,8 @@ def register_adapters(
     registry = AdapterRegistry.from_settings(settings)
     versions: dict[int, Path] = {}
     for index, path in enumerate(make_adapters(str(model_dir), work_dir, count).values()):
-        run = CycleRun.start(
-            registry,
-            EXPERIMENT,
-            settings.local_artifacts_dir,
-            run_name=f"bench-adapter-{index}",
-            tags={"ouro.bench": "true"},
-        )
-        run.log_artifacts(path, ADAPTER_ARTIFACT_PATH)
-        run.end("FINISHED")
-        version = registry.register_adapter(
-            run.run_id,
-            f"{run.artifact_uri}/{ADAPTER_ARTIFACT_PATH}",
-            {TAG_BASE_MODEL: str(model_dir), "ouro.bench": "true"},
+        version = register_adapter_dir(
+            registry, settings, model_dir, path, run_name=f"bench-adapter-{index}"
         )
         versions[version] = path
     logger.info("registered adapter versions %s", sorted(versions))
@@ -137,9 +151,18 @@ class ServeProcess:
 
 @contextmanager
 def serve_process(
-    settings: OuroSettings, model_dir: Path | str, log_path: Path
+    settings: OuroSettings,
+    model_dir: Path | str,
+    log_path: Path,
+    *,
+    named_keys: dict[str, str] | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[ServeProcess]:
-    """``python -m serve`` on 127.0.0.1:<free port> with fresh API keys; stopped on exit."""
+    """``python -m serve`` on 127.0.0.1:<free port> with fresh API keys; stopped on exit.
+
+    ``named_keys`` (name -> key) are client keys besides the fresh one (each name is a
+    personal scope); ``extra_env`` adds ``OURO_*`` settings.
+    """
     port = free_port()
     client_key = "bench-client-" + secrets.token_urlsafe(12)
     admin_key = "bench-admin-" + secrets.token_urlsafe(12)
@@ -158,7 +181,14 @@ def serve_process(
         "--mlflow-uri",
         settings.tracking_uri,
     ]
-    env = offline_env({"OURO_API_KEYS": client_key, "OURO_ADMIN_API_KEYS": admin_key})
+    client_keys = [client_key, *(f"{name}:{key}" for name, key in (named_keys or {}).items())]
+    env = offline_env(
+        {
+            "OURO_API_KEYS": ",".join(client_keys),
+            "OURO_ADMIN_API_KEYS": admin_key,
+            **(extra_env or {}),
+        }
+    )
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         # A process group of its own: Ctrl-C in the terminal reaches only the harness,

@@ -11,11 +11,7 @@ the original answers the same way.
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,8 +24,7 @@ from openai import OpenAI, OpenAIError
 
 from ouro.registry import BASE_MODEL_NAME, SERVED_MODEL_NAME, version_label
 from ouro.scoring import BertScorer
-from tests.conftest import REPO_ROOT
-from tests.fixtures.mlflow import free_port
+from tests.fixtures.serve_cli import LocalServe, start_local_serve
 from tests.fixtures.train_job import CORRECTION_PAIRS, TINY_CONFIG_FILE, tiny_config
 
 # Builds the small ouro-tiny on a fresh machine, then trains while serving: minutes, not seconds.
@@ -39,28 +34,7 @@ CLIENT_KEY = "e2e-client-key"
 ADMIN_KEY = "e2e-admin-key"
 POLL_INTERVAL_S = 2.0
 MAX_TOKENS = 48
-READY_TIMEOUT_S = 600.0
 SWAP_TIMEOUT_S = 180.0
-
-
-@dataclass
-class LocalStack:
-    base_url: str
-    env: dict[str, str]
-    log_path: Path
-
-    def client(self) -> OpenAI:
-        return OpenAI(base_url=f"{self.base_url}/v1", api_key=CLIENT_KEY, max_retries=0)
-
-    def train_job(self, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "train_job", *args],
-            cwd=REPO_ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
 
 
 @dataclass
@@ -100,30 +74,13 @@ class BackgroundChatter:
                 self.failures.append(repr(error))
 
 
-def _wait_ready(base_url: str, process: subprocess.Popen, log_path: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"python -m serve exited early:\n{log_path.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"{base_url}/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"python -m serve not ready:\n{log_path.read_text()[-4000:]}")
-
-
 @pytest.fixture(scope="module")
 def stack(
     tmp_path_factory: pytest.TempPathFactory,
     mlflow_server: str,
     ouro_tiny_small_dir: Path,
-) -> Iterator[LocalStack]:
-    work = tmp_path_factory.mktemp("closed-loop")
+) -> Iterator[LocalServe]:
     env = {
-        **os.environ,
-        "OURO_DATA_DIR": str(work / "data"),
         "OURO_BASE_MODEL": str(ouro_tiny_small_dir),
         "OURO_MLFLOW_TRACKING_URI": mlflow_server,
         "OURO_REGISTERED_MODEL_NAME": f"ouro-adapter-e2e-{random.randrange(1 << 30)}",
@@ -132,28 +89,8 @@ def stack(
         "OURO_ADMIN_API_KEYS": ADMIN_KEY,
         "OURO_ADMIN_API_KEY": ADMIN_KEY,
     }
-    port = free_port()
-    log_path = work / "serve.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(base_url, process, log_path)
-        yield LocalStack(base_url=base_url, env=env, log_path=log_path)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    with start_local_serve(tmp_path_factory.mktemp("closed-loop"), env) as local:
+        yield local
 
 
 def _known_questions(chat_jsonl: Path, count: int) -> list[str]:
@@ -180,9 +117,9 @@ def _ask_all(client: OpenAI, questions: list[str]) -> list[tuple[str, str]]:
     return results
 
 
-def _wait_for_version(stack: LocalStack, question: str, expected: str) -> float:
+def _wait_for_version(stack: LocalServe, question: str, expected: str) -> float:
     """Poll with real requests until ``ouro`` answers as ``expected``; seconds waited."""
-    client = stack.client()
+    client = stack.client(CLIENT_KEY)
     started = time.monotonic()
     while time.monotonic() - started < SWAP_TIMEOUT_S:
         completion = client.chat.completions.create(
@@ -198,9 +135,9 @@ def _wait_for_version(stack: LocalStack, question: str, expected: str) -> float:
 
 
 def test_corrections_heal_the_running_bot_and_rollback_restores_it(
-    stack: LocalStack, small_model_chat_jsonl: Path
+    stack: LocalServe, small_model_chat_jsonl: Path
 ) -> None:
-    client = stack.client()
+    client = stack.client(CLIENT_KEY)
     gates = tiny_config()
     scorer = BertScorer()
 
@@ -231,7 +168,7 @@ def test_corrections_heal_the_running_bot_and_rollback_restores_it(
             assert response.status_code == 201, response.text
 
     # Train while a client keeps chatting; the new version must arrive with no failure.
-    with BackgroundChatter(stack.client(), unrelated[0]) as chatter:
+    with BackgroundChatter(stack.client(CLIENT_KEY), unrelated[0]) as chatter:
         # ouro-tiny's recipe, on the small build Serve runs, replaying what that build
         # knows so forgetting shows (flags win over the file's full ouro-tiny and corpus).
         trained = stack.train_job(
@@ -270,7 +207,7 @@ def test_corrections_heal_the_running_bot_and_rollback_restores_it(
     assert sum(kept) / len(kept) >= gates.probe_f1_min, (after_unrelated, before_unrelated)
 
     # The operator rolls back; the original answers return, again with no failure.
-    with BackgroundChatter(stack.client(), unrelated[0]) as chatter:
+    with BackgroundChatter(stack.client(CLIENT_KEY), unrelated[0]) as chatter:
         rolled = stack.train_job("rollback", "--notify", stack.base_url)
         assert rolled.returncode == 0, rolled.stdout + rolled.stderr
         _wait_for_version(stack, questions[0], BASE_MODEL_NAME)
