@@ -25,7 +25,7 @@ from openai import OpenAI, OpenAIError
 from ouro.registry import BASE_MODEL_NAME, SERVED_MODEL_NAME, version_label
 from ouro.scoring import BertScorer
 from tests.fixtures.serve_cli import LocalServe, start_local_serve
-from tests.fixtures.train_job import CORRECTION_PAIRS, TINY_CONFIG_FILE, tiny_config
+from tests.fixtures.train_job import CORRECTION_PAIRS, tiny_config
 
 # Builds the small ouro-tiny on a fresh machine, then trains while serving: minutes, not seconds.
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2700)]
@@ -169,20 +169,8 @@ def test_corrections_heal_the_running_bot_and_rollback_restores_it(
 
     # Train while a client keeps chatting; the new version must arrive with no failure.
     with BackgroundChatter(stack.client(CLIENT_KEY), unrelated[0]) as chatter:
-        # ouro-tiny's recipe, on the small build Serve runs, replaying what that build
-        # knows so forgetting shows (flags win over the file's full ouro-tiny and corpus).
-        trained = stack.train_job(
-            "run",
-            "--config",
-            str(TINY_CONFIG_FILE),
-            "--base-model",
-            stack.env["OURO_BASE_MODEL"],
-            "--replay-source",
-            str(small_model_chat_jsonl),
-            "--regression-source",
-            str(small_model_chat_jsonl),
-            "--auto-promote",
-        )
+        # Replaying what the small build knows, so forgetting shows.
+        trained = stack.train_tiny_cycle(small_model_chat_jsonl)
         assert trained.returncode == 0, trained.stdout + trained.stderr
         _wait_for_version(stack, questions[0], version_label(1))
         after = _ask_all(client, questions)

@@ -28,7 +28,7 @@ from openai import OpenAI
 from ouro.registry import BASE_MODEL_NAME, SERVED_MODEL_NAME, SHARED_MODEL_NAME, version_label
 from ouro.scoring import rouge_l
 from tests.fixtures.serve_cli import LocalServe, start_local_serve
-from tests.fixtures.train_job import CORRECTION_PAIRS, TINY_CONFIG_FILE
+from tests.fixtures.train_job import CORRECTION_PAIRS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2700)]
 
@@ -116,19 +116,7 @@ def chat_status(stack: LocalServe, scope: str, model: str):
 def train(stack: LocalServe, small_model_chat_jsonl: Path) -> dict:
     """One cycle with ouro-tiny's recipe on the small build Serve runs (flags win over
     the file's full ouro-tiny and corpus), as the CronJob runs it."""
-    result = stack.train_job(
-        "run",
-        "--config",
-        str(TINY_CONFIG_FILE),
-        "--base-model",
-        stack.env["OURO_BASE_MODEL"],
-        "--replay-source",
-        str(small_model_chat_jsonl),
-        "--regression-source",
-        str(small_model_chat_jsonl),
-        "--auto-promote",
-        "--json",
-    )
+    result = stack.train_tiny_cycle(small_model_chat_jsonl, "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     return json.loads(result.stdout)
 
