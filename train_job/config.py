@@ -56,7 +56,7 @@ class TrainJobConfig:
         LoRA: lora_r, lora_alpha, lora_dropout, lora_target_modules.
         Training: learning_rate, lr_scheduler_type, warmup_steps, max_steps,
             num_train_epochs, per_device_train_batch_size, gradient_accumulation_steps,
-            max_length, seed, cpu_threads, use_unsloth.
+            group_by_length, max_length, seed, cpu_threads, use_unsloth.
         Gates: answer_f1_threshold, fix_rate_min, generalisation_min,
             max_perplexity_rise_pct, probe_f1_min, max_degenerate_answers,
             gate_max_new_tokens.
@@ -212,6 +212,14 @@ class TrainJobConfig:
     per_device_train_batch_size: int = field(default=4, metadata={"help": "Batch size."})
     gradient_accumulation_steps: int = field(
         default=1, metadata={"help": "Batches accumulated per optimizer step."}
+    )
+    group_by_length: bool = field(
+        default=True,
+        metadata={
+            "help": "Batch rows of about one length (less padding: a short correction "
+            "padded to a long self-replay answer costs that answer's compute); false: "
+            "random batches."
+        },
     )
     max_length: int = field(
         default=512,

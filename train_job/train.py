@@ -235,10 +235,9 @@ def sft_config(
         max_length=config.max_length,
         completion_only_loss=True,  # prompt-completion rows: loss on the assistant turn only
         packing=False,
-        # Batches of rows of about one length: short corrections padded to a long replay
-        # answer's length cost up to 4x the compute. (TRL's padding_free needs FlashAttention,
-        # which CPUs and T4s lack; packing would mix rows in one attention window.)
-        train_sampling_strategy="group_by_length",
+        # (TRL's padding_free needs FlashAttention, which CPUs and T4s lack; packing would
+        # mix rows in one attention window.)
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
         bf16=precision.bf16,  # TRL defaults to bf16=True, which fails on CPU and a T4
         fp16=precision.fp16,
         use_cpu=device.type != "cuda",
