@@ -5,7 +5,7 @@
   about 0.9, an unrelated sentence about 0.05).
 - ``rouge_l``: ROUGE-L F-measure (``rouge-score``, Porter stemming).
 - ``token_f1``: SQuAD-style word-overlap F1 ("is this answer the same as that one").
-- ``repeats_a_phrase``: a degenerate answer ("Uh... Uh... Uh...").
+- ``repeats_a_phrase``: a degenerate answer, one that fell into a loop ("Uh... Uh... Uh...").
 - ``assistant_perplexity``: perplexity over the assistant turns' tokens only. The system
   prompt, the user turns and the role headers are context, never scored.
 """
@@ -101,26 +101,32 @@ def token_f1(candidate: str, reference: str) -> float:
 
 
 DEGENERATE_REPEATS = 3
-"""Back-to-back occurrences of one phrase that make an answer degenerate."""
+"""Back-to-back occurrences of one phrase that make a loop."""
 DEGENERATE_MAX_PHRASE_WORDS = 8
 """Longest phrase looked for."""
 
 
 def repeats_a_phrase(text: str) -> bool:
-    """True when some phrase of 1-8 words comes DEGENERATE_REPEATS times back to back.
+    """True when the answer fell into a loop: some phrase of 1-8 words comes
+    DEGENERATE_REPEATS times or more back to back, and the loop either runs to the end of
+    the answer (a last, cut-off repetition included) or makes up at least half of it.
 
-    What a model that broke down produces ("Uh... Uh... Uh...", "I am I am I am"); a
-    word or phrase said twice for emphasis is not flagged.
+    That is how a model that broke down writes ("Uh... Uh... Uh...", "I am sure I am sure
+    I am sure", looping until the token budget runs out). A phrase said twice for
+    emphasis, or a short stutter the answer recovers from ("no, no, no, and then he left
+    the room"), is not flagged.
     """
     words = _words(text)
     for size in range(1, DEGENERATE_MAX_PHRASE_WORDS + 1):
-        span = size * DEGENERATE_REPEATS
-        for start in range(len(words) - span + 1):
+        for start in range(len(words) - size * DEGENERATE_REPEATS + 1):
             phrase = words[start : start + size]
-            if all(
-                words[start + k * size : start + (k + 1) * size] == phrase
-                for k in range(1, DEGENERATE_REPEATS)
-            ):
+            end = start + size
+            while words[end : end + size] == phrase:
+                end += size
+            if end - start < size * DEGENERATE_REPEATS:
+                continue
+            rest = words[end:]
+            if rest == phrase[: len(rest)] or 2 * (end - start) >= len(words):
                 return True
     return False
 

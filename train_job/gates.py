@@ -20,7 +20,8 @@ Checks:
   probe prompts must reach ``probe_f1_min``; the baseline being the production version,
   the reference is what users get today;
 - degenerate answers: the new adapter's answers to the corrections and the probes that
-  repeat a phrase back to back (ouro.scoring.repeats_a_phrase) may outnumber the
+  fell into a loop, a phrase repeated back to back (ouro.scoring.repeats_a_phrase), may
+  outnumber the
   baseline's on the same prompts by at most ``max_degenerate_answers``.
 
 Calibration of the default thresholds. The offline all-MiniLM-L6-v2 BERTScore has no

@@ -174,6 +174,7 @@ def test_token_f1_is_word_overlap_ignoring_case_and_punctuation() -> None:
         "I think so. I am sure I am sure I am sure.",
         "The the the the cat.",
         "Let me see: one two three one two three one two three",
+        "Sure. The plan is to go and then go and then go and then go and",
     ],
 )
 def test_a_phrase_repeated_back_to_back_is_degenerate(answer: str) -> None:
@@ -186,6 +187,7 @@ def test_a_phrase_repeated_back_to_back_is_degenerate(answer: str) -> None:
         "The capital of France is Paris.",
         "No, no. That is very very good.",
         "I'm here to help. What can I do? I'm here to help you with that.",
+        "He said no, no, no, and then he left the room without a word.",
         "",
     ],
 )
