@@ -1,7 +1,8 @@
 """Ouro's settings: one pydantic-settings class, environment prefix ``OURO_``.
 
-Build it where the program starts (``OuroSettings()`` reads the environment, keyword
-arguments override) and pass it down; nothing reads the environment at import time.
+Build it where the program starts (:func:`ouro.configuration.load_settings`: flags >
+config file > environment > defaults) and pass it down; nothing reads the environment at
+import time, and no module reads an ``OURO_`` variable by itself.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BeforeValidator, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ouro.apikeys import NamedKey, parse_key_entries
@@ -17,7 +18,16 @@ from ouro.apikeys import NamedKey, parse_key_entries
 DEFAULT_BASE_MODEL = "smollm2-135m"
 """The embedded SmolLM2-135M-Instruct (see ouro.embedded), converted on first use."""
 
-CommaList = Annotated[list[str], NoDecode]
+
+def split_commas(value: object) -> object:
+    """A comma-separated string (an environment variable's value) as a list."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(split_commas)]
+"""A list of strings, given comma-separated in the environment."""
 
 
 class OuroSettings(BaseSettings):
@@ -66,6 +76,7 @@ class OuroSettings(BaseSettings):
     mlflow_tracking_uri: str | None = Field(
         None,
         description="MLflow tracking/registry URI. Default: a local store in <data_dir>/mlflow.",
+        json_schema_extra={"flag_aliases": ["--mlflow-uri"]},
     )
     registered_model_name: str = Field(
         "ouro-adapter", description="MLflow registered model holding the adapter versions."
@@ -89,6 +100,11 @@ class OuroSettings(BaseSettings):
         default_factory=list,
         description="Admin API keys (feedback stats, registry refresh, forget, share), "
         "comma-separated, 'name:key' or a bare key.",
+    )
+    admin_api_key: str | None = Field(
+        None,
+        description="The admin key that commands calling Serve send (train_job --notify, "
+        "the training loop of python -m serve). Default: the first of admin_api_keys.",
     )
     allow_unauthenticated: bool = Field(
         False,
@@ -169,12 +185,15 @@ class OuroSettings(BaseSettings):
         32_000, gt=0, description="Longest text in any one feedback field."
     )
 
-    @field_validator("api_keys", "admin_api_keys", mode="before")
+    # -- operations -----------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Level of Ouro's own log lines (Serve and the training job)."
+    )
+
+    @field_validator("log_level", mode="before")
     @classmethod
-    def _split_commas(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+    def _upper_case_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     # -- derived paths ---------------------------------------------------------------
     @property
@@ -214,7 +233,10 @@ class OuroSettings(BaseSettings):
         return parse_key_entries(self.admin_api_keys)
 
     def first_admin_key(self) -> str | None:
-        """The first admin key itself (name stripped), for commands that call Serve."""
+        """The admin key commands that call Serve send: ``admin_api_key``, else the first of
+        ``admin_api_keys`` (name stripped)."""
+        if self.admin_api_key:
+            return self.admin_api_key
         keys = self.admin_keys()
         return keys[0].key if keys else None
 

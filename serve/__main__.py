@@ -2,12 +2,13 @@
 
     python -m serve --host 127.0.0.1 --port 8000 --data-dir .ouro
         [--base-model smollm2-135m] [--mlflow-uri URI] [--allow-unauthenticated]
-        [--train-every 10m]
+        [--train-every 10m] [--config ouro.yaml] [--SETTING VALUE ...]
 
 Starts a local Ray (bounded object store, no probe off the machine), builds or loads
 the base model, deploys ``serve.app:build_app`` on HOST:PORT, prints the URL, and
-shuts everything down on Ctrl-C or SIGTERM. Settings not given as flags come from
-``OURO_*`` environment variables (API keys: OURO_API_KEYS, OURO_ADMIN_API_KEYS).
+shuts everything down on Ctrl-C or SIGTERM. Every OuroSettings field is a flag; settings
+come from the flags > the --config YAML file > ``OURO_*`` environment variables >
+defaults (API keys: OURO_API_KEYS, OURO_ADMIN_API_KEYS).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import httpx
 
+from ouro.configuration import ConfigError, add_flags, as_environment, given_values, load_settings
 from ouro.cpu_threads import configure_cpu_threads
 from ouro.settings import OuroSettings
 from serve.auth import ApiKeyAuth, UnauthenticatedStartupError, is_loopback_host
@@ -40,21 +42,16 @@ so that SIGTERM ends the whole run within 10 s."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m serve", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m serve",
+        description=__doc__.split("\n")[0],
+        epilog="Settings: flags > --config YAML > OURO_<FIELD> environment variables > "
+        "defaults; every setting is listed in the README's Configuration section.",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="Address to listen on.")
     parser.add_argument("--port", type=int, default=8000, help="Port to listen on.")
-    parser.add_argument("--data-dir", type=Path, help="Data dir (default: OURO_DATA_DIR or .ouro).")
     parser.add_argument(
-        "--base-model",
-        help="'smollm2-135m' (default), 'ouro-tiny', a local path or a Hub id.",
-    )
-    parser.add_argument(
-        "--mlflow-uri", help="MLflow tracking URI (default: a local store in <data-dir>/mlflow)."
-    )
-    parser.add_argument(
-        "--allow-unauthenticated",
-        action="store_true",
-        help="Serve with no API key on a non-loopback address (anyone who can connect may use it).",
+        "--config", type=Path, metavar="YAML", help="A YAML file of setting: value."
     )
     parser.add_argument(
         "--train-every",
@@ -69,29 +66,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--object-store-mb", type=int, default=256, help="Ray object store size in MiB."
     )
+    add_flags(parser, OuroSettings)
     return parser.parse_args(argv)
 
 
 def settings_overrides(args: argparse.Namespace, num_cpus: int) -> dict:
-    """OuroSettings overrides for the app: the flags given, with absolute paths."""
-    overrides: dict = {}
-    data_dir = args.data_dir or OuroSettings().data_dir
-    overrides["data_dir"] = str(Path(data_dir).resolve())
-    if args.base_model:
-        overrides["base_model"] = args.base_model
-    if args.mlflow_uri:
-        overrides["mlflow_tracking_uri"] = args.mlflow_uri
-    if "OURO_LLM_NUM_CPUS" not in os.environ:
-        overrides["llm_num_cpus"] = num_cpus  # one replica: give it every core
-    return overrides
+    """OuroSettings overrides for the app: what the flags and the config file give, checked,
+    with an absolute data dir.
+
+    The replicas read the environment themselves and put these on top, so the flags and the
+    file keep their precedence there too.
+    """
+    given = given_values(OuroSettings, args, args.config)
+    settings = load_settings(OuroSettings, given)
+    given["data_dir"] = settings.data_dir.resolve()
+    if "llm_num_cpus" not in settings.model_fields_set:
+        given["llm_num_cpus"] = num_cpus  # one replica: give it every core
+    return settings.model_copy(update=given).model_dump(mode="json", include=set(given))
 
 
 def check_auth_policy(args: argparse.Namespace, overrides: dict) -> None:
-    """Open (no key) only on loopback, or when told ``--allow-unauthenticated``."""
-    probe = OuroSettings(**overrides, allow_unauthenticated=True)
-    if not ApiKeyAuth(probe.client_api_keys(), probe.admin_api_keys).open:
+    """Open (no key) only on loopback, or when told ``allow_unauthenticated``."""
+    settings = OuroSettings(**overrides)
+    if not ApiKeyAuth(settings.client_api_keys(), settings.admin_api_keys).open:
         return
-    if is_loopback_host(args.host) or args.allow_unauthenticated:
+    if is_loopback_host(args.host) or settings.allow_unauthenticated:
         overrides["allow_unauthenticated"] = True
         return
     raise UnauthenticatedStartupError(
@@ -126,16 +125,17 @@ def wait_until_ready(base_url: str, stop: threading.Event) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    configure_logging()
     num_cpus = args.num_cpus or os.cpu_count() or 1
     # Before torch starts (ouro-tiny is pretrained here), and inherited by Ray's workers.
     configure_cpu_threads(num_cpus)
-    overrides = settings_overrides(args, num_cpus)
     try:
+        overrides = settings_overrides(args, num_cpus)
         check_auth_policy(args, overrides)
-    except UnauthenticatedStartupError as exc:
+    except (ConfigError, UnauthenticatedStartupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    settings = OuroSettings(**overrides)
+    configure_logging(settings.log_level)
     if not port_is_free(args.host, args.port):
         print(f"error: {args.host}:{args.port} is already in use", file=sys.stderr)
         return 2
@@ -143,7 +143,6 @@ def main(argv: list[str] | None = None) -> int:
     from ouro.models import resolve_base_model
     from ouro.registry import AdapterRegistry, RegistryUnavailableError
 
-    settings = OuroSettings(**overrides)
     try:
         # Creates the local store on first use, and checks a server is reachable.
         AdapterRegistry.from_settings(settings).snapshot()
@@ -181,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.train_every,
                 settings.data_dir,
                 base_url,
-                env=train_env({f"OURO_{k.upper()}": str(v) for k, v in overrides.items()}),
+                env=train_env(as_environment(settings, overrides)),
                 admin_key=settings.first_admin_key(),
                 log_dir=settings.data_dir / "logs",
             )

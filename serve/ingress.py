@@ -147,7 +147,7 @@ class OuroIngress:
         registry_factory: RegistryFactory = build_registry,
     ) -> None:
         self.settings = OuroSettings(**settings_overrides)
-        configure_logging()
+        configure_logging(self.settings.log_level)
         auth = ApiKeyAuth.from_settings(self.settings)
         replica_id = serve.get_replica_context().replica_id.unique_id
         self.names = ModelNames()

@@ -88,7 +88,7 @@ class LLMServer:
         coordinator=None,
     ) -> None:
         self.settings = OuroSettings(**settings_overrides)
-        configure_logging()
+        configure_logging(self.settings.log_level)
         # Ray sets OMP threads to the actor's CPUs; torch needs telling as well.
         torch.set_num_threads(max(1, int(self.settings.llm_num_cpus)))
         self.replica_id = serve.get_replica_context().replica_id.unique_id

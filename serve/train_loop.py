@@ -17,7 +17,7 @@ import sys
 import threading
 from pathlib import Path
 
-import httpx
+from ouro.notify import notify_serve
 
 logger = logging.getLogger(__name__)
 
@@ -110,22 +110,7 @@ class TrainLoop:
 
     def refresh(self) -> None:
         """Ask the app to re-read the registry now and wait for its LLM replicas."""
-        headers = {"Authorization": f"Bearer {self.admin_key}"} if self.admin_key else {}
-        try:
-            response = httpx.post(
-                f"{self.base_url}/admin/registry/refresh",
-                params={"wait_s": REFRESH_WAIT_S},
-                headers=headers,
-                timeout=REFRESH_WAIT_S + 30,
-            )
-        except httpx.HTTPError as exc:
-            logger.warning("could not ask Serve to refresh (it polls anyway): %s", exc)
-            return
-        if response.status_code != 200:
-            logger.warning("registry refresh answered %s: %s", response.status_code, response.text)
-            return
-        aliases = response.json().get("aliases", {})
-        logger.info("registry refreshed: aliases %s", aliases)
+        notify_serve(self.base_url, self.admin_key, REFRESH_WAIT_S)
 
 
 def train_env(overrides: dict[str, str]) -> dict[str, str]:

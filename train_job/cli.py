@@ -31,13 +31,13 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import fields
 from pathlib import Path
 
 from mlflow.exceptions import MlflowException
-from transformers import HfArgumentParser
 
+from ouro.configuration import ConfigError, add_flags, load_settings
 from ouro.errors import OuroError
+from ouro.notify import notify_serve
 from ouro.registry import (
     ALIAS_PRODUCTION,
     AdapterRegistry,
@@ -49,13 +49,7 @@ from ouro.registry import (
 )
 from ouro.scopes import is_valid_scope
 from ouro.settings import OuroSettings
-from train_job.config import (
-    SHARED_FIELDS,
-    TrainJobConfig,
-    TrainJobConfigError,
-    env_layer,
-    yaml_layer,
-)
+from train_job.config import TrainJobConfig
 
 logger = logging.getLogger("train_job")
 
@@ -68,8 +62,20 @@ EXIT_BUSY = 5
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
-ADMIN_KEY_ENV = "OURO_ADMIN_API_KEY"
-"""Admin key sent with --notify (falls back to the first of OURO_ADMIN_API_KEYS)."""
+COMMAND_SETTINGS = ("data_dir", "feedback_dir", "mlflow_tracking_uri", "registered_model_name")
+"""OuroSettings fields every command takes as flags (where the ledger and registry are)."""
+RUN_SETTINGS = (
+    *COMMAND_SETTINGS,
+    "base_model",
+    "device",
+    "quantization",
+    "system_prompt",
+    "max_context_tokens",
+    "personal_adapters",
+    "consensus_scopes",
+    "consensus_similarity",
+)
+"""OuroSettings fields ``run`` also takes as flags (the model, and what decides scopes)."""
 
 _EPILOG = __doc__[__doc__.index("Exit codes:") :]
 
@@ -84,18 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    config_fields = HfArgumentParser(TrainJobConfig, add_help=False)
     run = commands.add_parser(
         "run",
-        parents=[config_fields],
         help="one training cycle",
         description="One training cycle. Settings: flags > --config YAML > environment "
-        "(OURO_DATA_DIR, OURO_BASE_MODEL, OURO_MLFLOW_TRACKING_URI, "
-        "OURO_REGISTERED_MODEL_NAME; OURO_TRAIN_<FIELD> for the rest) > defaults.",
+        "(OURO_<FIELD> for Ouro's shared settings, OURO_TRAIN_<FIELD> for the recipe) > "
+        "defaults; every setting is listed in the README's Configuration section.",
         epilog=_EPILOG,
-        formatter_class=_HelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("--config", metavar="YAML", help="a YAML file of field: value")
+    _settings_options(run, RUN_SETTINGS)
+    add_flags(run, TrainJobConfig)
     run.add_argument("--json", action="store_true", help="print the result as JSON")
 
     status = commands.add_parser("status", help="versions, aliases, gates, pending corrections")
@@ -141,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="sft: {messages}; dpo: {input, preferred_output, non_preferred_output}",
     )
     export.add_argument("--out", required=True, metavar="FILE", help="output file ('-': stdout)")
-    export.add_argument("--data-dir", help="data dir (default: OURO_DATA_DIR or ./.ouro)")
+    _settings_options(export)
 
     trigger = commands.add_parser("trigger", help="start a training Job from the CronJob")
     trigger.add_argument("--cronjob", required=True, help="name of the training CronJob")
@@ -162,34 +167,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+def _settings_options(
+    parser: argparse.ArgumentParser, names: Sequence[str] = COMMAND_SETTINGS
+) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="YAML",
+        help="a YAML file of setting: value (any OuroSettings or TrainJobConfig field)",
+    )
+    add_flags(parser, OuroSettings, names)
 
 
 def _registry_options(parser: argparse.ArgumentParser, *, scoped: bool = True) -> None:
-    parser.add_argument("--data-dir", help="data dir (default: OURO_DATA_DIR or ./.ouro)")
+    _settings_options(parser)
     if scoped:
         parser.add_argument(
             "--scope", type=_scope, help="a personal scope's adapter instead of the shared one"
         )
-    parser.add_argument(
-        "--mlflow-tracking-uri",
-        "--mlflow-uri",
-        dest="mlflow_tracking_uri",
-        help="MLflow URI (default: OURO_MLFLOW_TRACKING_URI or the local store)",
-    )
-    parser.add_argument(
-        "--registered-model-name",
-        help="registered model (default: OURO_REGISTERED_MODEL_NAME or ouro-adapter)",
-    )
 
 
 def _notify_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--notify",
         metavar="URL",
-        help=f"Serve's base URL: ask it to re-read the registry now "
-        f"(admin key from {ADMIN_KEY_ENV})",
+        help="Serve's base URL: ask it to re-read the registry now "
+        "(sends the admin_api_key setting, OURO_ADMIN_API_KEY)",
     )
 
 
@@ -212,28 +215,18 @@ def _alias(text: str) -> str:
     return text
 
 
-def parse_run_config(
-    parser: argparse.ArgumentParser, argv: Sequence[str], environ: dict[str, str] | None = None
-) -> tuple[argparse.Namespace, TrainJobConfig]:
-    """Parse ``run``'s flags over the YAML file over the environment over the defaults."""
-    args = parser.parse_args(argv)
-    layers = env_layer(environ)
-    if args.config:
-        layers.update(yaml_layer(Path(args.config)))
-    if layers:
-        # Lower layers become the flags' defaults, so a flag given on the command line wins.
-        run_parser = _subparser(parser, "run")
-        run_parser.set_defaults(**layers)
-        args = parser.parse_args(argv)
-    values = {item.name: getattr(args, item.name) for item in fields(TrainJobConfig)}
-    return args, TrainJobConfig(**values)
-
-
-def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
-    for action in parser._subparsers._group_actions:  # argparse keeps subparsers here
-        if isinstance(action, argparse._SubParsersAction):
-            return action.choices[name]
-    raise KeyError(name)
+def load_command(
+    argv: Sequence[str],
+) -> tuple[argparse.Namespace, OuroSettings, TrainJobConfig | None]:
+    """Parse a command line; its settings and (for ``run``) its recipe, each from the flags
+    given, the ``--config`` file, the environment and the defaults."""
+    args = build_parser().parse_args(argv)
+    config_file = getattr(args, "config", None)
+    settings = load_settings(OuroSettings, args, config_file, known=[TrainJobConfig])
+    config = None
+    if args.command == "run":
+        config = load_settings(TrainJobConfig, args, config_file, known=[OuroSettings])
+    return args, settings, config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -241,14 +234,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging()
     # MLflow writes run links to stdout when a run ends; stdout is for the command's result.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    parser = build_parser()
     try:
-        if argv[:1] == ["run"]:
-            args, config = parse_run_config(parser, argv)
-            return _run(args, config)
-        args = parser.parse_args(argv)
-        return _COMMANDS[args.command](args)
-    except TrainJobConfigError as exc:
+        args, settings, config = load_command(argv)
+        logging.getLogger().setLevel(settings.log_level)
+        if config is not None:
+            return _run(args, settings, config)
+        return _COMMANDS[args.command](args, settings)
+    except ConfigError as exc:
         logger.error("%s", exc)
         return EXIT_USAGE
     except RegistryUnavailableError as exc:
@@ -265,27 +257,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
 
 
-def _settings(args: argparse.Namespace) -> OuroSettings:
-    overrides = {
-        name: value for name in SHARED_FIELDS if (value := getattr(args, name, None)) is not None
-    }
-    return OuroSettings(**overrides)
-
-
 def _registry(settings: OuroSettings, scope: str | None = None) -> AdapterRegistry:
     if scope is not None:
         return PersonalRegistries.from_settings(settings).for_scope(scope)
     return AdapterRegistry(settings.tracking_uri, settings.registered_model_name)
 
 
-def _run(args: argparse.Namespace, config: TrainJobConfig) -> int:
+def _run(args: argparse.Namespace, settings: OuroSettings, config: TrainJobConfig) -> int:
     from train_job.cycle import CycleInterrupted, Outcome, run_cycle
     from train_job.lock import CycleBusyError
 
     def interrupted(signum, frame):
         raise CycleInterrupted(f"signal {signum}")
 
-    settings = config.settings()
     previous = signal.signal(signal.SIGTERM, interrupted)
     try:
         result = run_cycle(config, settings)
@@ -302,9 +286,7 @@ def _run(args: argparse.Namespace, config: TrainJobConfig) -> int:
         signal.signal(signal.SIGTERM, previous)
 
     if result.outcome is Outcome.REGISTERED and result.promoted and config.notify_url:
-        from train_job.commands import notify_serve
-
-        notify_serve(config.notify_url, _admin_key(settings))
+        notify_serve(config.notify_url, settings.first_admin_key())
     if args.json:
         print(json.dumps(_result_dict(result), indent=2))
     else:
@@ -355,19 +337,17 @@ def _seconds(value: float) -> str:
     return f"{value:.1f} s" if value >= 0.1 else f"{value:.2f} s"
 
 
-def _status(args: argparse.Namespace) -> int:
+def _status(args: argparse.Namespace, settings: OuroSettings) -> int:
     from train_job.commands import format_status, status
 
-    settings = _settings(args)
     info = status(_registry(settings, args.scope), settings)
     print(json.dumps(info, indent=2) if args.json else format_status(info))
     return EXIT_OK
 
 
-def _promote(args: argparse.Namespace) -> int:
-    from train_job.commands import PromotionRefusedError, notify_serve, promote
+def _promote(args: argparse.Namespace, settings: OuroSettings) -> int:
+    from train_job.commands import PromotionRefusedError, promote
 
-    settings = _settings(args)
     try:
         promote(_registry(settings, args.scope), args.version, args.alias, force=args.force)
     except PromotionRefusedError as exc:
@@ -375,14 +355,13 @@ def _promote(args: argparse.Namespace) -> int:
         return EXIT_GATES_FAILED
     print(f"{args.alias} -> v{args.version}")
     if args.notify:
-        notify_serve(args.notify, _admin_key(settings))
+        notify_serve(args.notify, settings.first_admin_key())
     return EXIT_OK
 
 
-def _rollback(args: argparse.Namespace) -> int:
-    from train_job.commands import notify_serve, rollback
+def _rollback(args: argparse.Namespace, settings: OuroSettings) -> int:
+    from train_job.commands import rollback
 
-    settings = _settings(args)
     try:
         version = rollback(_registry(settings, args.scope), args.alias)
     except NothingToRollBackError as exc:
@@ -390,12 +369,11 @@ def _rollback(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     print(f"{args.alias} -> " + (f"v{version}" if version is not None else "unset (base model)"))
     if args.notify:
-        notify_serve(args.notify, _admin_key(settings))
+        notify_serve(args.notify, settings.first_admin_key())
     return EXIT_OK
 
 
-def _scopes(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+def _scopes(args: argparse.Namespace, settings: OuroSettings) -> int:
     scopes = PersonalRegistries.from_settings(settings).production_by_scope()
     if args.json:
         print(json.dumps(scopes, indent=2, sort_keys=True))
@@ -408,12 +386,10 @@ def _scopes(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _forget(args: argparse.Namespace) -> int:
+def _forget(args: argparse.Namespace, settings: OuroSettings) -> int:
     from ouro.ledger import FeedbackLedger
     from ouro.personal import command_writer_id, forget_scope
-    from train_job.commands import notify_serve
 
-    settings = _settings(args)
     with FeedbackLedger.from_settings(settings, command_writer_id("forget")) as ledger:
         result = forget_scope(
             ledger, PersonalRegistries.from_settings(settings), args.scope, reason=args.reason
@@ -424,15 +400,14 @@ def _forget(args: argparse.Namespace) -> int:
         f"and {result.deleted_runs} run(s)"
     )
     if args.notify:
-        notify_serve(args.notify, _admin_key(settings))
+        notify_serve(args.notify, settings.first_admin_key())
     return EXIT_OK
 
 
-def _share(args: argparse.Namespace) -> int:
+def _share(args: argparse.Namespace, settings: OuroSettings) -> int:
     from ouro.ledger import FeedbackLedger
     from ouro.personal import UnknownCorrectionError, command_writer_id, share_correction
 
-    settings = _settings(args)
     with FeedbackLedger.from_settings(settings, command_writer_id("share")) as ledger:
         try:
             mark = share_correction(ledger, args.record_id, reason=args.reason)
@@ -443,17 +418,16 @@ def _share(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _export(args: argparse.Namespace) -> int:
+def _export(args: argparse.Namespace, settings: OuroSettings) -> int:
     from train_job.export import export_ledger
 
-    settings = _settings(args)
     count = export_ledger(settings.ledger_dir, args.format, args.out)
     if args.out != "-":
         print(f"wrote {count} {args.format} records to {args.out}")
     return EXIT_OK
 
 
-def _trigger(args: argparse.Namespace) -> int:
+def _trigger(args: argparse.Namespace, settings: OuroSettings) -> int:
     from train_job.trigger import TriggerBusyError, api_client, trigger
 
     namespace = args.namespace or _pod_namespace() or "default"
@@ -484,17 +458,15 @@ def _pod_namespace() -> str | None:
         return None
 
 
-def _admin_key(settings: OuroSettings) -> str | None:
-    return os.environ.get(ADMIN_KEY_ENV) or settings.first_admin_key()
-
-
 def _setup_logging() -> None:
-    level = os.environ.get("OURO_LOG_LEVEL", "INFO").upper()
+    """Log to stderr at INFO until the settings say otherwise (``log_level``)."""
     logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
     for noisy in ("httpx", "urllib3", "mlflow", "alembic", "filelock"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 _COMMANDS = {

@@ -2,15 +2,13 @@
 
 All of them are plain MLflow registry operations (aliases and version tags), so the same
 can be done in the MLflow UI; Serve picks the change up on its next poll, or at once when
-told (``notify_serve``).
+told (``ouro.notify.notify_serve``).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-
-import httpx
 
 from ouro.errors import OuroError
 from ouro.ledger import LedgerReader
@@ -25,11 +23,6 @@ from ouro.settings import OuroSettings
 from train_job.collect import last_trained, usable_corrections
 
 logger = logging.getLogger(__name__)
-
-REFRESH_PATH = "/admin/registry/refresh"
-NOTIFY_WAIT_S = 60.0
-"""How long Serve may take to load the new version on every replica before answering."""
-
 
 class PromotionRefusedError(OuroError):
     """The version failed its gates (or has none recorded); --force overrides."""
@@ -155,28 +148,3 @@ def promote(
 def rollback(registry: AdapterRegistry, alias: str = ALIAS_PRODUCTION) -> int | None:
     """Move ``alias`` back to its previous version (None: it is now unset, base model served)."""
     return registry.rollback(alias)
-
-
-def notify_serve(url: str, admin_key: str | None, wait_s: float = NOTIFY_WAIT_S) -> bool:
-    """Ask Serve to re-read the registry now; best effort (Serve polls on its own anyway)."""
-    endpoint = url.rstrip("/")
-    if not endpoint.endswith(REFRESH_PATH):
-        endpoint += REFRESH_PATH
-    headers = {"Authorization": f"Bearer {admin_key}"} if admin_key else {}
-    try:
-        response = httpx.post(
-            endpoint, params={"wait_s": wait_s}, headers=headers, timeout=wait_s + 30
-        )
-    except httpx.HTTPError as exc:
-        logger.warning("could not notify Serve at %s (it will poll on its own): %s", endpoint, exc)
-        return False
-    if response.status_code != 200:
-        logger.warning(
-            "Serve answered %s to %s (it will poll on its own): %s",
-            response.status_code,
-            endpoint,
-            response.text[:300],
-        )
-        return False
-    logger.info("Serve re-read the registry: %s", response.text[:300])
-    return True

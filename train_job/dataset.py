@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data import load_chat_jsonl
+from ouro.configuration import ConfigError
 from ouro.corpus import load_chatterbot_conversations
-from train_job.config import CHATTERBOT_SOURCE, SELF_REPLAY, TrainJobConfig, TrainJobConfigError
+from train_job.config import CHATTERBOT_SOURCE, SELF_REPLAY, TrainJobConfig
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ def load_conversations(source: str) -> list[Messages]:
         return load_chatterbot_conversations()
     path = Path(source)
     if not path.is_file():
-        raise TrainJobConfigError(
+        raise ConfigError(
             f"conversation source {source!r} is neither {CHATTERBOT_SOURCE!r} nor a file"
         )
     return load_chat_jsonl(path)
@@ -251,7 +252,7 @@ def load_probes(
         try:
             texts = path.read_text(encoding="utf-8").splitlines()
         except OSError as exc:
-            raise TrainJobConfigError(f"cannot read probe file {path}: {exc}") from exc
+            raise ConfigError(f"cannot read probe file {path}: {exc}") from exc
     unique: list[str] = []
     for text in (t.strip() for t in texts):
         if text and text.lower() not in questions and text not in unique:

@@ -190,5 +190,3 @@ def _read_adapter_config(path: Path) -> PeftConfig:
         return PeftConfig.from_pretrained(str(path))
     except (ValueError, TypeError, KeyError, OSError) as error:
         raise AdapterIncompatibleError(f"unreadable adapter config in {path}: {error}") from error
-
-

@@ -275,9 +275,8 @@ def test_cronjob_relies_on_the_train_image_entrypoint(rendered):
 def test_cronjob_args_parse_with_train_jobs_own_command_line(render_chart, auto_promote):
     from train_job import cli  # an import error fails the test, never skips it
     objects = render_chart(set_values={"training.autoPromote": str(auto_promote).lower()})
-    parsed = cli.build_parser().parse_args(train_pod(objects)["containers"][0]["args"])
-    assert parsed.command == "run"
-    assert parsed.auto_promote is auto_promote
+    _args, _settings, config = cli.load_command(train_pod(objects)["containers"][0]["args"])
+    assert config is not None and config.auto_promote is auto_promote
 
 
 def test_ray_containers_use_the_serve_image_that_matches_ray_version(rendered):

@@ -131,8 +131,10 @@ def local_run(tmp_path_factory: pytest.TempPathFactory, tiny_random_model_dir: P
             timeout=120,
         ).json()
         answers["models"] = httpx.get(f"{base_url}/v1/models", timeout=60).json()
-        # The schedule's first cycle: no corrections yet, so it has nothing to do, quickly.
-        wait_for_output(log, r"training cycle (done|failed)", process, 300)
+        # The schedule's first cycle: no corrections yet, so it has nothing to do, quickly;
+        # then the loop asks Serve to re-read the registry (stopping earlier cuts that off).
+        refresh_outcome = r"training cycle failed|re-read the registry|notify Serve|Serve answered"
+        wait_for_output(log, refresh_outcome, process, 300)
         serve_process = psutil.Process(process.pid)
         if trace is not None:
             serve_process = serve_process.children()[0]  # strace -> python -m serve
@@ -182,7 +184,7 @@ def test_it_serves_trains_on_schedule_and_stops_cleanly_on_sigterm(local_run: Lo
     assert "no API keys configured" in local_run.output  # open on loopback, with a warning
     assert "training cycle starting" in local_run.output
     assert "training cycle done" in local_run.output
-    assert "registry refreshed" in local_run.output
+    assert "Serve re-read the registry" in local_run.output
     assert "Shutting down" in local_run.output
     assert local_run.exit_code == 0, local_run.output[-4000:]
     assert local_run.leftovers == []
