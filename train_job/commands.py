@@ -24,6 +24,7 @@ from train_job.collect import last_trained, usable_corrections
 
 logger = logging.getLogger(__name__)
 
+
 class PromotionRefusedError(OuroError):
     """The version failed its gates (or has none recorded); --force overrides."""
 

@@ -31,7 +31,7 @@ class TrainJobConfig(BaseSettings):
         Data: replay_source, replay_answers, replay_max_new_tokens, replay_size,
             correction_share, held_out_share, regression_source, regression_size,
             probe_source, probe_size, min_corrections.
-        LoRA: lora_r, lora_alpha, lora_dropout, lora_target_modules.
+        LoRA: lora_r, lora_alpha, lora_dropout, lora_target_modules, lora_layers.
         Training: learning_rate, lr_scheduler_type, warmup_steps, max_steps,
             num_train_epochs, per_device_train_batch_size, gradient_accumulation_steps,
             group_by_length, max_length, seed, cpu_threads, use_unsloth.
@@ -140,6 +140,13 @@ class TrainJobConfig(BaseSettings):
             "down_proj",
         ],
         description="Modules that get LoRA weights (Llama names).",
+    )
+    lora_layers: int | None = Field(
+        None,
+        gt=0,
+        description="LoRA on the top N decoder layers only (unset: every layer). The backward "
+        "pass then stops at the lowest of them (cheaper per step), and the lower layers' "
+        "features stay as they were.",
     )
 
     # -- training --------------------------------------------------------------------

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import torch
 from datasets import Dataset
@@ -81,15 +82,20 @@ class _LossProgress(ProgressCallback):
             self.training_bar.set_postfix(loss=f"{float(logs['loss']):.4f}", refresh=False)
 
 
-def lora_config(config: TrainJobConfig) -> LoraConfig:
-    return LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=list(config.lora_target_modules),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
+def lora_arguments(config: TrainJobConfig, num_layers: int) -> dict[str, Any]:
+    """The recipe's LoRA settings, as PEFT's ``LoraConfig`` and Unsloth's ``get_peft_model``
+    both take them, for a base model of ``num_layers`` decoder layers."""
+    top = config.lora_layers
+    return {
+        "r": config.lora_r,
+        "lora_alpha": config.lora_alpha,
+        "lora_dropout": config.lora_dropout,
+        "target_modules": list(config.lora_target_modules),
+        "layers_to_transform": (
+            list(range(num_layers - top, num_layers)) if top and top < num_layers else None
+        ),
+        "bias": "none",
+    }
 
 
 UNSLOTH_PACKAGES = ("unsloth", "unsloth_zoo")
@@ -181,7 +187,8 @@ def train_adapter(
         if loaded.quantized:
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         set_seed(config.seed)  # LoRA's initial weights
-        model = get_peft_model(model, lora_config(config))
+        lora = lora_arguments(config, model.config.num_hidden_layers)
+        model = get_peft_model(model, LoraConfig(**lora, task_type="CAUSAL_LM"))
         backend = "peft"
 
     fitted = fit_rows(rows, tokenizer, config.max_length)
@@ -300,11 +307,7 @@ def _unsloth_model(
     )
     model = fast.get_peft_model(
         model,
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=list(config.lora_target_modules),
-        bias="none",
+        **lora_arguments(config, model.config.num_hidden_layers),
         use_gradient_checkpointing="unsloth",
         random_state=config.seed,
     )

@@ -114,6 +114,32 @@ def test_mixed_adapter_batch_equals_each_adapter_run_alone(engine, adapters, tin
     assert len({output.text for output in variants}) == 3
 
 
+def test_an_adapter_on_the_top_layer_only_batches_with_full_ones(
+    engine, adapters, tiny_random_model_dir, tmp_path
+):
+    """A recipe may put LoRA on the top layers only (``lora_layers``); the bank then holds
+    that adapter's columns in those layers and none below, next to adapters on every layer."""
+    torch.manual_seed(3)
+    top_only = LoraConfig(
+        r=4, target_modules=LORA_TARGETS, layers_to_transform=[1], init_lora_weights=False
+    )
+    base = AutoModelForCausalLM.from_pretrained(tiny_random_model_dir)
+    get_peft_model(base, top_only).save_pretrained(tmp_path / "top")
+    engine.add_adapter("a", adapters["a"])
+    engine.add_adapter("top", tmp_path / "top")
+    batch = [request(index, adapter) for index, adapter in enumerate(["top", "a", None, "top"])]
+
+    mixed = engine.generate(batch)
+
+    rows = [0, 3]
+    expected = reference_generate(
+        tiny_random_model_dir, tmp_path / "top", engine, [batch[i] for i in rows]
+    )
+    assert [mixed[i].text for i in rows] == expected
+    assert mixed[1] == engine.generate([batch[1]])[0]
+    assert mixed[0].text != engine.generate([request(0)])[0].text
+
+
 def test_base_rows_are_unaffected_by_loaded_adapters(engine, adapters):
     batch = [request(index) for index in range(4)]
     before = engine.generate(batch)
@@ -179,7 +205,6 @@ def test_streamed_text_equals_generated_text_for_a_mixed_batch(engine, adapters)
         request(1, None, max_tokens=20, stop=(full[4:6],)),
     ]
     expected = engine.generate(batch)
-
 
     async def stream_all() -> list[list[StreamDelta]]:
         async def collect(req) -> list[StreamDelta]:
