@@ -30,6 +30,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from data.cleaning import clean_text
 from data.sources.dailydialog import read_dailydialog
 from ouro.ledger import FeedbackLedger
 from ouro.scoring import repeats_a_phrase, token_f1
@@ -43,12 +44,16 @@ MATCH_F1 = 0.8
 
 
 def correction_pairs(dailydialog: Path, count: int, seed: int) -> list[tuple[str, str]]:
-    """``count`` (line, reply) openings of DailyDialog dialogues, short ones, seeded."""
+    """``count`` (line, reply) openings of DailyDialog dialogues, short ones, seeded.
+
+    Cleaned as the data pipeline cleans them: DailyDialog is tokenised (``Jim , now ?``),
+    which no user types, and an adapter trained on it spaces its other answers that way.
+    """
     pairs = []
     for conversation in read_dailydialog(dailydialog).conversations:
-        messages = conversation.messages
-        if len(messages) >= 2 and all(3 <= len(m["content"].split()) <= 25 for m in messages[:2]):
-            pairs.append((messages[0]["content"], messages[1]["content"]))
+        messages = [clean_text(message["content"]) for message in conversation.messages[:2]]
+        if len(messages) == 2 and all(3 <= len(text.split()) <= 25 for text in messages):
+            pairs.append((messages[0], messages[1]))
     random.Random(seed).shuffle(pairs)
     return pairs[:count]
 
