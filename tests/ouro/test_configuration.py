@@ -10,6 +10,7 @@ import pytest
 from ouro.configuration import ConfigError, as_environment, load_settings
 from ouro.settings import OuroSettings
 from serve.__main__ import parse_args, settings_overrides
+from tests.fixtures.settings import settings_layers
 from tools import settings_table
 from train_job.config import TrainJobConfig
 
@@ -48,15 +49,21 @@ def test_the_readme_table_is_current() -> None:
 def test_serve_precedence_flags_over_file_over_env_over_defaults(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = tmp_path / "ouro.yaml"
-    config.write_text(
-        "base_model: from-file\nmax_body_bytes: 2000\nregistered_model_name: file-model\n",
-        encoding="utf-8",
+    config = settings_layers(
+        tmp_path,
+        monkeypatch,
+        file={
+            "base_model": "from-file",
+            "max_body_bytes": 2000,
+            "registered_model_name": "file-model",
+        },
+        env={
+            "OURO_BASE_MODEL": "from-env",
+            "OURO_MAX_BODY_BYTES": "3000",
+            "OURO_MAX_MESSAGES": "7",
+            "OURO_API_KEYS": "alice:sk-from-env",
+        },
     )
-    monkeypatch.setenv("OURO_BASE_MODEL", "from-env")
-    monkeypatch.setenv("OURO_MAX_BODY_BYTES", "3000")
-    monkeypatch.setenv("OURO_MAX_MESSAGES", "7")
-    monkeypatch.setenv("OURO_API_KEYS", "alice:sk-from-env")
 
     args = parse_args(
         ["--config", str(config), "--base-model", "from-flag", "--data-dir", str(tmp_path)]

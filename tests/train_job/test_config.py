@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from ouro.configuration import ConfigError
 from ouro.settings import OuroSettings
+from tests.fixtures.settings import settings_layers
 from train_job.cli import load_command, main
 from train_job.config import TrainJobConfig
 
@@ -32,18 +33,25 @@ def test_defaults_when_nothing_is_set() -> None:
 def test_precedence_flags_over_yaml_over_env_over_defaults(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    job = tmp_path / "job.yaml"
-    job.write_text(
-        "max_steps: 30\nlearning_rate: 0.002\nlora_r: 4\n"
-        "base_model: from-yaml\nregistered_model_name: yaml-model\n",
-        encoding="utf-8",
+    job = settings_layers(
+        tmp_path,
+        monkeypatch,
+        file={
+            "max_steps": 30,
+            "learning_rate": 0.002,
+            "lora_r": 4,
+            "base_model": "from-yaml",
+            "registered_model_name": "yaml-model",
+        },
+        env={
+            "OURO_TRAIN_MAX_STEPS": "10",
+            "OURO_TRAIN_LEARNING_RATE": "0.5",
+            "OURO_TRAIN_SEED": "7",
+            "OURO_BASE_MODEL": "from-env",
+            "OURO_REGISTERED_MODEL_NAME": "env-model",
+            "OURO_DATA_DIR": str(tmp_path / "from-env"),
+        },
     )
-    monkeypatch.setenv("OURO_TRAIN_MAX_STEPS", "10")
-    monkeypatch.setenv("OURO_TRAIN_LEARNING_RATE", "0.5")
-    monkeypatch.setenv("OURO_TRAIN_SEED", "7")
-    monkeypatch.setenv("OURO_BASE_MODEL", "from-env")
-    monkeypatch.setenv("OURO_REGISTERED_MODEL_NAME", "env-model")
-    monkeypatch.setenv("OURO_DATA_DIR", str(tmp_path / "from-env"))
 
     settings, config = parse(
         ["--config", str(job), "--max-steps", "40", "--base-model", "from-flag"]
