@@ -29,6 +29,7 @@ from ouro.configuration import ConfigError, add_flags, as_environment, given_val
 from ouro.cpu_threads import configure_cpu_threads
 from ouro.settings import OuroSettings
 from serve.auth import ApiKeyAuth, UnauthenticatedStartupError, is_loopback_host
+from serve.local_ray import keep_ray_on_loopback
 from serve.logs import configure_logging
 from serve.train_loop import TrainLoop, parse_duration, train_env
 
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     num_cpus = args.num_cpus or os.cpu_count() or 1
     # Before torch starts (ouro-tiny is pretrained here), and inherited by Ray's workers.
     configure_cpu_threads(num_cpus)
+    keep_ray_on_loopback()  # before anything imports ray
     try:
         overrides = settings_overrides(args, num_cpus)
         check_auth_policy(args, overrides)

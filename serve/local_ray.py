@@ -13,6 +13,13 @@ Ray's token authentication (on by default) normally keeps its token in
 once (a test session), that file would differ between starts while Ray caches the
 first token in the process. The token is therefore handed to Ray's processes in
 ``RAY_AUTH_TOKEN``, one random token per process.
+
+Ray's own services (GCS, raylet, agents, workers) listen on loopback only: a one-machine
+run never needs them reachable from elsewhere. Ray decides that once, when it is imported
+(``ray_constants.ENABLE_RAY_CLUSTER``, the single-machine mode it uses on macOS and
+Windows): with it off, the node's address is 127.0.0.1 and every gRPC server binds there.
+So :func:`keep_ray_on_loopback` must run before anything imports ``ray``; Ray's processes
+inherit the variable. Serve's HTTP proxy still listens where ``--host`` says.
 """
 
 from __future__ import annotations
@@ -20,17 +27,33 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import ray
 
 logger = logging.getLogger(__name__)
 
 RAY_BOOTSTRAP_CONFIG = "ray_bootstrap_config.yaml"
 LOCAL_PROVIDER = "provider:\n  type: local\n"
 DEFAULT_OBJECT_STORE_BYTES = 256 * 1024 * 1024
+
+
+RAY_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+"""Ray's switch between a cluster node (on: listen on the node's routable address and the
+wildcard) and a single machine (off: loopback only)."""
+
+
+def keep_ray_on_loopback() -> None:
+    """Make every Ray service this process starts listen on 127.0.0.1 (before importing ray)."""
+    if os.environ.get(RAY_CLUSTER_ENV) == "0":
+        return
+    if "ray" in sys.modules:
+        logger.warning(
+            "ray was imported before %s was set: its services may listen on every interface",
+            RAY_CLUSTER_ENV,
+        )
+    os.environ[RAY_CLUSTER_ENV] = "0"
 
 
 def prepare_ray_home(directory: Path) -> Path:
@@ -67,7 +90,11 @@ def start_local_ray(
     num_cpus: int | None = None,
     object_store_memory: int = DEFAULT_OBJECT_STORE_BYTES,
 ) -> Path:
-    """Start a new local Ray instance (never join another one); returns its session dir."""
+    """Start a new local Ray instance (never join another one), on loopback only; returns
+    its session dir."""
+    keep_ray_on_loopback()
+    import ray  # here: after keep_ray_on_loopback
+
     if not {"RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"} & set(os.environ):
         os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     with ray_process_home(ray_home):

@@ -7,6 +7,8 @@ area of the suite can add its own without editing this file.
 import os
 from pathlib import Path
 
+from serve.local_ray import keep_ray_on_loopback
+
 # Before anything imports transformers, TRL, MLflow or Ray: never reach a hub or phone home.
 for _name, _value in {
     "HF_HUB_OFFLINE": "1",
@@ -22,6 +24,8 @@ for _name, _value in {
 # thread each avoids oversubscription (10-50x slowdowns were measured without it).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The Ray instances tests start listen on loopback only, like `python -m serve`'s.
+keep_ray_on_loopback()
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DIR = REPO_ROOT.parent / "shared"
