@@ -80,10 +80,10 @@ def settings_overrides(args: argparse.Namespace, num_cpus: int) -> dict:
     """
     given = given_values(OuroSettings, args, args.config)
     settings = load_settings(OuroSettings, given)
-    given["data_dir"] = settings.data_dir.resolve()
+    local = {"data_dir": settings.data_dir.resolve()}
     if "llm_num_cpus" not in settings.model_fields_set:
-        given["llm_num_cpus"] = num_cpus  # one replica: give it every core
-    return settings.model_copy(update=given).model_dump(mode="json", include=set(given))
+        local["llm_num_cpus"] = num_cpus  # one replica: give it every core
+    return settings.model_copy(update=local).model_dump(mode="json", include={*given, *local})
 
 
 def check_auth_policy(args: argparse.Namespace, overrides: dict) -> None:
