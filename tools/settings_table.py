@@ -1,12 +1,12 @@
-"""The README's table of every setting, generated from the settings classes.
+"""The configuration page's table of every setting, generated from the settings classes.
 
 Each row is one field of :class:`ouro.settings.OuroSettings` or
 :class:`train_job.config.TrainJobConfig`: its config-file key, environment variable,
 command-line flags, default and description, all read from the field itself (see
 :mod:`ouro.configuration`), so the table cannot drift from the code.
 
-    python -m tools.settings_table           # rewrite the table in README.md
-    python -m tools.settings_table --check   # exit 1 when the README's table is stale
+    python -m tools.settings_table           # rewrite the table in docs/configuration.md
+    python -m tools.settings_table --check   # exit 1 when the page's table is stale
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ouro.settings import OuroSettings
 from tools.paths import REPO_ROOT
 from train_job.config import TrainJobConfig
 
-README = REPO_ROOT / "README.md"
+PAGE = REPO_ROOT / "docs" / "configuration.md"
 START_MARKER = "<!-- settings-table:start -->"
 END_MARKER = "<!-- settings-table:end -->"
 SECTIONS: tuple[tuple[str, type[BaseSettings]], ...] = (
@@ -55,24 +55,24 @@ def markdown() -> str:
     return "\n\n".join(parts)
 
 
-def rendered(readme_text: str) -> str:
-    """The README with its table section replaced by the current tables."""
-    start, end = readme_text.index(START_MARKER), readme_text.index(END_MARKER)
-    return f"{readme_text[: start + len(START_MARKER)]}\n{markdown()}\n{readme_text[end:]}"
+def rendered(page_text: str) -> str:
+    """The page with its table section replaced by the current tables."""
+    start, end = page_text.index(START_MARKER), page_text.index(END_MARKER)
+    return f"{page_text[: start + len(START_MARKER)]}\n{markdown()}\n{page_text[end:]}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.settings_table")
     parser.add_argument("--check", action="store_true", help="fail when the table is stale")
-    parser.add_argument("--readme", type=Path, default=README)
+    parser.add_argument("--page", type=Path, default=PAGE)
     args = parser.parse_args(argv)
-    text = args.readme.read_text(encoding="utf-8")
+    text = args.page.read_text(encoding="utf-8")
     if args.check:
         if rendered(text) != text:
-            print(f"{args.readme} is stale: run `python -m tools.settings_table`", file=sys.stderr)
+            print(f"{args.page} is stale: run `python -m tools.settings_table`", file=sys.stderr)
             return 1
         return 0
-    args.readme.write_text(rendered(text), encoding="utf-8")
+    args.page.write_text(rendered(text), encoding="utf-8")
     return 0
 
 

@@ -39,7 +39,7 @@ def test_no_program_reads_an_ouro_variable_by_itself() -> None:
     assert offenders == []
 
 
-def test_the_readme_table_is_current() -> None:
+def test_the_configuration_page_table_is_current() -> None:
     assert settings_table.main(["--check"]) == 0
     table = settings_table.markdown()
     for name in (*OuroSettings.model_fields, *TrainJobConfig.model_fields):
