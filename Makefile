@@ -17,7 +17,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 # OpenMP threads that spin while waiting made torch 60-90x slower on busy shared cores.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: run test demo install install-test chart-check bench loadtest lint
+.PHONY: run test demo install install-test chart-check bench loadtest lint docs docs-build
 
 $(VENV)/.installed: requirements.txt requirements-embedded.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,7 +40,7 @@ install-test: $(VENV)/.installed-test
 run: install
 	$(PY) -m serve --host 127.0.0.1 --port 8000 --data-dir $(DATA_DIR)
 
-test: install-test chart-check
+test: install-test chart-check docs-build
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -55,6 +55,14 @@ lint: install-test
 
 chart-check: install-test
 	$(PY) -m tools.chart_check
+
+# The documentation site (mkdocs.yml): served on 127.0.0.1:8001; built strictly (a broken
+# link or a missing page fails) into the ignored .site/ by `make test`.
+docs: install-test
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8001
+
+docs-build: install-test
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir .site
 
 bench: install
 	$(PY) -m loadtests.bench
