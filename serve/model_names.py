@@ -8,11 +8,18 @@
   ``ouro`` moves);
 - ``ouro-base``: the base model with no adapter;
 - ``ouro-shared``: the same as ``ouro`` here (shared production); with personal adapters
-  on, ``ouro`` may mean the caller's own adapter instead (``serve.personal_names``).
+  on, ``ouro`` may mean the caller's own adapter instead (``serve.personal_names``);
+- ``ouro@<scope>/v<N>`` (with personal adapters on): version N of the scope's own
+  registered model. ``serve.personal_names`` turns a caller's ``ouro`` and personal
+  aliases into this pinned form, for the caller's own scope only; whether the version
+  exists is found when it is loaded.
 
-Personal names (``ouro@<scope>/...``) are not resolved here: they need the caller's
-scope. Anything else, or an alias or version the registry does not have: UnknownModelError
-(404).
+Anything else, a personal alias (it needs the caller's scope), or an alias or version
+the registry does not have: UnknownModelError (404).
+
+Each served version also has a fallback parent (``ModelNames.parent``): the version that
+answers a request its router does not send to it. A personal version falls back to shared
+production, a shared version to the base model; the base model has none.
 """
 
 from __future__ import annotations
@@ -37,15 +44,22 @@ def served_model(version: int | None, scope: str | None = None) -> ServedModel:
     a personal version."""
     if version is None:
         return BASE_MODEL
-    return ServedModel(label=version_label(version, scope), version=version)
+    return ServedModel(label=version_label(version, scope), version=version, scope=scope)
+
+
+def does_not_exist(name: str) -> UnknownModelError:
+    """The one 404 for a name the caller may not use, whether or not it exists."""
+    return UnknownModelError(f"the model {name!r} does not exist")
 
 
 class ModelNames:
     """Resolves names against the latest snapshot and the production version served."""
 
-    def __init__(self) -> None:
+    def __init__(self, personal_adapters: bool = False) -> None:
         self.snapshot: RegistrySnapshot | None = None
         self.production: int | None = None
+        self.personal_adapters = personal_adapters
+        """Whether pinned personal names (``ouro@<scope>/v<N>``) resolve."""
 
     def update(self, snapshot: RegistrySnapshot, production: int | None) -> None:
         self.snapshot = snapshot
@@ -68,7 +82,9 @@ class ModelNames:
         """The version that answers ``name`` now; UnknownModelError if there is none."""
         ref = parse_model_name(name)
         if ref.scope is not None:
-            raise UnknownModelError(f"the model {name!r} does not exist")
+            if not self.personal_adapters or ref.version is None:
+                raise does_not_exist(name)
+            return served_model(ref.version, ref.scope)
         if ref.is_base:
             return BASE_MODEL
         if ref.alias == ALIAS_PRODUCTION:
@@ -78,6 +94,23 @@ class ModelNames:
         if self.snapshot is None:
             raise UnknownModelError(f"the model {name!r} does not exist")
         return served_model(self.snapshot.resolve(ref))
+
+    def parent(self, served: ServedModel) -> ServedModel | None:
+        """What answers in ``served``'s place when its router passes a request on: shared
+        production (as served here) for a personal version, the base model for a shared
+        one; None for the base model."""
+        if served.version is None:
+            return None
+        if served.scope is not None:
+            return served_model(self.production)
+        return BASE_MODEL
+
+    def fallbacks(self, served: ServedModel) -> list[ServedModel]:
+        """``served`` and its parents in order, ending with the base model."""
+        chain = [served]
+        while (parent := self.parent(chain[-1])) is not None:
+            chain.append(parent)
+        return chain
 
     def listing(self, base_model: str) -> list[ModelCard]:
         """``GET /v1/models``: every name that resolves now."""

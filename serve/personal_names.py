@@ -40,15 +40,10 @@ from ouro.registry import (
     personal_alias_name,
     version_label,
 )
-from serve.model_names import ModelNames
+from serve.model_names import ModelNames, does_not_exist
 from serve.protocol import ModelCard
 
 logger = logging.getLogger(__name__)
-
-
-def does_not_exist(name: str) -> UnknownModelError:
-    """The one 404 for a name the caller may not use, whether or not it exists."""
-    return UnknownModelError(f"the model {name!r} does not exist")
 
 
 class PersonalNames:

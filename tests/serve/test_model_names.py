@@ -111,3 +111,35 @@ def test_personal_names_need_the_callers_scope_and_shared_is_production(names) -
         names.resolve("ouro@alice/v1")
     assert names.resolve("ouro-shared") == names.resolve("ouro")
     assert "ouro-shared" not in {card.id for card in names.listing("base")}  # listed when on
+
+
+def test_pinned_personal_names_resolve_in_the_one_resolver() -> None:
+    names = ModelNames(personal_adapters=True)
+    names.update(SNAPSHOT, production=2)
+    served = names.resolve("ouro@alice/u1/v7")
+    assert served == ServedModel(label="ouro@alice/u1/v7", version=7, scope="alice/u1")
+    assert names.knows("ouro@alice/v1")
+    # A personal alias needs the caller's scope (serve.personal_names pins it first).
+    with pytest.raises(UnknownModelError, match="does not exist"):
+        names.resolve("ouro@alice/production")
+    # Without a snapshot too: the version is found (or missing) when it is loaded.
+    assert ModelNames(personal_adapters=True).resolve("ouro@bob/v3").scope == "bob"
+
+
+def test_every_version_falls_back_to_its_parent_down_to_the_base_model(names) -> None:
+    base = ServedModel(label="ouro-base", version=None)
+    shared = names.resolve("ouro@v1")
+    assert names.parent(shared) == base
+    assert names.parent(base) is None
+    assert names.fallbacks(names.resolve("ouro")) == [names.resolve("ouro@v2"), base]
+    assert names.fallbacks(base) == [base]
+    personal = ModelNames(personal_adapters=True)
+    personal.update(SNAPSHOT, production=2)
+    # A personal version falls back to the shared production this replica serves.
+    assert [m.label for m in personal.fallbacks(personal.resolve("ouro@alice/v4"))] == [
+        "ouro@alice/v4",
+        "ouro@v2",
+        "ouro-base",
+    ]
+    personal.update(SNAPSHOT, production=None)
+    assert personal.parent(personal.resolve("ouro@alice/v4")) == base
