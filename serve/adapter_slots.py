@@ -50,9 +50,17 @@ class _Slot:
 class AdapterSlots:
     """Loads and unloads adapter versions in one engine; all methods run on one event loop."""
 
-    def __init__(self, engine: AsyncEngine, download: Download) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        download: Download,
+        on_removed: Callable[[str], None] | None = None,
+    ) -> None:
         self._engine = engine
         self._download = download
+        self._on_removed = on_removed
+        """Told each version name once it has left the engine (what came with its
+        download, such as its correction index, can go too)."""
         # One slot per version ever used (never deleted, so a waiter never holds a stale one).
         self._slots: dict[str, _Slot] = {}
         self.loads = 0
@@ -136,6 +144,8 @@ class AdapterSlots:
                 await self._engine.remove_adapter(slot.name)
                 slot.loaded = False
                 self.evictions += 1
+                if self._on_removed is not None:
+                    self._on_removed(slot.name)
                 logger.info("adapter %s removed", slot.name)
             finally:
                 slot.removing = False

@@ -150,7 +150,7 @@ class OuroIngress:
         configure_logging(self.settings.log_level)
         auth = ApiKeyAuth.from_settings(self.settings)
         replica_id = serve.get_replica_context().replica_id.unique_id
-        self.names = ModelNames()
+        self.names = ModelNames(personal_adapters=self.settings.personal_adapters)
         personal_registries = PersonalRegistries.from_settings(self.settings)
         self.personal = (
             PersonalNames(personal_registries, self.settings.registry_poll_interval_s)

@@ -1,7 +1,8 @@
 """What the ingress sends the LLM server deployment, and what comes back.
 
 A stream from ``LLMServer.generate_stream`` is, in order: one ``ServedModel`` (which
-version answers, known before any token, so it can go in the response headers), then
+version answers and the router's reason, known before any token, so they can go in the
+response headers), then
 for each of the call's ``n`` choices (interleaved, each event naming its ``index``) any
 number of ``TextDelta`` and one ``Finished``. ``LLMServer.generate`` returns one
 ``LLMResult``. Failures are raised (the ingress maps them with ``serve.errors``).
@@ -30,16 +31,35 @@ class LLMCall:
     """The HTTP request's id, for the LLM server's logs."""
     output: OutputFormat | None = None
     """The format the answer is held to (JSON, tool calls); None: free text."""
+    unrouted: bool = False
+    """Answer with the named version's adapter whatever the router says (an admin's
+    ``x-ouro-unrouted: true``; the ingress checks the key)."""
+
+
+ROUTE_BASE = "base"
+"""ServedModel.route of a request for the base model itself (nothing was routed)."""
 
 
 @dataclass(frozen=True)
 class ServedModel:
-    """The exact version that answers a request."""
+    """The exact version that answers a request, and how the router chose it."""
 
     label: str
-    """'ouro@v<N>' or 'ouro-base': what the response's ``model`` field says."""
+    """'ouro@v<N>', 'ouro@<scope>/v<N>' or 'ouro-base': what the response's ``model``
+    field says."""
     version: int | None
     """Registry version; None for the base model."""
+    scope: str | None = None
+    """The personal scope of a personal version; None for shared versions and the base."""
+    route: str | None = None
+    """The router's reason (``ouro.routing.RouteDecision.reason``: 'match', 'no_match',
+    'no_index', 'forced'), or 'base' for a request for the base model; None until the
+    LLM server has decided."""
+    similarity: float | None = None
+    """Cosine between the request and the nearest correction of the version that decided
+    (None when no index was searched)."""
+    router_cpu_s: float = 0.0
+    """Thread CPU seconds the routing decision took (embedding and search)."""
 
 
 @dataclass(frozen=True)

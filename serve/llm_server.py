@@ -15,6 +15,13 @@
   model id, so Serve routes a version's requests to replicas that already hold it. The
   shared production version is pinned outside that LRU, so it is never evicted while it
   is production.
+- Routing (routed corrections): a version answers only the requests its corrections are
+  about. Its correction index is read with its adapter (``ouro.routing.INDEX_DIR``); the
+  replica's ``RequestRouter`` (one embedder, built in a thread at start) decides each
+  request on a thread of its own, against the version asked for, then its parents
+  (``ModelNames.fallbacks``: a personal version, shared production, the base model). The
+  answer's ``ServedModel`` names the version that answered, the route and the similarity.
+  An admin's ``x-ouro-unrouted`` (``LLMCall.unrouted``) keeps the version asked for.
 - Swaps: each replica runs its own registry watcher. When ``production`` moves to a new
   version, the replica loads it first (warm), then switches ``ouro`` to it; requests
   that started on the old version hold a lease on it and finish there. No request
@@ -31,6 +38,8 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import nullcontext
+from dataclasses import replace
+from pathlib import Path
 
 import torch
 from ray import serve
@@ -41,22 +50,32 @@ from ouro.engine import AsyncEngine, GenerationEngine, GenerationRequest, Stream
 from ouro.errors import OuroError
 from ouro.registry import (
     ALIAS_PRODUCTION,
+    AdapterArtifactError,
     AdapterRegistry,
     PersonalRegistries,
     RegistrySnapshot,
-    UnknownModelError,
     parse_model_name,
     version_label,
 )
+from ouro.routing import CorrectionIndex, CorrectionIndexError
 from ouro.settings import OuroSettings
 from ouro.structured import StructuredOutput, ToolFormat
 from serve.adapter_slots import AdapterLease, AdapterSlots, CachedAdapter
 from serve.exceptions import NotReadyError
-from serve.llm_calls import Finished, LLMCall, LLMChoice, LLMResult, ServedModel, TextDelta
+from serve.llm_calls import (
+    ROUTE_BASE,
+    Finished,
+    LLMCall,
+    LLMChoice,
+    LLMResult,
+    ServedModel,
+    TextDelta,
+)
 from serve.logs import configure_logging, set_request_id
-from serve.model_names import ModelNames, served_model
+from serve.model_names import ModelNames
 from serve.registry_watcher import RegistryWatcher
 from serve.replica_report import ReplicaReport
+from serve.request_router import RequestRouter
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +83,7 @@ LLM_SERVER_NAME = "LLMServer"
 
 EngineFactory = Callable[[OuroSettings], GenerationEngine]
 RegistryFactory = Callable[[OuroSettings], AdapterRegistry]
+RouterFactory = Callable[[], RequestRouter]
 
 
 def build_engine(settings: OuroSettings) -> GenerationEngine:
@@ -76,6 +96,11 @@ def build_registry(settings: OuroSettings) -> AdapterRegistry:
     return AdapterRegistry(settings.tracking_uri, settings.registered_model_name)
 
 
+def build_router() -> RequestRouter:
+    """The real router: all-MiniLM-L6-v2 on the CPU (default router factory)."""
+    return RequestRouter.build()
+
+
 @serve.deployment(name=LLM_SERVER_NAME, health_check_period_s=10, health_check_timeout_s=60)
 class LLMServer:
     """Generates chat answers with the base model and any registry version."""
@@ -86,21 +111,29 @@ class LLMServer:
         engine_factory: EngineFactory = build_engine,
         registry_factory: RegistryFactory = build_registry,
         coordinator=None,
+        router_factory: RouterFactory = build_router,
     ) -> None:
         self.settings = OuroSettings(**settings_overrides)
         configure_logging(self.settings.log_level)
         # Ray sets OMP threads to the actor's CPUs; torch needs telling as well.
         torch.set_num_threads(max(1, int(self.settings.llm_num_cpus)))
         self.replica_id = serve.get_replica_context().replica_id.unique_id
+        # The embedder loads in its own thread while the engine loads in another.
+        router = asyncio.create_task(asyncio.to_thread(router_factory))
         self.engine = AsyncEngine(await asyncio.to_thread(engine_factory, self.settings))
         self.structured = await asyncio.to_thread(StructuredOutput.for_engine, self.engine.engine)
+        self.router: RequestRouter = await router
         self.engine.start()
         self.registry = registry_factory(self.settings)
         self.personal_registries = PersonalRegistries(
             self.registry.tracking_uri, self.registry.model_name
         )
-        self.slots = AdapterSlots(self.engine, self._download)
-        self.names = ModelNames()
+        # The correction index of each loaded version (None: trained without one).
+        self._indexes: dict[str, CorrectionIndex | None] = {}
+        self.slots = AdapterSlots(
+            self.engine, self._download, on_removed=lambda name: self._indexes.pop(name, None)
+        )
+        self.names = ModelNames(personal_adapters=self.settings.personal_adapters)
         self._production_known = False
         self._warm_error: str | None = None
         self._coordinator = coordinator
@@ -160,8 +193,7 @@ class LLMServer:
         ``stream_interval_s``; one, possibly empty, when not streaming) and Finished."""
         set_request_id(call.request_id)
         started = time.monotonic()
-        served = await self._resolve(call.model)
-        lease = await self._lease(served)
+        lease, served = await self._route(call, await self._resolve(call.model))
         with lease or nullcontext():
             request = await self._request(call, lease.name if lease is not None else None)
             deltas = self.engine.generate(request, stream=stream)
@@ -235,13 +267,8 @@ class LLMServer:
 
     # -- names and adapters ------------------------------------------------------------------
     async def _resolve(self, name: str) -> ServedModel:
-        ref = parse_model_name(name)
-        if ref.scope is not None:
-            # A personal version, pinned by the ingress for the caller's own scope; it is
-            # loaded (or found missing) from that scope's registered model.
-            if not self.settings.personal_adapters or ref.version is None:
-                raise UnknownModelError(f"the model {name!r} does not exist")
-            return served_model(ref.version, ref.scope)
+        """The version ``name`` asks for. A personal one comes pinned by the ingress for
+        the caller's own scope; it is loaded (or found missing) from the scope's model."""
         if not self._production_known and self.names.needs_production(name):
             raise NotReadyError(
                 "the production version is not loaded yet"
@@ -253,10 +280,49 @@ class LLMServer:
             await self.watcher.refresh()
         return self.names.resolve(name)
 
-    async def _lease(self, served: ServedModel) -> AdapterLease | None:
-        """Hold the served version's adapter for the request (None for the base model)."""
-        if served.version is None:
-            return None
+    async def _route(
+        self, call: LLMCall, requested: ServedModel
+    ) -> tuple[AdapterLease | None, ServedModel]:
+        """The version that answers: the first of ``requested`` and its parents whose
+        correction index takes the request (``requested`` itself when unrouted), with its
+        adapter held for the request (no lease for the base model)."""
+        if requested.version is None:
+            return None, replace(requested, route=ROUTE_BASE)
+        chain = [requested] if call.unrouted else self.names.fallbacks(requested)
+        leases: list[AdapterLease] = []
+        try:
+            for version in chain:
+                if version.version is not None:
+                    leases.append(await self._lease(version))
+            indexes = [self._indexes[lease.name] for lease in leases]
+            choice = await self.router.choose(indexes, call.messages, forced=call.unrouted)
+        except BaseException:
+            for lease in leases:
+                lease.release()
+            raise
+        for position, lease in enumerate(leases):
+            if position != choice.position:
+                lease.release()
+        decision = choice.decision
+        served = replace(
+            chain[choice.position],
+            route=decision.reason,
+            similarity=decision.similarity,
+            router_cpu_s=choice.cpu_s,
+        )
+        logger.debug(
+            "%s answered by %s: %s (similarity %s, correction %s)",
+            requested.label,
+            served.label,
+            decision.reason,
+            decision.similarity,
+            decision.correction_id,
+        )
+        lease = leases[choice.position] if choice.position < len(leases) else None
+        return lease, served
+
+    async def _lease(self, served: ServedModel) -> AdapterLease:
+        """Hold a version's adapter for the request."""
         name = served.label
         production = self.names.production
         pinned = production is not None and name == version_label(production)
@@ -265,13 +331,34 @@ class LLMServer:
         # No await between the load and the lease: nothing can evict the version first.
         return self.slots.acquire(name)
 
-    def _download(self, name: str):
-        """The adapter directory of a pinned version name (shared or personal)."""
+    def _download(self, name: str) -> Path:
+        """The adapter directory of a pinned version name (shared or personal); its
+        correction index is read as well (blocking: runs in a worker thread)."""
         ref = parse_model_name(name)
         if ref.scope is None:
-            return self.registry.download(ref.version, self.settings.adapter_cache_dir)
-        registry = self.personal_registries.for_scope(ref.scope)
-        return registry.download(ref.version, self.settings.adapter_cache_dir / registry.model_name)
+            path = self.registry.download(ref.version, self.settings.adapter_cache_dir)
+        else:
+            registry = self.personal_registries.for_scope(ref.scope)
+            path = registry.download(
+                ref.version, self.settings.adapter_cache_dir / registry.model_name
+            )
+        self._indexes[name] = self._read_index(name, Path(path))
+        return path
+
+    def _read_index(self, name: str, path: Path) -> CorrectionIndex | None:
+        """A version's correction index; an unreadable one makes the version unusable
+        (answering everything instead would break the locality its gates measured)."""
+        try:
+            index = CorrectionIndex.load(path)
+            if index is not None:
+                self.router.check(index)
+        except CorrectionIndexError as exc:
+            raise AdapterArtifactError(f"{name}: {exc}") from exc
+        if index is None:
+            logger.info("%s has no correction index: it answers every request (no_index)", name)
+        else:
+            logger.info("%s routes on the index of %d corrections", name, len(index))
+        return index
 
     async def _on_snapshot(self, snapshot: RegistrySnapshot) -> None:
         """Warm a new production version, then switch 'ouro' to it."""

@@ -19,12 +19,16 @@ from prometheus_client.registry import Collector
 
 from ouro.engine import EngineStats
 from ouro.engine.types import BATCH_SIZE_BUCKETS, STEP_SECONDS_BUCKETS
+from ouro.routing import FORCED, MATCH, NO_INDEX, NO_MATCH
+from serve.llm_calls import ROUTE_BASE, ServedModel
 from serve.replica_report import ReplicaReport
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_SIMILARITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
+_ROUTER_CPU_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1)
 
 
 class ReplicaReportCollector(Collector):
@@ -207,6 +211,29 @@ class ServeMetrics:
             "Feedback records written durably.",
             registry=self.registry,
         )
+        self.router_requests = Counter(
+            "ouro_router_requests",
+            "Chat completions for an adapter version, by the router's decision: match (a "
+            "correction's adapter answered), no_match (passed on to the parent), no_index "
+            "(an adapter without an index answered, as before routing), forced (an admin's "
+            "x-ouro-unrouted).",
+            ["route"],
+            registry=self.registry,
+        )
+        for route in (MATCH, NO_MATCH, NO_INDEX, FORCED):
+            self.router_requests.labels(route=route)  # every route exported from the start
+        self.router_similarity = Histogram(
+            "ouro_router_similarity",
+            "Cosine between a request and the nearest correction of the version that decided.",
+            buckets=_SIMILARITY_BUCKETS,
+            registry=self.registry,
+        )
+        self.router_cpu = Histogram(
+            "ouro_router_cpu_seconds",
+            "Thread CPU time of one routing decision (embedding and search), in the LLM server.",
+            buckets=_ROUTER_CPU_BUCKETS,
+            registry=self.registry,
+        )
         if replica_reports is not None:
             self.registry.register(ReplicaReportCollector(replica_reports))
 
@@ -215,6 +242,15 @@ class ServeMetrics:
         self.version_served.clear()
         for name, version in versions.items():
             self.version_served.labels(name=name).set(version or 0)
+
+    def observe_route(self, served: ServedModel) -> None:
+        """Count how the router chose the version that answers (nothing for 'ouro-base')."""
+        if served.route is None or served.route == ROUTE_BASE:
+            return
+        self.router_requests.labels(route=served.route).inc()
+        if served.similarity is not None:
+            self.router_similarity.observe(served.similarity)
+        self.router_cpu.observe(served.router_cpu_s)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

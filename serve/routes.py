@@ -104,15 +104,52 @@ CHAT_RESPONSES: dict[int | str, dict] = {
         "chat.completion.chunk, then `data: [DONE]`.",
         "content": {"text/event-stream": {"schema": CHAT_STREAM_EVENT}},
     },
-    **_errors(400, 401, 404, 413, 429, 503),
+    **_errors(400, 401, 403, 404, 413, 429, 503),
 }
 
+CHAT_DESCRIPTION = """OpenAI chat completions, streamed (`stream: true`, server-sent events) or not.
 
-@router.post("/v1/chat/completions", response_model=None, responses=CHAT_RESPONSES)
+**Routed corrections.** A version's adapter answers only the requests its corrections are
+about: the last user turn (with the answer it follows) is compared with the corrections
+the version learned, and a request near none of them is answered by the version's parent
+instead: a personal version's is shared production (routed the same way), a shared
+version's is the base model. `ouro-base` is never routed. The answer says who answered
+and why, in the body and in headers sent before the first byte (streamed answers too):
+
+- `model` and `x-ouro-model-version`: the version that answered (`ouro@v7`,
+  `ouro@alice/v2`, `ouro-base`);
+- `x-ouro-route`: `match` (a correction's adapter answered), `no_match` (passed on to the
+  parent), `no_index` (an adapter trained without a correction index: it answers
+  everything, as before routing), `forced` (see below), or `base` (the base model was
+  asked for);
+- `x-ouro-route-similarity`: the cosine between the request and the nearest correction of
+  the version that decided, 4 decimals; absent when no correction was compared.
+
+**`x-ouro-unrouted: true`** (admin keys only; 403 `permission_error` with any other key):
+the version asked for answers whatever its router says, and `x-ouro-route` is `forced`.
+For debugging an adapter on prompts its corrections are not about.
+"""
+
+
+@router.post(
+    "/v1/chat/completions",
+    response_model=None,
+    responses=CHAT_RESPONSES,
+    description=CHAT_DESCRIPTION,
+)
 async def chat_completions(
-    body: ChatCompletionRequest, request: Request, caller: Annotated[Caller, Depends(client)]
+    body: ChatCompletionRequest,
+    request: Request,
+    caller: Annotated[Caller, Depends(client)],
+    x_ouro_unrouted: Annotated[
+        bool,
+        Header(
+            description="Admin keys only: answer with the version asked for, unrouted "
+            "(`x-ouro-route: forced`)."
+        ),
+    ] = False,
 ) -> Response:
-    return await services(request).chat.create(body, caller)
+    return await services(request).chat.create(body, caller, unrouted=x_ouro_unrouted)
 
 
 @router.get("/v1/models", responses=_errors(400, 401))

@@ -19,11 +19,11 @@ from ouro.settings import OuroSettings
 from ouro.structured import ToolFormat
 from serve.auth import Caller
 from serve.errors import error_response, stream_error_event
-from serve.exceptions import InvalidRequestError
+from serve.exceptions import InvalidRequestError, PermissionDeniedError
 from serve.llm_calls import Finished, LLMCall, LLMResult, ServedModel, TextDelta
 from serve.logs import current_request_id
 from serve.metrics import ServeMetrics
-from serve.model_names import ModelNames, served_model
+from serve.model_names import ModelNames
 from serve.personal_names import PersonalNames
 from serve.protocol import (
     SSE_DONE,
@@ -46,6 +46,9 @@ from serve.tool_calls import ToolCallText, output_format, whole_answer
 logger = logging.getLogger(__name__)
 
 MODEL_VERSION_HEADER = "x-ouro-model-version"
+ROUTE_HEADER = "x-ouro-route"
+ROUTE_SIMILARITY_HEADER = "x-ouro-route-similarity"
+UNROUTED_HEADER = "x-ouro-unrouted"
 PERSONAL_METRIC_LABEL = "ouro@personal"
 
 
@@ -69,10 +72,17 @@ class ChatCompletions:
         self._personal = personal
 
     async def create(
-        self, request: ChatCompletionRequest, caller: Caller | None = None
+        self, request: ChatCompletionRequest, caller: Caller | None = None, unrouted: bool = False
     ) -> Response:
+        """``unrouted``: the request's ``x-ouro-unrouted`` (admin keys only)."""
         try:
             call = self._to_call(request)
+            if unrouted:
+                if caller is None or not caller.admin:
+                    raise PermissionDeniedError(
+                        f"{UNROUTED_HEADER} needs an admin API key", UNROUTED_HEADER
+                    )
+                call = replace(call, unrouted=True)
             if self._personal is not None:
                 # The scope comes from the key; 'user' only narrows it (serve.auth).
                 scope = caller.scope(request.user) if caller is not None else None
@@ -92,6 +102,7 @@ class ChatCompletions:
         except Exception as exc:  # noqa: BLE001 - mapped by serve.errors (logged there if unexpected)
             return error_response(exc)
         finished = [choice.finished for choice in result.choices]
+        self._metrics.observe_route(result.served)
         self._count(request.model, result.served, finished)
         choices = []
         for choice in result.choices:
@@ -112,7 +123,7 @@ class ChatCompletions:
             choices=choices,
             usage=_usage(finished),
         )
-        return JSONResponse(body.model_dump(), headers={MODEL_VERSION_HEADER: result.served.label})
+        return JSONResponse(body.model_dump(), headers=served_headers(result.served))
 
     # -- request checks -------------------------------------------------------------------
     def _to_call(self, request: ChatCompletionRequest) -> LLMCall:
@@ -167,17 +178,17 @@ class ChatCompletions:
         )
 
     async def _check_model(self, name: str) -> ServedModel | None:
-        """What ``name`` resolves to in this replica's registry view (None: not read yet);
-        404 early for names it lacks (after one re-read)."""
+        """The version ``name`` asks for in this replica's registry view (None: not read
+        yet); 404 early for names it lacks (after one re-read). Which version answers is
+        the LLM server's to say: it routes the request (serve.request_router)."""
         ref = parse_model_name(name)  # not one of the served forms: 404 without a registry read
-        if ref.scope is not None:
-            # A personal version, pinned by serve.personal_names for the caller's own scope.
-            return served_model(ref.version, ref.scope)
-        if self._names.snapshot is None:
+        if ref.scope is None and self._names.snapshot is None:
             return None  # registry not reached yet: the LLM server says what it can serve
         try:
             return self._names.resolve(name)
         except UnknownModelError:
+            if ref.scope is not None:  # pinned by serve.personal_names: not in the snapshot
+                raise
             await self._refresh_names()
             return self._names.resolve(name)
 
@@ -188,6 +199,7 @@ class ChatCompletions:
             served: ServedModel = await events.__anext__()
         except Exception as exc:  # noqa: BLE001 - before the first byte: a normal error status
             return error_response(exc)
+        self._metrics.observe_route(served)
         return StreamingResponse(
             self._sse(
                 request.model,
@@ -198,7 +210,7 @@ class ChatCompletions:
                 tool_calls=isinstance(call.output, ToolFormat),
             ),
             media_type="text/event-stream",
-            headers={MODEL_VERSION_HEADER: served.label, "Cache-Control": "no-cache"},
+            headers={**served_headers(served), "Cache-Control": "no-cache"},
         )
 
     async def _sse(
@@ -277,6 +289,16 @@ class ChatCompletions:
         metrics.generated_tokens.labels(model=model).inc(usage.completion_tokens)
         first_token_s = min(choice.first_token_s for choice in finished)
         metrics.time_to_first_token.labels(model=model).observe(first_token_s)
+
+
+def served_headers(served: ServedModel) -> dict[str, str]:
+    """Who answered and why: the version, the route, and the similarity when one was found."""
+    headers = {MODEL_VERSION_HEADER: served.label}
+    if served.route is not None:
+        headers[ROUTE_HEADER] = served.route
+    if served.similarity is not None:
+        headers[ROUTE_SIMILARITY_HEADER] = f"{served.similarity:.4f}"
+    return headers
 
 
 def _usage(finished: list[Finished]) -> Usage:

@@ -1,0 +1,118 @@
+"""RequestRouter: which version of a request's fallback chain answers it (routed corrections).
+
+A version's adapter answers only the requests its corrections are about (``ouro.routing``).
+For one request the LLM server hands over the correction indexes of the versions that may
+answer, in order (``ModelNames.fallbacks``: a personal version, then shared production; the
+base model, which needs no index, ends every chain). The first version whose index takes
+the request answers; an index of None (an adapter trained without one) takes everything,
+as before routing; when none takes it, the base model answers.
+
+- The request's key is embedded once, however long the chain, and only when some index
+  needs it; the decisions are ``Router``'s own (the gates decide through the same code).
+- It runs on one worker thread of its own per replica: never on the event loop, never on
+  the engine's step loop, and one embedding at a time (a fast tokenizer must not be used
+  from two threads at once; one thread also keeps routing to one core beside the engine).
+- The thread CPU time of each decision (``time.thread_time``: embedding and search) comes
+  back with it. Torch's intra-op worker threads, when a replica has several CPUs, are not
+  in that figure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+
+from ouro.routing import (
+    FORCED,
+    NO_INDEX,
+    CorrectionIndex,
+    CorrectionIndexError,
+    RouteDecision,
+    RouteKey,
+    Router,
+    SentenceEmbedder,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RouteChoice:
+    """The outcome for one request."""
+
+    position: int
+    """Which version of the chain answers; ``len(indexes)``: the base model."""
+    decision: RouteDecision
+    """The decision that chose it (the last one made when the base model answers)."""
+    cpu_s: float
+    """Thread CPU seconds of the decision."""
+
+
+class RequestRouter:
+    """One per LLM server replica: a ``Router`` and the thread it runs on."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ouro-router")
+
+    @classmethod
+    def build(cls) -> RequestRouter:
+        """The real one: all-MiniLM-L6-v2 on the CPU (blocking: a few seconds)."""
+        return cls(Router(SentenceEmbedder()))
+
+    def check(self, index: CorrectionIndex) -> None:
+        """Refuse an index this router cannot search (another embedder's keys)."""
+        embedder = self.router.embedder
+        dimension = index.keys.shape[1] if index.keys.ndim == 2 else None
+        if index.embedder != embedder.name or (len(index) and dimension != embedder.dimension):
+            raise CorrectionIndexError(
+                f"the index was built with {index.embedder} ({dimension} dimensions); "
+                f"this server routes with {embedder.name} ({embedder.dimension})"
+            )
+
+    async def choose(
+        self,
+        indexes: Sequence[CorrectionIndex | None],
+        messages: Sequence[dict],
+        *,
+        forced: bool = False,
+    ) -> RouteChoice:
+        """The first of ``indexes`` that takes the conversation; ``forced``: the first,
+        whatever it says (the decision is still made, so its similarity is known)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, self.choose_blocking, list(indexes), list(messages), forced
+        )
+
+    def choose_blocking(
+        self,
+        indexes: Sequence[CorrectionIndex | None],
+        messages: Sequence[dict],
+        forced: bool = False,
+    ) -> RouteChoice:
+        """``choose`` on the calling thread."""
+        started = time.thread_time()
+        key = RouteKey.of(messages)
+        vectors = None
+        decision = RouteDecision(routed=False)
+        for position, index in enumerate(indexes):
+            if index is None:
+                decision = RouteDecision(routed=True, reason=NO_INDEX)
+            elif not key.text or not len(index):
+                decision = RouteDecision(routed=False)
+            else:
+                if vectors is None:
+                    vectors = self.router.vectors(key)
+                decision = index.best_match(key, *vectors)
+            if forced:
+                decision = replace(decision, routed=True, reason=FORCED)
+            if decision.routed:
+                return RouteChoice(position, decision, time.thread_time() - started)
+        return RouteChoice(len(indexes), decision, time.thread_time() - started)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
