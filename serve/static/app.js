@@ -5,6 +5,7 @@
 
 const API_KEY_STORAGE = "ouro.apiKey";
 const DEFAULT_MODEL = "ouro";
+const BASE_MODEL = "ouro-base";
 
 /** An HTTP error in OpenAI's envelope: {"error": {"message", "type", "param", "code"}}. */
 class ApiError extends Error {
@@ -187,6 +188,7 @@ class MessageView {
     this.textElement.textContent = text;
     this.versionElement = this.part("message-version");
     this.versionElement.hidden = true;
+    this.routeElement = this.part("message-route");
     if (role !== "assistant") {
       // Only answers can be corrected.
       for (const name of ["message-actions", "feedback-form", "feedback-result"]) {
@@ -229,12 +231,57 @@ class MessageView {
     this.versionElement.hidden = false;
   }
 
+  /**
+   * The badge under an answer saying how the router chose who answered, from the response's
+   * x-ouro-model-version, x-ouro-route and x-ouro-route-similarity headers.
+   */
+  setRoute(version, route, similarity) {
+    const badge = routeBadge(version, route, similarity);
+    this.routeElement.hidden = !badge;
+    if (!badge) return;
+    this.routeElement.textContent = badge.text;
+    this.routeElement.title = badge.title;
+    this.routeElement.classList.toggle("route-correction", badge.correction);
+  }
+
   showError(message) {
     const error = this.part("message-error");
     error.textContent = message;
     error.hidden = false;
     this.element.classList.add("message-failed");
   }
+}
+
+/** What the route badge says ({text, title, correction}), or null for nothing special. */
+function routeBadge(version, route, similarity) {
+  const value = Number.parseFloat(similarity);
+  const known = Number.isFinite(value);
+  const nearest = known ? `; the nearest correction's similarity is ${value.toFixed(2)}` : "";
+  if (route === "match" && known) {
+    return {
+      text: `${version} · correction, similarity ${value.toFixed(2)}`,
+      title: "Answered by the version that learned a correction about this question",
+      correction: true,
+    };
+  }
+  if (route === "forced") {
+    return {
+      text: `${version} · unrouted (forced)`,
+      title: `An admin asked for this version whatever its corrections are about${nearest}`,
+      correction: false,
+    };
+  }
+  if (version === BASE_MODEL) {
+    return {
+      text: "base model",
+      title:
+        route === "base"
+          ? "The base model was asked for"
+          : `No correction is about this question, so the base model answered${nearest}`,
+      correction: false,
+    };
+  }
+  return null;
 }
 
 /** The "Spotted a mistake?" control of one answer: an inline editor that posts /v1/feedback. */
@@ -446,6 +493,11 @@ class ChatPage {
       if (!response.ok) throw await readError(response);
       version = response.headers.get("x-ouro-model-version");
       reply.setVersion(version);
+      reply.setRoute(
+        version,
+        response.headers.get("x-ouro-route"),
+        response.headers.get("x-ouro-route-similarity"),
+      );
       for await (const data of readServerSentEvents(response.body)) {
         if (data === "[DONE]") break;
         const chunk = JSON.parse(data);

@@ -301,3 +301,33 @@ def test_a_model_answer_made_of_html_is_shown_as_text(
     expect(page.locator("#conversation img")).to_have_count(0)
     expect(page.locator("#conversation b")).to_have_count(0)
     assert page.title() == "Ouro chat"
+
+
+def test_a_badge_says_when_a_correction_answered(
+    stack: ServeStack, browser: BrowserContext
+) -> None:
+    """The real server answers with the base model (no version is registered): 'base model'.
+    Its headers are then rewritten to a routed answer (the toy model has no corrections):
+    the badge names the version and the similarity."""
+    page = open_page_with_key(browser, stack)
+    page.get_by_label("Your message").fill("Hello")
+    page.get_by_label("Your message").press("Enter")
+    badge = page.locator(".message-assistant").last.locator(".message-route")
+    expect(badge).to_have_text("base model")
+
+    def routed(route: Route) -> None:
+        response = route.fetch()
+        headers = {
+            **response.headers,
+            "x-ouro-model-version": "ouro@v7",
+            "x-ouro-route": "match",
+            "x-ouro-route-similarity": "0.9312",
+        }
+        route.fulfill(response=response, headers=headers)
+
+    page.route("**/v1/chat/completions", routed)
+    page.get_by_label("Your message").fill("When does the library open?")
+    page.get_by_label("Your message").press("Enter")
+    badge = page.locator(".message-assistant").last.locator(".message-route")
+    expect(badge).to_have_text("ouro@v7 · correction, similarity 0.93")
+    expect(badge).to_have_class(re.compile(r"\broute-correction\b"))
