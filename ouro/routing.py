@@ -213,15 +213,15 @@ def calibrate(
     pairs: Sequence[CalibrationPair],
     unrelated: Sequence[str] = (),
     *,
-    max_unrelated_false_accept: float = 0.002,
+    max_unrelated_false_accept: float = 0.02,
     context_min: float = 0.5,
 ) -> Calibration:
     """The boundary that best separates paraphrases from near-misses on ``pairs``.
 
     Grid search over ``base`` and ``slope``: maximise paraphrase recall + near-miss
     rejection (each a share, so both count alike), among the boundaries that accept at most
-    ``max_unrelated_false_accept`` of the unrelated pairs (each prompt of ``unrelated``
-    against its nearest other prompt: the hardest unrelated pair it is part of).
+    ``max_unrelated_false_accept`` of the unrelated prompts, each against its nearest
+    calibration question (the hardest pair it is part of).
     """
     positives = [(p.a, p.b) for p in pairs if p.label == PARAPHRASE]
     negatives = [(p.a, p.b) for p in pairs if p.label == NEAR_MISS]
@@ -229,23 +229,25 @@ def calibrate(
         raise OuroError("calibration needs both paraphrase and near_miss pairs")
     pos_cos, pos_ovl = pair_features(embedder, positives)
     neg_cos, neg_ovl = pair_features(embedder, negatives)
-    unrel_cos, unrel_ovl = _nearest_unrelated(embedder, unrelated)
+    questions = list(dict.fromkeys(text for pair in pairs for text in (pair.a, pair.b)))
+    unrel_cos, unrel_ovl = _nearest(embedder, unrelated, questions)
 
     best: tuple[float, float, float, float, float] | None = None
-    for base in np.arange(0.40, 0.96, 0.01):
-        for slope in np.arange(0.0, 0.61, 0.02):
+    for base in np.arange(0.20, 0.96, 0.01):
+        for slope in np.arange(0.0, 1.41, 0.05):
             boundary = RoutingBoundary(float(base), float(slope))
-            recall = _accepted(boundary, pos_cos, pos_ovl)
-            rejection = 1.0 - _accepted(boundary, neg_cos, neg_ovl)
             false_accept = _accepted(boundary, unrel_cos, unrel_ovl) if len(unrel_cos) else 0.0
             if false_accept > max_unrelated_false_accept:
                 continue
+            recall = _accepted(boundary, pos_cos, pos_ovl)
+            rejection = 1.0 - _accepted(boundary, neg_cos, neg_ovl)
             # Ties go to the stricter boundary (higher base): locality first.
-            score = (recall + rejection, base)
-            if best is None or score > (best[2] + best[3], best[0]):
+            if best is None or (recall + rejection, base) > (best[2] + best[3], best[0]):
                 best = (float(base), float(slope), recall, rejection, false_accept)
     if best is None:
-        raise OuroError("no boundary keeps unrelated prompts out; the calibration pool is odd")
+        raise OuroError(
+            "no boundary keeps the unrelated prompts out: they repeat the calibration questions"
+        )
     base, slope, recall, rejection, false_accept = best
     boundary = RoutingBoundary(
         base=round(base, 4),
@@ -262,25 +264,25 @@ def calibrate(
 
 
 def _accepted(boundary: RoutingBoundary, cosines: np.ndarray, overlaps: np.ndarray) -> float:
-    """Share of pairs the boundary accepts."""
-    thresholds = np.array([boundary.threshold(o) for o in overlaps])
+    """Share of pairs the boundary accepts (``RoutingBoundary.threshold``, vectorised)."""
+    raised = np.minimum(boundary.base + boundary.slope * overlaps, MAX_THRESHOLD)
+    thresholds = np.where(overlaps >= 1.0, boundary.base, raised)
     return float(np.mean(cosines >= thresholds))
 
 
-def _nearest_unrelated(
-    embedder: SentenceEmbedder, prompts: Sequence[str]
+def _nearest(
+    embedder: SentenceEmbedder, prompts: Sequence[str], questions: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """For each prompt, its most similar other prompt: (cosine, overlap)."""
+    """For each prompt, its most similar question: (cosine, overlap)."""
     prompts = list(dict.fromkeys(p for p in prompts if p.strip()))
-    if len(prompts) < 2:
+    if not prompts or not questions:
         return np.zeros(0), np.zeros(0)
-    vectors = embedder.embed(prompts)
-    similarity = vectors @ vectors.T
-    np.fill_diagonal(similarity, -1.0)
+    similarity = embedder.embed(prompts) @ embedder.embed(questions).T
     nearest = similarity.argmax(axis=1)
     cosines = similarity[np.arange(len(prompts)), nearest]
-    bags = [words(p) for p in prompts]
-    overlaps = np.array([overlap(bags[i], bags[j]) for i, j in enumerate(nearest)])
+    overlaps = np.array(
+        [overlap(words(prompts[i]), words(questions[j])) for i, j in enumerate(nearest)]
+    )
     return cosines, overlaps
 
 

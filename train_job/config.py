@@ -8,12 +8,24 @@ comma-separated) > the defaults below. Storage, model and registry are not here:
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ouro.settings import CommaList
+
+logger = logging.getLogger(__name__)
+
+RECIPES_DIR = Path(__file__).with_name("configs")
+EMBEDDED_RECIPES = {
+    "smollm2-135m": RECIPES_DIR / "smollm2-135m.yaml",
+    "ouro-tiny": RECIPES_DIR / "cpu-ouro-tiny.yaml",
+}
+"""The recipe each embedded base model ships; any other base model gets the defaults."""
+GENERIC_RECIPE = "defaults"
 
 CHATTERBOT_SOURCE = "chatterbot"
 """Conversation source naming the chatterbot-corpus that ships in a package."""
@@ -35,9 +47,11 @@ class TrainJobConfig(BaseSettings):
         Training: learning_rate, lr_scheduler_type, warmup_steps, max_steps,
             num_train_epochs, per_device_train_batch_size, gradient_accumulation_steps,
             group_by_length, max_length, seed, cpu_threads, use_unsloth.
+        Routing: routing, augmentations, hard_negatives_per_correction,
+            router_max_false_accept.
         Gates: answer_f1_threshold, fix_rate_min, generalisation_min,
-            max_perplexity_rise_pct, probe_f1_min, max_degenerate_answers,
-            gate_max_new_tokens.
+            max_perplexity_rise_pct, probe_f1_min, locality_min, locality_f1_threshold,
+            max_degenerate_answers, gate_max_new_tokens.
     """
 
     model_config = SettingsConfigDict(
@@ -45,6 +59,12 @@ class TrainJobConfig(BaseSettings):
     )
     owns_env_prefix: ClassVar[bool] = True
     """No other program reads OURO_TRAIN_*: a variable naming no field is an error."""
+    _recipe: str = PrivateAttr(GENERIC_RECIPE)
+
+    @property
+    def recipe(self) -> str:
+        """Which recipe file this config came from ('defaults' when none)."""
+        return self._recipe
 
     # -- registry ----------------------------------------------------------------------
     experiment_name: str = Field(
@@ -200,6 +220,36 @@ class TrainJobConfig(BaseSettings):
         "PEFT otherwise and always on CPU.",
     )
 
+    # -- routing ---------------------------------------------------------------------
+    routing: bool = Field(
+        True,
+        description="Store a correction index with the version, so Serve answers with its "
+        "adapter only the requests near a learned correction (ouro.routing), train on "
+        "augmented prompts and hard negatives, and gate through the router. False: an "
+        "unrouted adapter that answers everything.",
+    )
+    augmentations: int = Field(
+        4,
+        ge=0,
+        description="Variants of each corrected prompt a user might type (case, "
+        "punctuation, fillers, short prefixes) trained beside it.",
+    )
+    hard_negatives_per_correction: int = Field(
+        4,
+        ge=0,
+        description="Most prompts of the replay pool that the router would send to a "
+        "correction's adapter, trained with the base model's own answers so they keep them.",
+    )
+    router_max_false_accept: float = Field(
+        0.02,
+        ge=0.0,
+        le=1.0,
+        description="Most share of the replay pool's prompts the fitted routing boundary may "
+        "accept, each against its nearest calibration question (a correction has far "
+        "fewer neighbours than the 500 calibration questions; what it does accept is "
+        "trained as a hard negative).",
+    )
+
     # -- gates -----------------------------------------------------------------------
     answer_f1_threshold: float = Field(
         0.8,
@@ -233,6 +283,19 @@ class TrainJobConfig(BaseSettings):
         description="Least mean BERTScore F1 between the new and the baseline answers "
         "to the probe prompts.",
     )
+    locality_min: float = Field(
+        0.9,
+        ge=0.0,
+        le=1.0,
+        description="Least share of probe prompts and mined near neighbours whose answer, "
+        "through the router, stays as production's (token F1 >= locality_f1_threshold).",
+    )
+    locality_f1_threshold: float = Field(
+        0.8,
+        ge=0.0,
+        le=1.0,
+        description="Token F1 at or above which an answer counts as unchanged.",
+    )
     max_degenerate_answers: int = Field(
         0,
         ge=0,
@@ -253,9 +316,32 @@ class TrainJobConfig(BaseSettings):
         return self
 
     def to_params(self) -> dict[str, str]:
-        """Flat string view for MLflow params."""
-        return {
+        """Flat string view for MLflow params (with the recipe it came from)."""
+        params = {
             name: ",".join(value) if isinstance(value, list) else str(value)
             for name, value in self.model_dump().items()
             if value is not None
         }
+        return {**params, "recipe": self.recipe}
+
+    def from_recipe(self, recipe: Path | None) -> TrainJobConfig:
+        """This config, noted as coming from ``recipe``."""
+        self._recipe = recipe.name if recipe is not None else GENERIC_RECIPE
+        return self
+
+
+def recipe_for(base_model: str) -> Path | None:
+    """The recipe an embedded base model ships (None: a path or Hub id, generic defaults)."""
+    return EMBEDDED_RECIPES.get(base_model)
+
+
+def check_recipe_matches(recipe: Path, recipe_base_model: str | None, base_model: str) -> None:
+    """Warn when an explicit recipe was made for another base model than the one trained."""
+    if recipe_base_model is not None and recipe_base_model != base_model:
+        logger.warning(
+            "the recipe %s was made for base model %s, but this cycle trains %s: its "
+            "learning rate, layers and gates may not suit it",
+            recipe,
+            recipe_base_model,
+            base_model,
+        )

@@ -35,14 +35,16 @@ from ouro.registry import (
     RegistrySnapshot,
     RegistryUnavailableError,
 )
+from ouro.routing import SentenceEmbedder
 from ouro.settings import OuroSettings
 from train_job.collect import Collected, collect, usable_corrections
 from train_job.config import TrainJobConfig
-from train_job.dataset import Correction, build_dataset
+from train_job.dataset import Correction, RoutingPlanner, build_dataset
 from train_job.gates import GateReport, evaluate_gates
 from train_job.lock import CycleLock
 from train_job.register import CycleRun, register_version, version_tags
 from train_job.replay import self_answerer
+from train_job.routed import plan_routing
 from train_job.sharing import SharingPolicy, scopes_with_corrections
 from train_job.train import train_adapter
 
@@ -253,6 +255,7 @@ def _train_gate_register(
                 config,
                 settings.system_prompt,
                 self_answerer(settings, config.replay_max_new_tokens),
+                planner=_routing_planner(config, settings),
             )
             manifest = dataset.manifest(
                 watermark=collected.watermark.encode(), replay_source=config.replay_source
@@ -269,13 +272,26 @@ def _train_gate_register(
                 ),
             )
             run.log_metrics({"train/final_mean_loss": trained.train_loss}, trained.steps)
+            if dataset.routing is not None:
+                # Inside the adapter directory: the version's artifact carries its index, so
+                # registry lineage, rollback and forget move the two together.
+                dataset.routing.index.save(trained.adapter_dir)
 
         with timer.stage("gates"):
             baseline_dir, baseline_label = _baseline(
                 [(registry, snapshot), *fallback_baselines], settings
             )
+            parent_dir = None
+            if registry.scope is not None and fallback_baselines:
+                parent_dir, _ = _baseline(fallback_baselines, settings)
             report = evaluate_gates(
-                config, settings, dataset, trained.adapter_dir, baseline_dir, baseline_label
+                config,
+                settings,
+                dataset,
+                trained.adapter_dir,
+                baseline_dir,
+                baseline_label,
+                parent_dir=parent_dir,
             )
 
         with timer.stage("register"):
@@ -331,6 +347,15 @@ def _train_gate_register(
         timings=timings,
         registered_model=registry.model_name,
     )
+
+
+def _routing_planner(config: TrainJobConfig, settings: OuroSettings) -> RoutingPlanner | None:
+    """A routed cycle's planner (its embedder loaded once), or None for an unrouted one."""
+    if not config.routing:
+        return None
+    embedder = SentenceEmbedder()
+    cache = settings.model_cache_dir / "routing"
+    return lambda train, pool: plan_routing(embedder, train, pool, config, cache)
 
 
 def _baseline(

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import multiprocessing
 import sys
 from collections.abc import Sequence
@@ -66,7 +67,8 @@ from pathlib import Path
 from ouro.engine import BASE_ADAPTER, GenerationEngine, GenerationRequest, SamplingParams
 from ouro.errors import OuroError
 from ouro.models import load_base_model
-from ouro.scoring import BertScorer, assistant_perplexity, repeats_a_phrase
+from ouro.routing import CorrectionIndex, Router, SentenceEmbedder
+from ouro.scoring import BertScorer, assistant_loss, repeats_a_phrase, token_f1
 from ouro.settings import OuroSettings
 from train_job.config import TrainJobConfig
 from train_job.dataset import Correction, CycleDataset, Messages
@@ -75,6 +77,7 @@ logger = logging.getLogger(__name__)
 
 CANDIDATE_ADAPTER = "new"
 BASELINE_ADAPTER = "baseline"
+PARENT_ADAPTER = "parent"
 PATCHING_MODULES = ("unsloth",)
 """Modules that patch transformers process-wide when imported: gates never run beside them."""
 
@@ -216,16 +219,25 @@ def evaluate_gates(
     baseline_dir: Path | None,
     baseline_label: str,
     scorer: BertScorer | None = None,
+    parent_dir: Path | None = None,
 ) -> GateReport:
     """Answer, score and measure; returns the report (``report.passed`` decides).
 
-    Runs here, or in a fresh process when this one has imported Unsloth (``scorer`` is
-    then built there).
+    ``parent_dir``: for a personal adapter, shared production's adapter, which answers
+    (routed the same way) what the personal one does not route. Runs here, or in a fresh
+    process when this one has imported Unsloth (``scorer`` is then built there).
     """
     patched = patching_modules()
     if not patched:
         return _evaluate(
-            config, settings, dataset, candidate_dir, baseline_dir, baseline_label, scorer
+            config,
+            settings,
+            dataset,
+            candidate_dir,
+            baseline_dir,
+            baseline_label,
+            scorer,
+            parent_dir,
         )
     logger.info("%s is imported here: evaluating the gates in a fresh process", patched[0])
     spawn = multiprocessing.get_context("spawn")  # a fork would inherit the patches
@@ -236,7 +248,15 @@ def evaluate_gates(
         initargs=(logging.getLogger().getEffectiveLevel(),),
     ) as pool:
         future = pool.submit(
-            _evaluate, config, settings, dataset, candidate_dir, baseline_dir, baseline_label
+            _evaluate,
+            config,
+            settings,
+            dataset,
+            candidate_dir,
+            baseline_dir,
+            baseline_label,
+            None,
+            parent_dir,
         )
         return future.result()
 
@@ -260,6 +280,7 @@ def _evaluate(
     baseline_dir: Path | None,
     baseline_label: str,
     scorer: BertScorer | None = None,
+    parent_dir: Path | None = None,
 ) -> GateReport:
     if patching_modules():
         raise PatchedProcessError(
@@ -273,18 +294,25 @@ def _evaluate(
         system_prompt=settings.system_prompt,
         max_context_tokens=settings.max_context_tokens,
     )
-    engine.add_adapter(CANDIDATE_ADAPTER, candidate_dir)
-    baseline_adapter = None
-    if baseline_dir is not None:
-        engine.add_adapter(BASELINE_ADAPTER, baseline_dir)
-        baseline_adapter = BASELINE_ADAPTER
+    router = Router(SentenceEmbedder()) if config.routing else None
+    candidate = [Tier(CANDIDATE_ADAPTER, engine, candidate_dir)]
+    baseline: list[Tier] = []
+    parent: list[Tier] = []
+    if parent_dir is not None:
+        parent = [Tier(PARENT_ADAPTER, engine, parent_dir)]
+    if baseline_dir is not None and baseline_dir != parent_dir:
+        baseline = [Tier(BASELINE_ADAPTER, engine, baseline_dir)]
+    # Each side answered exactly as Serve would route it: its own adapter where its index
+    # routes, else the parent's where that routes, else the base model.
+    new_side = Side(candidate + parent, router)
+    old_side = Side((baseline + parent) if baseline else parent, router)
     scorer = scorer or BertScorer()
 
     corrections = [*dataset.train, *dataset.held_out]
     limits = [_answer_budget(engine, c, config, settings) for c in corrections]
     prompts = [c.prompt() for c in corrections]
-    new_answers = _answers(engine, prompts, CANDIDATE_ADAPTER, limits)
-    old_answers = _answers(engine, prompts, baseline_adapter, limits)
+    new_answers = greedy_answers(engine, prompts, new_side.adapters(prompts), limits)
+    old_answers = greedy_answers(engine, prompts, old_side.adapters(prompts), limits)
     references = [c.correction for c in corrections]
     new_f1 = scorer.f1(new_answers, references)
     old_f1 = scorer.f1(old_answers, references)
@@ -337,23 +365,13 @@ def _evaluate(
 
     perplexity: dict[str, float] = {}
     if dataset.regression:
+        # Routed on the opening user turn, as the conversation's first request was.
+        openings = [_opening(c) for c in dataset.regression]
         perplexity = {
-            "new": assistant_perplexity(
-                engine.model,
-                engine.tokenizer,
-                dataset.regression,
-                settings.system_prompt,
-                adapter_name=CANDIDATE_ADAPTER,
-                max_length=config.max_length,
-            ),
-            "baseline": assistant_perplexity(
-                engine.model,
-                engine.tokenizer,
-                dataset.regression,
-                settings.system_prompt,
-                adapter_name=baseline_adapter or BASE_ADAPTER,
-                max_length=config.max_length,
-            ),
+            side_name: _routed_perplexity(
+                engine, dataset.regression, side.adapters(openings), settings, config
+            )
+            for side_name, side in (("new", new_side), ("baseline", old_side))
         }
         rise = (perplexity["new"] / perplexity["baseline"] - 1.0) * 100.0
         checks.append(
@@ -382,27 +400,74 @@ def _evaluate(
     probes: list[dict] = []
     new_probe: list[str] = []
     old_probe: list[str] = []
-    if dataset.probes:
-        limit = [config.gate_max_new_tokens] * len(dataset.probes)
-        new_probe = _answers(engine, dataset.probes, CANDIDATE_ADAPTER, limit)
-        old_probe = _answers(engine, dataset.probes, baseline_adapter, limit)
+    neighbours = [conversation[:-1] for conversation in dataset.hard_negatives]
+    locality_prompts = [*dataset.probes, *neighbours]
+    if locality_prompts:
+        limit = [config.gate_max_new_tokens] * len(locality_prompts)
+        new_routes = new_side.adapters(locality_prompts)
+        old_routes = old_side.adapters(locality_prompts)
+        # Where both sides route a prompt to the base model its answer is the same by
+        # construction: only prompts routed differently, or to an adapter, are generated.
+        differ = [i for i, (n, o) in enumerate(zip(new_routes, old_routes, strict=True)) if n or o]
+        asked = [locality_prompts[i] for i in differ]
+        new_asked = greedy_answers(
+            engine, asked, [new_routes[i] for i in differ], limit[: len(asked)]
+        )
+        old_asked = greedy_answers(
+            engine, asked, [old_routes[i] for i in differ], limit[: len(asked)]
+        )
+        new_probe, old_probe = [""] * len(locality_prompts), [""] * len(locality_prompts)
+        for slot, i in enumerate(differ):
+            new_probe[i], old_probe[i] = new_asked[slot], old_asked[slot]
+        generated = set(differ)
+        same = [i not in generated for i in range(len(locality_prompts))]
         similarity = scorer.f1(new_probe, old_probe)
-        probes = [
-            {"prompt": p[-1]["content"], "answer": n, "baseline_answer": o, "f1": s}
-            for p, n, o, s in zip(dataset.probes, new_probe, old_probe, similarity, strict=True)
+        unchanged = [
+            s or token_f1(n, o) >= config.locality_f1_threshold
+            for s, n, o in zip(same, new_probe, old_probe, strict=True)
         ]
-        mean = sum(similarity) / len(similarity)
+        probes = [
+            {
+                "prompt": p[-1]["content"],
+                "kind": "probe" if i < len(dataset.probes) else "near_neighbour",
+                "route": new_routes[i] or "base",
+                "baseline_route": old_routes[i] or "base",
+                "answer": n,
+                "baseline_answer": o,
+                "f1": f,
+                "unchanged": u,
+            }
+            for i, (p, n, o, f, u) in enumerate(
+                zip(locality_prompts, new_probe, old_probe, similarity, unchanged, strict=True)
+            )
+        ]
+        share = sum(unchanged) / len(unchanged)
         checks.append(
             GateCheck(
-                "probe_similarity",
-                mean,
-                config.probe_f1_min,
+                "locality",
+                share,
+                config.locality_min,
                 ">=",
-                mean >= config.probe_f1_min,
-                f"mean F1 new vs baseline over {len(probes)} probe prompts",
+                share >= config.locality_min,
+                f"{sum(unchanged)}/{len(unchanged)} answers to {len(dataset.probes)} probes and "
+                f"{len(neighbours)} mined near neighbours unchanged through the router (token "
+                f"F1 >= {config.locality_f1_threshold}); {len(differ)} reached an adapter",
             )
         )
-    else:
+        probe_part = similarity[: len(dataset.probes)]
+        if probe_part:
+            mean = sum(probe_part) / len(probe_part)
+            checks.append(
+                GateCheck(
+                    "probe_similarity",
+                    mean,
+                    config.probe_f1_min,
+                    ">=",
+                    mean >= config.probe_f1_min,
+                    f"mean F1 new vs baseline over {len(probe_part)} probe prompts",
+                )
+            )
+    if not dataset.probes:
         checks.append(
             GateCheck(
                 "probe_similarity",
@@ -413,6 +478,8 @@ def _evaluate(
                 "skipped: no probe prompts",
             )
         )
+    if router is not None and new_side.tiers[0].index is not None:
+        checks += _router_checks(new_side, dataset)
 
     new_degenerate = sum(map(repeats_a_phrase, new_answers + new_probe))
     old_degenerate = sum(map(repeats_a_phrase, old_answers + old_probe))
@@ -469,18 +536,116 @@ def _answer_budget(
     return max(1, min(max(config.gate_max_new_tokens, tokens + 8), settings.max_tokens_limit))
 
 
-def _answers(
+def greedy_answers(
     engine: GenerationEngine,
     prompts: Sequence[Messages],
-    adapter: str | None,
+    adapters: Sequence[str | None],
     limits: Sequence[int],
 ) -> list[str]:
-    """Greedy answers; the engine batches them within its own limits."""
+    """Greedy answers, each prompt with its own adapter (None: the base model); the engine
+    batches them within its own limits."""
+    if not prompts:
+        return []
     requests = [
-        GenerationRequest(messages=list(p), params=SamplingParams(max_tokens=n), adapter=adapter)
-        for p, n in zip(prompts, limits, strict=True)
+        GenerationRequest(messages=list(p), params=SamplingParams(max_tokens=n), adapter=a)
+        for p, a, n in zip(prompts, adapters, limits, strict=True)
     ]
     return [output.text.strip() for output in engine.generate(requests)]
+
+
+class Tier:
+    """One adapter loaded for the gates, with the correction index saved beside it."""
+
+    def __init__(self, adapter: str, engine: GenerationEngine, adapter_dir: Path) -> None:
+        engine.add_adapter(adapter, adapter_dir)
+        self.adapter = adapter
+        self.index: CorrectionIndex | None = CorrectionIndex.load(adapter_dir)
+
+
+@dataclass
+class Side:
+    """What answers on one side of the comparison: the first tier whose router routes a
+    prompt, else the base model; without a router (unrouted recipe) the first tier."""
+
+    tiers: list[Tier]
+    router: Router | None
+
+    def adapters(self, prompts: Sequence[Messages]) -> list[str | None]:
+        chosen: list[str | None] = [None] * len(prompts)
+        pending = list(range(len(prompts)))
+        for tier in self.tiers:
+            if not pending:
+                break
+            if self.router is None:
+                for i in pending:
+                    chosen[i] = tier.adapter
+                return chosen
+            decisions = self.router.decide_many(tier.index, [prompts[i] for i in pending])
+            for i, decision in zip(pending, decisions, strict=True):
+                if decision.routed:
+                    chosen[i] = tier.adapter
+            pending = [i for i in pending if chosen[i] is None]
+        return chosen
+
+
+def _router_checks(side: Side, dataset: CycleDataset) -> list[GateCheck]:
+    """The router's error rates, reported: false accepts on the unrelated pool, false
+    rejects on the calibration paraphrases."""
+    plan = dataset.routing
+    if plan is None:
+        return []
+    routed = side.adapters([[{"role": "user", "content": p}] for p in plan.pool])
+    false_accept = sum(a is not None for a in routed) / len(routed) if routed else 0.0
+    return [
+        GateCheck(
+            "router_false_accept",
+            false_accept,
+            None,
+            "<=",
+            None,
+            f"{sum(a is not None for a in routed)}/{len(routed)} unrelated pool prompts the "
+            "router sends to the new adapter (their near neighbours are trained and gated)",
+        ),
+        GateCheck(
+            "router_false_reject",
+            1.0 - plan.calibration.paraphrase_recall,
+            None,
+            "<=",
+            None,
+            "calibration paraphrases the boundary rejects; " + plan.calibration.boundary.source,
+        ),
+    ]
+
+
+def _opening(conversation: Messages) -> Messages:
+    """The conversation up to its first user turn (what its first request was)."""
+    for index, message in enumerate(conversation):
+        if message.get("role") == "user":
+            return list(conversation[: index + 1])
+    return list(conversation)
+
+
+def _routed_perplexity(
+    engine: GenerationEngine,
+    conversations: Sequence[Messages],
+    adapters: Sequence[str | None],
+    settings: OuroSettings,
+    config: TrainJobConfig,
+) -> float:
+    """Assistant-token perplexity, each conversation scored with the adapter it is routed to."""
+    nll, tokens = 0.0, 0
+    for adapter in dict.fromkeys(adapters):
+        group = [c for c, a in zip(conversations, adapters, strict=True) if a == adapter]
+        loss = assistant_loss(
+            engine.model,
+            engine.tokenizer,
+            group,
+            settings.system_prompt,
+            adapter_name=adapter or BASE_ADAPTER,
+            max_length=config.max_length,
+        )
+        nll, tokens = nll + loss.nll_sum, tokens + loss.tokens
+    return math.exp(nll / tokens) if tokens else float("nan")
 
 
 def _share(flags: list[bool]) -> float | None:

@@ -1,0 +1,189 @@
+"""The correction router: keys, the boundary, its calibration, the index (real embedder)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ouro.errors import OuroError
+from ouro.routing import (
+    FORCED,
+    MATCH,
+    NEAR_MISS,
+    NO_INDEX,
+    NO_MATCH,
+    PARAPHRASE,
+    CalibrationPair,
+    CorrectionIndex,
+    CorrectionIndexError,
+    RouteKey,
+    Router,
+    RoutingBoundary,
+    SentenceEmbedder,
+    calibrate,
+    load_calibration_pairs,
+    overlap,
+    words,
+)
+
+BOUNDARY = RoutingBoundary(base=0.6, slope=0.45, context_min=0.5)
+
+
+@pytest.fixture(scope="module")
+def embedder() -> SentenceEmbedder:
+    return SentenceEmbedder()
+
+
+@pytest.fixture(scope="module")
+def index(embedder) -> CorrectionIndex:
+    return CorrectionIndex.build(
+        embedder,
+        [
+            ("hours", RouteKey("What are your opening hours?")),
+            ("times", RouteKey("What is 12 times 7?")),
+            (
+                "sunday",
+                RouteKey("And on Sundays?", context="We are open from 9 am to 5 pm on weekdays."),
+            ),
+        ],
+        BOUNDARY,
+    )
+
+
+def test_route_key_is_the_last_user_turn_and_the_answer_it_follows() -> None:
+    assert RouteKey.of([{"role": "user", "content": " Hi? "}]) == RouteKey("Hi?")
+    key = RouteKey.of(
+        [
+            {"role": "system", "content": "be nice"},
+            {"role": "user", "content": "When do you open?"},
+            {"role": "assistant", "content": "At 9."},
+            {"role": "user", "content": [{"type": "text", "text": "and on Sundays?"}]},
+        ]
+    )
+    assert key == RouteKey("and on Sundays?", context="At 9.")
+    assert RouteKey.of([{"role": "assistant", "content": "hello"}]) == RouteKey("")
+
+
+def test_overlap_counts_shared_words() -> None:
+    assert words("What's 12 times 7?") == {"what", "s", "12", "times", "7"}
+    assert overlap(words("a b c"), words("a b d")) == pytest.approx(0.5)
+    assert overlap(frozenset(), frozenset()) == 0.0
+
+
+def test_the_boundary_asks_more_of_prompts_that_share_more_words() -> None:
+    assert BOUNDARY.threshold(0.0) == pytest.approx(0.6)
+    assert BOUNDARY.threshold(0.5) == pytest.approx(0.825)
+    assert BOUNDARY.accepts(0.8, 0.2) and not BOUNDARY.accepts(0.8, 0.8)
+    # The same words in another case or order need no more than the base.
+    assert BOUNDARY.threshold(1.0) == pytest.approx(0.6)
+    assert RoutingBoundary(0.9, 0.6).threshold(0.9) == pytest.approx(0.995)
+
+
+def test_the_corrected_question_and_its_rewording_route(embedder, index) -> None:
+    router = Router(embedder)
+    exact = router.decide(index, [{"role": "user", "content": "What is 12 times 7?"}])
+    assert exact.routed and exact.reason == MATCH and exact.correction_id == "times"
+    assert exact.similarity == pytest.approx(1.0, abs=1e-4)
+    casual = router.decide(index, [{"role": "user", "content": "what are your opening hours"}])
+    assert casual.routed and casual.correction_id == "hours"
+
+
+def test_unrelated_and_same_shaped_questions_pass_through(embedder, index) -> None:
+    router = Router(embedder)
+    for text in ("Do you like football?", "What is 12 times 8?", "What are your closing hours?"):
+        decision = router.decide(index, [{"role": "user", "content": text}])
+        assert not decision.routed and decision.reason == NO_MATCH, text
+        assert decision.similarity is not None and decision.threshold is not None
+
+
+def test_a_follow_up_correction_needs_its_context(embedder, index) -> None:
+    router = Router(embedder)
+    alone = router.decide(index, [{"role": "user", "content": "And on Sundays?"}])
+    assert not alone.routed
+    followed = router.decide(
+        index,
+        [
+            {"role": "user", "content": "When are you open?"},
+            {"role": "assistant", "content": "We open at 9 am and close at 5 pm on weekdays."},
+            {"role": "user", "content": "And on Sundays?"},
+        ],
+    )
+    assert followed.routed and followed.correction_id == "sunday"
+    elsewhere = router.decide(
+        index,
+        [
+            {"role": "user", "content": "Is there a football match this week?"},
+            {"role": "assistant", "content": "Yes, the final is on Saturday evening."},
+            {"role": "user", "content": "And on Sundays?"},
+        ],
+    )
+    assert not elsewhere.routed
+
+
+def test_no_index_routes_everything_and_an_empty_one_nothing(embedder) -> None:
+    router = Router(embedder)
+    assert router.decide(None, [{"role": "user", "content": "x"}]).reason == NO_INDEX
+    empty = CorrectionIndex.build(embedder, [], BOUNDARY)
+    assert not router.decide(empty, [{"role": "user", "content": "hello"}]).routed
+    assert {NO_INDEX, FORCED, MATCH, NO_MATCH} == {"no_index", "forced", "match", "no_match"}
+
+
+def test_decide_many_agrees_with_decide(embedder, index) -> None:
+    router = Router(embedder)
+    conversations = [
+        [{"role": "user", "content": text}]
+        for text in ("What is 12 times 7?", "Tell me a joke", "what are your opening hours?")
+    ]
+    many = router.decide_many(index, conversations)
+    assert [d.routed for d in many] == [router.decide(index, c).routed for c in conversations]
+
+
+def test_the_index_round_trips_beside_an_adapter(tmp_path, embedder, index) -> None:
+    folder = index.save(tmp_path)
+    assert folder.parent == tmp_path and (folder / "keys.npy").is_file()
+    loaded = CorrectionIndex.load(tmp_path)
+    assert loaded is not None and [e.id for e in loaded.entries] == ["hours", "times", "sunday"]
+    assert np.allclose(loaded.keys, index.keys) and loaded.boundary == BOUNDARY
+    assert CorrectionIndex.load(tmp_path / "elsewhere") is None
+
+
+def test_forgetting_removes_the_key(embedder, index) -> None:
+    smaller = index.without({"times"})
+    assert [e.id for e in smaller.entries] == ["hours", "sunday"]
+    decision = Router(embedder).decide(smaller, [{"role": "user", "content": "What is 12 times 7?"}])
+    assert not decision.routed
+
+
+def test_a_damaged_index_is_a_clear_error(tmp_path, index) -> None:
+    folder = index.save(tmp_path)
+    (folder / "index.json").write_text(json.dumps({"format": 99}), encoding="utf-8")
+    with pytest.raises(CorrectionIndexError, match="format"):
+        CorrectionIndex.load(tmp_path)
+    (folder / "index.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(CorrectionIndexError):
+        CorrectionIndex.load(tmp_path)
+
+
+def test_calibration_separates_paraphrases_from_near_misses(embedder) -> None:
+    pairs = [
+        CalibrationPair("How many legs does a spider have?", "A spider has how many legs?", PARAPHRASE),
+        CalibrationPair("When does the library open?", "What time does the library open its doors?", PARAPHRASE),
+        CalibrationPair("Who wrote Hamlet?", "Who is the author of Hamlet?", PARAPHRASE),
+        CalibrationPair("Who wrote Hamlet?", "Who wrote Macbeth?", NEAR_MISS),
+        CalibrationPair("When does the library open?", "When does the library close?", NEAR_MISS),
+        CalibrationPair("How many legs does a spider have?", "How many legs does an ant have?", NEAR_MISS),
+    ]  # fmt: skip
+    unrelated = ["Do you like jazz?", "My car broke down again.", "Shall we eat out tonight?"]
+    fitted = calibrate(embedder, pairs, unrelated)
+    assert fitted.paraphrase_recall + fitted.near_miss_rejection >= 1.5
+    assert fitted.unrelated_false_accept == 0.0
+    assert "fitted on 3 paraphrase and 3 near-miss pairs" in fitted.boundary.source
+    with pytest.raises(OuroError, match="both"):
+        calibrate(embedder, [p for p in pairs if p.label == PARAPHRASE])
+
+
+def test_the_shipped_calibration_pairs_load() -> None:
+    pairs = load_calibration_pairs()
+    assert {p.label for p in pairs} == {PARAPHRASE, NEAR_MISS}
