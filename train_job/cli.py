@@ -35,7 +35,7 @@ from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 
-from ouro.configuration import ConfigError, add_flags, load_settings
+from ouro.configuration import ConfigError, add_flags, load_settings, read_config_file
 from ouro.errors import OuroError
 from ouro.notify import notify_serve
 from ouro.registry import (
@@ -49,7 +49,7 @@ from ouro.registry import (
 )
 from ouro.scopes import is_valid_scope
 from ouro.settings import OuroSettings
-from train_job.config import TrainJobConfig
+from train_job.config import TrainJobConfig, check_recipe_matches, recipe_for
 
 logger = logging.getLogger("train_job")
 
@@ -225,7 +225,15 @@ def load_command(
     settings = load_settings(OuroSettings, args, config_file, known=[TrainJobConfig])
     config = None
     if args.command == "run":
-        config = load_settings(TrainJobConfig, args, config_file, known=[OuroSettings])
+        # No --config: the recipe the configured base model ships, if it ships one.
+        recipe = config_file or recipe_for(settings.base_model)
+        config = load_settings(TrainJobConfig, args, recipe, known=[OuroSettings])
+        config.from_recipe(recipe)
+        if config_file is not None:
+            check_recipe_matches(
+                config_file, read_config_file(config_file).get("base_model"), settings.base_model
+            )
+        logger.info("training recipe: %s (base model %s)", config.recipe, settings.base_model)
     return args, settings, config
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from ouro.configuration import ConfigError
+from ouro.configuration import ConfigError, load_settings
 from ouro.settings import OuroSettings
 from tests.fixtures.settings import settings_layers
 from train_job.cli import load_command, main
-from train_job.config import TrainJobConfig
+from train_job.config import TrainJobConfig, recipe_for
 
 
 def parse(argv: list[str]) -> tuple[OuroSettings, TrainJobConfig]:
@@ -24,10 +24,38 @@ def parse(argv: list[str]) -> tuple[OuroSettings, TrainJobConfig]:
     return settings, config
 
 
-def test_defaults_when_nothing_is_set() -> None:
+def test_defaults_when_nothing_is_set_are_the_default_base_models_recipe() -> None:
     settings, config = parse([])
-    assert config == TrainJobConfig()
     assert settings == OuroSettings()
+    recipe = recipe_for(settings.base_model)
+    assert recipe is not None and recipe.name == "smollm2-135m.yaml"
+    expected = load_settings(TrainJobConfig, config_file=recipe, known=[OuroSettings])
+    assert config.model_dump() == expected.model_dump()
+    assert config.recipe == "smollm2-135m.yaml" and config.to_params()["recipe"] == config.recipe
+    assert config.routing and config.lora_layers == 8
+
+
+def test_each_embedded_model_gets_its_own_recipe_and_a_path_the_defaults(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("OURO_BASE_MODEL", "ouro-tiny")
+    _, tiny = parse([])
+    assert tiny.recipe == "cpu-ouro-tiny.yaml" and not tiny.routing
+    monkeypatch.setenv("OURO_BASE_MODEL", str(tmp_path / "some-model"))
+    _, generic = parse([])
+    assert generic.recipe == "defaults"
+    assert generic.model_dump() == TrainJobConfig().model_dump()
+
+
+def test_a_recipe_made_for_another_base_model_is_warned_about(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    tiny_recipe = recipe_for("ouro-tiny")
+    assert tiny_recipe is not None
+    with caplog.at_level("WARNING"):
+        settings, config = parse(["--config", str(tiny_recipe), "--base-model", "smollm2-135m"])
+    assert settings.base_model == "smollm2-135m" and config.recipe == "cpu-ouro-tiny.yaml"
+    assert "made for base model ouro-tiny, but this cycle trains smollm2-135m" in caplog.text
 
 
 def test_precedence_flags_over_yaml_over_env_over_defaults(
