@@ -1,0 +1,304 @@
+"""Does a correction heal where it applies, and nowhere else? (``make demo``)
+
+Measures routed corrections (``ouro.routing``) on the default model, the way a user meets
+them: corrections go into a fresh feedback ledger, ``python -m train_job run
+--auto-promote --json`` runs as a subprocess (process start included in its time), and
+the production version is then asked, through the router exactly as Serve routes, greedy,
+natural stop, at most 64 new tokens:
+
+- reliability: the corrected question, answer token F1 >= 0.8 against the correction;
+- generality: a paraphrase of it, the correction's key fact in the answer;
+- locality: a same-shaped near-miss question, and unrelated DailyDialog openers, answer
+  token F1 >= 0.8 against the base model's answer before any cycle;
+- accumulation: cycles of ``--per-cycle`` corrections one after another (each trains from
+  the base on all so far); after the last, the share of the first cycle's fixes that hold.
+
+The corrections come from ``loadtests/fixtures/router_corrections.jsonl`` (written for this
+benchmark, topics disjoint from the router's calibration pairs). ``--dailydialog-pairs N``
+adds a second scenario on data nobody tuned on: N DailyDialog validation openings (a line
+and its reply) as corrections, their reliability and the locality of other openers.
+
+Results go to ``loadtests/results/heal.json``, keys ``reliability``, ``generality``,
+``locality_unrelated``, ``locality_near_miss``, ``first_cycle_retained``,
+``cycle_wall_s`` (per cycle), ``router_cpu_ms_p50``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from data.cleaning import clean_text
+from data.sources.dailydialog import read_dailydialog
+from ouro.engine import GenerationEngine
+from ouro.ledger import FeedbackLedger
+from ouro.registry import AdapterRegistry
+from ouro.routing import Router, SentenceEmbedder
+from ouro.scoring import token_f1
+from ouro.settings import DEFAULT_BASE_MODEL, OuroSettings
+from train_job.gates import Side, Tier, greedy_answers
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = REPO_ROOT / "loadtests" / "fixtures" / "router_corrections.jsonl"
+DAILYDIALOG = REPO_ROOT.parent / "shared" / "datasets" / "dailydialog" / "dialogues_validation.txt"
+RESULTS = REPO_ROOT / "loadtests" / "results" / "heal.json"
+MATCH_F1 = 0.8
+MAX_NEW_TOKENS = 64
+
+
+def user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def load_fixture(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def dailydialog_openers(path: Path, count: int, seed: int) -> list[tuple[str, str]]:
+    """(line, reply) openings of DailyDialog dialogues, cleaned as a user would type them."""
+    pairs = []
+    for conversation in read_dailydialog(path).conversations:
+        texts = [clean_text(m["content"]) for m in conversation.messages[:2]]
+        if len(texts) == 2 and all(3 <= len(t.split()) <= 25 for t in texts):
+            pairs.append((texts[0], texts[1]))
+    random.Random(seed).shuffle(pairs)
+    return pairs[:count]
+
+
+def seed(ledger_dir: Path, corrections: list[tuple[str, str]], writer: str) -> None:
+    ledger = FeedbackLedger(ledger_dir, writer, max_record_bytes=256_000, max_field_chars=32_000)
+    try:
+        for question, correction in corrections:
+            ledger.append(
+                messages=user(question),
+                completion="(the model's answer)",
+                correction=correction,
+                model="ouro",
+            )
+    finally:
+        ledger.close()
+
+
+def run_cycle(data_dir: Path, base_model: str, extra: list[str]) -> tuple[dict, float]:
+    env = {**os.environ, "OURO_DATA_DIR": str(data_dir), "OURO_BASE_MODEL": base_model}
+    command = [sys.executable, "-m", "train_job", "run", "--auto-promote", "--json", *extra]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode not in (0, 3):
+        raise SystemExit(f"train_job run failed with exit code {done.returncode}")
+    return json.loads(done.stdout), wall
+
+
+class Answerer:
+    """The base model, and the production version through its router, as Serve answers."""
+
+    def __init__(self, settings: OuroSettings) -> None:
+        self.settings = settings
+        self.engine = GenerationEngine.from_settings(settings)
+        self.router = Router(SentenceEmbedder())
+        self.registry = AdapterRegistry(settings.tracking_uri, settings.registered_model_name)
+        self.loaded: set[int] = set()
+
+    def base(self, prompts: list[str]) -> list[str]:
+        return self._ask(prompts, [None] * len(prompts))
+
+    def production(self, prompts: list[str]) -> tuple[list[str], list[str | None]]:
+        version = self.registry.snapshot().production
+        if version is None:
+            return self.base(prompts), [None] * len(prompts)
+        path = self.registry.download(version, self.settings.adapter_cache_dir)
+        side = Side([Tier(f"v{version}", self.engine, path)], self.router)
+        routes = side.adapters([user(p) for p in prompts])
+        return self._ask(prompts, routes), routes
+
+    def _ask(self, prompts: list[str], adapters: list[str | None]) -> list[str]:
+        return greedy_answers(
+            self.engine, [user(p) for p in prompts], adapters, [MAX_NEW_TOKENS] * len(prompts)
+        )
+
+    def router_cpu_ms(self, prompts: list[str]) -> float:
+        """p50 thread CPU of one routing decision against the production index."""
+        version = self.registry.snapshot().production
+        path = self.registry.download(version, self.settings.adapter_cache_dir)
+        from ouro.routing import CorrectionIndex
+
+        index = CorrectionIndex.load(path)
+        costs = []
+        for prompt in prompts:
+            start = time.thread_time()
+            self.router.decide(index, user(prompt))
+            costs.append((time.thread_time() - start) * 1000)
+        return float(np.median(costs))
+
+
+def share(flags: list[bool]) -> float | None:
+    return round(sum(flags) / len(flags), 3) if flags else None
+
+
+def measure(answerer: Answerer, items: list[dict], unrelated: list[str], before: dict) -> dict:
+    """The four rates for the corrections in ``items`` against the answers ``before``."""
+    questions = [i["question"] for i in items]
+    paraphrases = [i["paraphrase"] for i in items]
+    near = [i["near_miss"] for i in items]
+    answers, routes = answerer.production(questions + paraphrases + near + unrelated)
+    n = len(items)
+    fixed = [
+        token_f1(a, i["correction"]) >= MATCH_F1 for a, i in zip(answers[:n], items, strict=True)
+    ]
+    general = [
+        i["key_fact"].lower() in a.lower() for a, i in zip(answers[n : 2 * n], items, strict=True)
+    ]
+    kept_near = [
+        token_f1(a, before[q]) >= MATCH_F1
+        for a, q in zip(answers[2 * n : 3 * n], near, strict=True)
+    ]
+    kept_unrelated = [
+        token_f1(a, before[q]) >= MATCH_F1 for a, q in zip(answers[3 * n :], unrelated, strict=True)
+    ]
+    return {
+        "reliability": share(fixed),
+        "generality": share(general),
+        "locality_near_miss": share(kept_near),
+        "locality_unrelated": share(kept_unrelated),
+        "routed": {
+            "questions": sum(r is not None for r in routes[:n]),
+            "paraphrases": sum(r is not None for r in routes[n : 2 * n]),
+            "near_misses": sum(r is not None for r in routes[2 * n : 3 * n]),
+            "unrelated": sum(r is not None for r in routes[3 * n :]),
+        },
+        "answers": [
+            {
+                "question": i["question"],
+                "answer": answers[k],
+                "fixed": fixed[k],
+                "paraphrase": i["paraphrase"],
+                "paraphrase_answer": answers[n + k],
+                "near_miss": i["near_miss"],
+                "near_miss_before": before[i["near_miss"]],
+                "near_miss_answer": answers[2 * n + k],
+            }
+            for k, i in enumerate(items)
+        ],
+        "_fixed": fixed,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base-model", default=DEFAULT_BASE_MODEL)
+    parser.add_argument("--fixture", type=Path, default=FIXTURE)
+    parser.add_argument("--dailydialog", type=Path, default=DAILYDIALOG)
+    parser.add_argument("--cycles", type=int, default=3)
+    parser.add_argument("--per-cycle", type=int, default=10)
+    parser.add_argument("--unrelated", type=int, default=50, help="DailyDialog openers")
+    parser.add_argument("--dailydialog-pairs", type=int, default=0)
+    parser.add_argument("--work-dir", type=Path, default=REPO_ROOT / ".cache" / "heal")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("train_args", nargs="*", help="extra `train_job run` flags (after --)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    items = load_fixture(args.fixture)[: args.cycles * args.per_cycle]
+    openers = dailydialog_openers(args.dailydialog, args.unrelated + args.dailydialog_pairs, 1)
+    unrelated = [q for q, _ in openers[: args.unrelated]]
+    data_dir = args.work_dir / "data"
+    for fresh in ("feedback", "mlflow", "adapters"):
+        shutil.rmtree(data_dir / fresh, ignore_errors=True)
+    settings = OuroSettings(data_dir=data_dir, base_model=args.base_model)
+    answerer = Answerer(settings)
+    asked = [i[k] for i in items for k in ("near_miss",)] + unrelated
+    before = dict(zip(asked, answerer.base(asked), strict=True))
+
+    cycles = []
+    first: list[dict] = []
+    for number in range(args.cycles):
+        batch = items[number * args.per_cycle : (number + 1) * args.per_cycle]
+        first = first or batch
+        seed(data_dir / "feedback", [(i["question"], i["correction"]) for i in batch], f"c{number}")
+        result, wall = run_cycle(data_dir, args.base_model, args.train_args)
+        so_far = items[: (number + 1) * args.per_cycle]
+        rates = measure(answerer, so_far, unrelated, before)
+        fixed = rates.pop("_fixed")
+        cycles.append(
+            {
+                "cycle": number + 1,
+                "corrections": len(so_far),
+                "outcome": result["outcome"],
+                "version": result["version"],
+                "wall_s": round(wall, 1),
+                "stage_s": result["timings_s"],
+                "gates": {g["name"]: g["value"] for g in result.get("gates") or []},
+                **rates,
+                "first_cycle_fixed": share(fixed[: len(first)]),
+            }
+        )
+        logger.info("cycle %s: %s", number + 1, {k: cycles[-1][k] for k in list(cycles[-1])[:12]})
+
+    last = cycles[-1]
+    summary = {
+        "base_model": args.base_model,
+        "corrections": len(items),
+        "reliability": last["reliability"],
+        "generality": last["generality"],
+        "locality_unrelated": last["locality_unrelated"],
+        "locality_near_miss": last["locality_near_miss"],
+        "first_cycle_retained": last["first_cycle_fixed"],
+        "cycle_wall_s": [c["wall_s"] for c in cycles],
+        "router_cpu_ms_p50": round(answerer.router_cpu_ms(unrelated), 2),
+        "machine": f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end",
+        "command": "python -m loadtests.bench_heal " + " ".join(argv or sys.argv[1:]),
+    }
+    if args.dailydialog_pairs:
+        summary["dailydialog"] = dailydialog_scenario(
+            args, openers[args.unrelated :], unrelated, before
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({**summary, "cycles": cycles}, indent=2), encoding="utf-8")
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def dailydialog_scenario(
+    args: argparse.Namespace, pairs: list[tuple[str, str]], unrelated: list[str], before: dict
+) -> dict:
+    """One cycle on DailyDialog openings (nobody tuned on these): reliability and locality."""
+    data_dir = args.work_dir / "dailydialog"
+    for fresh in ("feedback", "mlflow", "adapters"):
+        shutil.rmtree(data_dir / fresh, ignore_errors=True)
+    seed(data_dir / "feedback", pairs, "dd")
+    result, wall = run_cycle(data_dir, args.base_model, args.train_args)
+    answerer = Answerer(OuroSettings(data_dir=data_dir, base_model=args.base_model))
+    questions = [q for q, _ in pairs]
+    answers, _ = answerer.production(questions + unrelated)
+    n = len(pairs)
+    return {
+        "corrections": n,
+        "outcome": result["outcome"],
+        "wall_s": round(wall, 1),
+        "reliability": share(
+            [token_f1(a, c) >= MATCH_F1 for a, (_, c) in zip(answers[:n], pairs, strict=True)]
+        ),
+        "locality_unrelated": share(
+            [
+                token_f1(a, before[q]) >= MATCH_F1
+                for a, q in zip(answers[n:], unrelated, strict=True)
+            ]
+        ),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
