@@ -127,7 +127,10 @@ def test_the_spec_documents_no_422_and_the_envelope_for_errors(spec: dict) -> No
                 assert "500" in statuses, f"{method} {path}"
     assert "HTTPValidationError" not in spec["components"]["schemas"]
     chat = spec["paths"]["/v1/chat/completions"]["post"]["responses"]
-    assert set(chat) == {"200", "400", "401", "404", "413", "429", "500", "503"}
+    # 403: x-ouro-unrouted with a key that is not an admin's.
+    assert set(chat) == {"200", "400", "401", "403", "404", "413", "429", "500", "503"}
+    parameters = spec["paths"]["/v1/chat/completions"]["post"]["parameters"]
+    assert {"name": "x-ouro-unrouted", "in": "header"}.items() <= parameters[0].items()
     assert chat["200"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/ChatCompletionResponse"
     }
