@@ -407,7 +407,8 @@ class CorrectionIndex:
         bag = words(key.text)
         best: RouteDecision | None = None
         # Only the nearest few can pass: the boundary never goes below ``base``.
-        for i in np.argsort(-cosines)[:8]:
+        nearest = np.argpartition(-cosines, min(8, len(cosines)) - 1)[:8]
+        for i in nearest[np.argsort(-cosines[nearest])]:
             cosine = float(cosines[i])
             threshold = self.boundary.threshold(overlap(bag, self._bags[i]))
             accepted = cosine >= threshold
