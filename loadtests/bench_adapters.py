@@ -20,11 +20,17 @@ batching gives from what the server costs.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import logging
+import shutil
 import statistics
+import tempfile
 import time
 from pathlib import Path
+
+import torch
 
 from loadtests.bench_engine import run_batched, run_one_at_a_time
 from loadtests.bench_load import LoadSummary, async_client, chat_body, closed_loop
@@ -216,3 +222,159 @@ def run_multi_adapter(
         "original_rounds": original_rounds,
         "engine_in_process_rounds": engine_rounds,
     }
+
+
+# -- the LoRA bank's cost per decoding step, by adapters resident -------------------------
+LORA_GATHER_RESULTS = Path(__file__).parent / "results" / "lora_gather.json"
+LORA_GATHER_RESIDENTS = (1, 4, 16, 64)
+LORA_GATHER_ROWS = 16
+LORA_GATHER_USED = 4
+LORA_GATHER_RANK = 8
+LORA_GATHER_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class _DiscardSink:
+    """A request sink that keeps nothing (the benchmark times steps, not answers)."""
+
+    def put(self, delta) -> None:
+        pass
+
+    def fail(self, error: BaseException) -> None:
+        pass  # the benchmark's own aborts end its rows
+
+
+def _random_llama():
+    """A random Llama of ouro-tiny's shape (4 layers, width 128) and its tokenizer."""
+    from ouro.embedded.tiny import TinyModelRecipe, build_random_model
+
+    return build_random_model(TinyModelRecipe(max_conversations=300))
+
+
+def _write_random_adapters(model, directory: Path, count: int, rank: int) -> list[Path]:
+    """``count`` saved LoRA adapters (rank ``rank``, every projection, random A and B)."""
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    config = LoraConfig(
+        r=rank, lora_alpha=2 * rank, target_modules=LORA_GATHER_TARGETS, init_lora_weights=False
+    )
+    first = directory / "adapter-0"
+    get_peft_model(model, config).save_pretrained(first)
+    weights = load_file(first / "adapter_model.safetensors")
+    paths = [first]
+    for index in range(1, count):
+        path = directory / f"adapter-{index}"
+        path.mkdir()
+        shutil.copy(first / "adapter_config.json", path / "adapter_config.json")
+        generator = torch.Generator().manual_seed(index)
+        save_file(
+            {
+                key: torch.randn(tensor.shape, generator=generator) * tensor.std()
+                for key, tensor in weights.items()
+            },
+            path / "adapter_model.safetensors",
+        )
+        paths.append(path)
+    return paths
+
+
+def decode_step_ms(
+    engine: GenerationEngine, adapters: list[str | None], steps: int, warmup: int
+) -> float:
+    """Median CPU time of this thread for one engine step while ``len(adapters)`` rows
+    decode together (CPU time: other processes on a shared machine move it less than the
+    wall clock; the engine steps on this thread with one torch thread)."""
+    no_end = dict.fromkeys(engine.end_ids, -100.0)  # keep every row decoding
+    ids = []
+    for index, adapter in enumerate(adapters):
+        request = GenerationRequest(
+            messages=[{"role": "user", "content": f"Tell me about the number {index}"}],
+            params=SamplingParams(max_tokens=warmup + steps + 8, logit_bias=no_end),
+            adapter=adapter,
+            request_id=f"bench-{index}",
+        )
+        engine.add_request(request, _DiscardSink(), bounded=False)
+        ids.append(request.request_id)
+    for _ in range(warmup):  # the prefill, then a few decoding steps
+        engine.step()
+    stats = engine.stats()
+    if stats.running_requests != len(adapters) or stats.waiting_requests:
+        raise RuntimeError(f"rows not all decoding after the warm-up: {stats}")
+    times = []
+    for _ in range(steps):
+        started = time.thread_time()
+        engine.step()
+        times.append(time.thread_time() - started)
+    for request_id in ids:
+        engine.abort(request_id)
+    engine.step()
+    return 1000 * statistics.median(times)
+
+
+def run_lora_gather(label: str, steps: int = 40, warmup: int = 6) -> dict:
+    """Decode step time with 1, 4, 16 and 64 adapters resident, 16 rows over (up to) 4 of
+    them, plus the same rows on the base model; merged into ``LORA_GATHER_RESULTS`` under
+    ``label`` (the bank's implementation being measured)."""
+    torch.set_num_threads(1)  # steady figures on a shared machine
+    model, tokenizer = _random_llama()
+    engine = GenerationEngine(
+        model, tokenizer, system_prompt="You are Ouro.", max_context_tokens=512
+    )
+    base_ms = decode_step_ms(engine, [None] * LORA_GATHER_ROWS, steps, warmup)
+    by_resident: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as directory:
+        build_model, _ = _random_llama()
+        paths = _write_random_adapters(
+            build_model, Path(directory), max(LORA_GATHER_RESIDENTS), LORA_GATHER_RANK
+        )
+        loaded = 0
+        for resident in LORA_GATHER_RESIDENTS:
+            while loaded < resident:
+                engine.add_adapter(f"adapter-{loaded}", paths[loaded])
+                loaded += 1
+            used = min(LORA_GATHER_USED, resident)
+            rows = [f"adapter-{row % used}" for row in range(LORA_GATHER_ROWS)]
+            by_resident[str(resident)] = decode_step_ms(engine, rows, steps, warmup)
+            logger.info(
+                "%s: %d resident: %.2f ms a step", label, resident, by_resident[str(resident)]
+            )
+    results = json.loads(LORA_GATHER_RESULTS.read_text()) if LORA_GATHER_RESULTS.exists() else {}
+    results.update(
+        {
+            "command": "nice -n 10 python -m loadtests.bench_adapters --label LABEL",
+            "model": "random Llama of ouro-tiny's shape (4 layers, width 128, vocab 2048), CPU",
+            "torch_threads": 1,
+            "rows": LORA_GATHER_ROWS,
+            "distinct_adapters_used": LORA_GATHER_USED,
+            "rank": LORA_GATHER_RANK,
+            "target_modules": LORA_GATHER_TARGETS,
+            "steps_timed": steps,
+            "distinct_adapters_used_by_resident": {
+                str(resident): min(LORA_GATHER_USED, resident) for resident in LORA_GATHER_RESIDENTS
+            },
+            "statistic": "median CPU ms (this thread) of one engine step while the 16 rows decode",
+        }
+    )
+    results.setdefault("lora_step_ms_by_resident", {})[label] = by_resident
+    results.setdefault("base_step_ms", {})[label] = base_ms
+    LORA_GATHER_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    LORA_GATHER_RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description="Decode step time of the LoRA bank with 1, 4, 16 and 64 adapters resident."
+    )
+    parser.add_argument("--label", default="new", help="key of this run in the results file")
+    parser.add_argument("--steps", type=int, default=40, help="decoding steps timed per cell")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("ouro").setLevel(logging.WARNING)  # not a line per adapter load
+    results = run_lora_gather(args.label, steps=args.steps)
+    print(json.dumps(results["lora_step_ms_by_resident"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
