@@ -342,7 +342,7 @@ def run_lora_gather(label: str, steps: int = 40, warmup: int = 6) -> dict:
     results = json.loads(LORA_GATHER_RESULTS.read_text()) if LORA_GATHER_RESULTS.exists() else {}
     results.update(
         {
-            "command": "nice -n 10 python -m loadtests.bench_adapters --label LABEL",
+            "command": "nice -n 10 python -m loadtests.bench_adapters --label LABEL --steps 100",
             "model": "random Llama of ouro-tiny's shape (4 layers, width 128, vocab 2048), CPU",
             "torch_threads": 1,
             "rows": LORA_GATHER_ROWS,

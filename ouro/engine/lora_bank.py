@@ -1,4 +1,4 @@
-"""The LoRA bank: every loaded adapter's weights side by side, applied per row in one matmul."""
+"""The LoRA bank: every loaded adapter's weights, from which each row gathers its own."""
 
 from __future__ import annotations
 
@@ -10,34 +10,54 @@ import torch
 BASE_ADAPTER = "__base__"
 """PEFT's name for 'no adapter' in ``adapter_names``."""
 
+Layout = tuple[tuple[int, int], ...]
+"""The adapters a layer holds, in bank order: (adapter index, rank) for each."""
+
 
 class LoraBank:
-    """Every loaded adapter's LoRA weights, layer by layer, side by side for one matmul.
+    """Every loaded adapter's LoRA weights, layer by layer; a batch uses only its own.
 
     PEFT's mixed-adapter forward loops over the adapters inside every layer at every step;
     on a small model that Python work costs more than the arithmetic. Here each LoRA layer
-    does the same sum for the whole batch at once (the idea behind S-LoRA and Punica):
-    ``h = x @ [A_1; ...; A_n]^T``, keep the columns of each row's own adapter (a 0/1 mask;
-    none for base rows), ``delta = h @ [s_1 B_1, ..., s_n B_n]^T``. PEFT itself runs only
-    the base layer (every row is ``__base__`` to it).
+    does the sum for the whole batch at once (the idea behind S-LoRA and Punica). Each
+    layer keeps its adapters' A matrices stacked, ``[A_1; ...; A_n]``, and their scaled B
+    matrices side by side, ``[s_1 B_1, ..., s_n B_n]``. When the set of adapters the batch's
+    rows use changes, each layer gathers just those adapters' rows and columns once (kept
+    while the set stays the same); a step then runs, per layer,
+
+        ``delta = ((x @ A_used^T) * mask) @ B_used^T``
+
+    where the 0/1 mask keeps each row's own adapter's columns (none for base rows). The
+    step's cost follows the rows and the ranks of the adapters they use, not how many are
+    resident. Adapters may differ in rank (their columns are simply as many), scaling
+    (``alpha / r``, folded into B) and in the layers and modules they target (a layer holds
+    only the adapters present in it; a layer none of the batch's adapters is in is
+    skipped). PEFT itself runs only the base layer (every row is ``__base__`` to it).
+
+    Per-row gathering of A and B (Punica's BGMV, two batched matmuls) would not grow with
+    the number of adapters used either, but on the CPU its gather costs about four times
+    this masked matmul per layer for a decode step of 16 rows over 4 adapters (41 vs. 12
+    µs, width 128, rank 8, one thread).
     """
 
     def __init__(self, layers: list[torch.nn.Module], names: list[str]) -> None:
         self.index = {name: position for position, name in enumerate(names)}
-        self.weights: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-        owners: dict[
-            tuple[int, ...], torch.Tensor
-        ] = {}  # layers with the same column layout share one
+        self.weights: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor, Layout]] = {}
         for layer in layers:
             present = [name for name in names if name in layer.lora_A]
             if not present:
                 continue
             a = torch.cat([layer.lora_A[name].weight for name in present])
             b = torch.cat([layer.lora_B[name].weight * layer.scaling[name] for name in present], 1)
-            layout = tuple(self.index[name] for name in present for _ in range(layer.r[name]))
-            owner = owners.setdefault(layout, torch.tensor(layout, device=a.device))
-            self.weights[layer] = (a, b, owner)
-        self.masks: dict[int, torch.Tensor] = {}
+            layout = tuple((self.index[name], layer.r[name]) for name in present)
+            self.weights[layer] = (a, b, layout)  # (sum of ranks, in), (out, sum of ranks)
+        self.used: tuple[int, ...] | None = None
+        """Bank indices of the adapters the routed batch uses; ``selected`` is built for it."""
+        self.selected: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor, Layout]] = {}
+        """Per layer that holds one of ``used``: those adapters' A rows and B columns."""
+        self.masks: dict[Layout, torch.Tensor] = {}
+        """Per layout of the selected weights: (batch, 1, columns), 1 where a column is the
+        row's own adapter's."""
         self.base_names: list[str] = []
         self.active = False
         """Hooks act only inside ``routed``; other calls of the model see plain PEFT."""
@@ -60,12 +80,39 @@ class LoraBank:
         """Point the batch's rows at their adapters (None: the base model)."""
         self.base_names = [BASE_ADAPTER] * len(adapters)
         rows = [self.index[name] if name is not None else -1 for name in adapters]
+        used = tuple(sorted(set(rows) - {-1}))
+        if used != self.used:
+            self._select(used)
         self.masks = {}
-        for a, _, owner in self.weights.values():
-            if id(owner) not in self.masks:
-                row_tensor = torch.tensor(rows, device=owner.device)
+        for a, _, layout in self.selected.values():
+            if layout not in self.masks:
+                owner = torch.tensor(
+                    [i for i, rank in layout for _ in range(rank)], device=a.device
+                )
+                row_tensor = torch.tensor(rows, device=a.device)
                 mask = (owner.unsqueeze(0) == row_tensor.unsqueeze(1)).to(a.dtype)
-                self.masks[id(owner)] = mask.unsqueeze(1)  # (batch, 1, columns)
+                self.masks[layout] = mask.unsqueeze(1)  # (batch, 1, columns)
+
+    def _select(self, used: tuple[int, ...]) -> None:
+        """Gather, in every layer, the weights of the adapters in ``used`` only."""
+        self.used = used
+        self.selected = {}
+        wanted = set(used)
+        positions: dict[Layout, tuple[torch.Tensor, Layout]] = {}
+        for layer, (a, b, layout) in self.weights.items():
+            if layout not in positions:
+                columns: list[int] = []
+                kept: list[tuple[int, int]] = []
+                start = 0
+                for adapter, rank in layout:
+                    if adapter in wanted:
+                        columns += range(start, start + rank)
+                        kept.append((adapter, rank))
+                    start += rank
+                positions[layout] = (torch.tensor(columns, device=a.device), tuple(kept))
+            columns, kept = positions[layout]
+            if kept:
+                self.selected[layer] = (a[columns], b[:, columns], kept)
 
     @contextmanager
     def routed(self, adapters: list[str | None]) -> Iterator[None]:
@@ -97,7 +144,10 @@ class LoraBank:
     def _add_lora(self, layer, args, kwargs, output):
         if not self.active:
             return None
-        a, b, owner = self.weights[layer]
+        selected = self.selected.get(layer)
+        if selected is None:
+            return None  # none of the batch's adapters is in this layer
+        a, b, layout = selected
         x = (args[0] if args else kwargs["x"]).to(a.dtype)
-        hidden = (x @ a.T) * self.masks[id(owner)]
+        hidden = (x @ a.T) * self.masks[layout]
         return output + (hidden @ b.T).to(output.dtype)

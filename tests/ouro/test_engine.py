@@ -140,6 +140,41 @@ def test_an_adapter_on_the_top_layer_only_batches_with_full_ones(
     assert mixed[0].text != engine.generate([request(0)])[0].text
 
 
+def test_adapters_of_other_ranks_and_modules_batch_among_many_resident(
+    engine, adapters, tiny_random_model_dir, tmp_path
+):
+    """Rank 4 on attention, rank 16 on the MLP, next to rank-8 adapters on everything, a
+    few of them unused: each row generates what PEFT generates with its adapter alone."""
+    configs = {
+        "r4-attention": LoraConfig(
+            r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+        ),
+        "r16-mlp": LoraConfig(
+            r=16, lora_alpha=8, target_modules=["gate_proj", "down_proj"], init_lora_weights=False
+        ),
+    }
+    for seed, (name, config) in enumerate(configs.items()):
+        torch.manual_seed(10 + seed)
+        base = AutoModelForCausalLM.from_pretrained(tiny_random_model_dir)
+        get_peft_model(base, config).save_pretrained(tmp_path / name)
+    for name, path in adapters.items():
+        engine.add_adapter(name, path)
+    for name in configs:
+        engine.add_adapter(name, tmp_path / name)
+    names = ["r16-mlp", None, "r4-attention", "r16-mlp", "r4-attention"]
+    batch = [request(index, adapter) for index, adapter in enumerate(names)]
+
+    mixed = engine.generate(batch)
+
+    for name in configs:
+        rows = [index for index, adapter in enumerate(names) if adapter == name]
+        expected = reference_generate(
+            tiny_random_model_dir, tmp_path / name, engine, [batch[i] for i in rows]
+        )
+        assert [mixed[i].text for i in rows] == expected
+    assert mixed[1] == engine.generate([batch[1]])[0]
+
+
 def test_base_rows_are_unaffected_by_loaded_adapters(engine, adapters):
     batch = [request(index) for index in range(4)]
     before = engine.generate(batch)

@@ -1,0 +1,155 @@
+"""The LoRA bank against PEFT's own mixed-adapter forward, row by row.
+
+One PEFT model on the tiny random Llama holds adapters that differ in rank, scaling,
+layers and modules; the bank's routed forward must give every row the logits PEFT gives
+it with ``adapter_names``, and gather only the adapters the batch uses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from peft.tuners.lora import LoraLayer
+from transformers import AutoModelForCausalLM
+
+from ouro.engine.lora_bank import BASE_ADAPTER, LoraBank
+from tests.fixtures.models import LORA_TARGETS
+
+ADAPTERS = {
+    "r4": LoraConfig(r=4, lora_alpha=16, target_modules=LORA_TARGETS, init_lora_weights=False),
+    "r16": LoraConfig(r=16, lora_alpha=8, target_modules=LORA_TARGETS, init_lora_weights=False),
+    # The top layer only, attention only (a recipe's lora_layers, a narrower target list).
+    "top_qv": LoraConfig(
+        r=8,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj"],
+        layers_to_transform=[1],
+        init_lora_weights=False,
+    ),
+    # MLP only, every layer.
+    "mlp": LoraConfig(
+        r=2,
+        lora_alpha=4,
+        target_modules=["gate_proj", "up_proj", "down_proj"],
+        init_lora_weights=False,
+    ),
+}
+SPARE = 10
+"""Extra rank-8 adapters, resident but unused by the batches below."""
+
+
+@pytest.fixture(scope="module")
+def peft_model(tiny_random_model_dir: Path):
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_random_model_dir)
+    configs = dict(ADAPTERS)
+    for index in range(SPARE):
+        configs[f"spare{index}"] = LoraConfig(
+            r=8, lora_alpha=16, target_modules=LORA_TARGETS, init_lora_weights=False
+        )
+    names = list(configs)
+    model = get_peft_model(base, configs[names[0]], adapter_name=names[0])
+    for name in names[1:]:
+        model.add_adapter(name, configs[name])
+    return model.eval()
+
+
+@pytest.fixture
+def bank(peft_model):
+    layers = [module for module in peft_model.modules() if isinstance(module, LoraLayer)]
+    with torch.inference_mode():
+        bank = LoraBank(layers, list(peft_model.peft_config))
+    bank.attach()
+    yield bank
+    bank.detach()
+
+
+def inputs(rows: int, length: int = 7) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(rows)
+    return torch.randint(3, 500, (rows, length), generator=generator)
+
+
+def peft_logits(model, input_ids, adapters: list[str | None]) -> torch.Tensor:
+    names = [name or BASE_ADAPTER for name in adapters]
+    with torch.inference_mode():
+        return model(input_ids=input_ids, adapter_names=names).logits
+
+
+def bank_logits(model, bank: LoraBank, input_ids, adapters: list[str | None]) -> torch.Tensor:
+    with torch.inference_mode(), bank.routed(adapters):
+        return model(input_ids=input_ids).logits
+
+
+def test_rows_with_adapters_of_mixed_ranks_layers_and_modules_equal_peft(peft_model, bank):
+    adapters = [None, "r4", "r16", "top_qv", "mlp", "r16", "r4", None, "top_qv"]
+    input_ids = inputs(len(adapters))
+
+    banked = bank_logits(peft_model, bank, input_ids, adapters)
+    expected = peft_logits(peft_model, input_ids, adapters)
+
+    for row in range(len(adapters)):
+        torch.testing.assert_close(banked[row], expected[row], rtol=1e-4, atol=1e-5)
+    # Each adapter changes its rows, so the comparison means something.
+    base = peft_logits(peft_model, input_ids, [None] * len(adapters))
+    for row, name in enumerate(adapters):
+        assert torch.equal(banked[row], base[row]) == (name is None)
+
+
+def test_many_resident_few_used_gathers_only_the_used_adapters(peft_model, bank):
+    assert len(bank.index) == len(ADAPTERS) + SPARE
+    adapters = ["spare3", None, "r4", "spare3", "r4", "spare3"]
+    input_ids = inputs(len(adapters))
+
+    banked = bank_logits(peft_model, bank, input_ids, adapters)
+
+    torch.testing.assert_close(
+        banked, peft_logits(peft_model, input_ids, adapters), rtol=1e-4, atol=1e-5
+    )
+    used = {bank.index["spare3"], bank.index["r4"]}
+    assert set(bank.used) == used
+    ranks = {bank.index["spare3"]: 8, bank.index["r4"]: 4}
+    for layer, (a, b, layout) in bank.selected.items():
+        assert {adapter for adapter, _ in layout} <= used
+        assert a.shape[0] == b.shape[1] == sum(ranks[adapter] for adapter, _ in layout)
+        assert a.shape[0] < bank.weights[layer][0].shape[0]  # less than all resident
+
+
+def test_layers_none_of_the_batch_adapters_is_in_are_skipped(peft_model, bank):
+    adapters = ["top_qv", None, "top_qv"]
+    input_ids = inputs(len(adapters))
+
+    banked = bank_logits(peft_model, bank, input_ids, adapters)
+
+    torch.testing.assert_close(
+        banked, peft_logits(peft_model, input_ids, adapters), rtol=1e-4, atol=1e-5
+    )
+    assert len(bank.selected) == 2  # q_proj and v_proj of the top layer
+    assert all(layout == ((bank.index["top_qv"], 8),) for _, _, layout in bank.selected.values())
+
+
+def test_a_base_only_batch_equals_the_base_model(peft_model, bank):
+    input_ids = inputs(3)
+    banked = bank_logits(peft_model, bank, input_ids, [None, None, None])
+    assert bank.selected == {}
+    with torch.inference_mode(), peft_model.disable_adapter():
+        expected = peft_model(input_ids=input_ids).logits
+    torch.testing.assert_close(banked, expected)
+
+
+def test_the_used_set_is_gathered_again_only_when_it_changes(peft_model, bank):
+    bank.route(["r4", "r16"])
+    selected = bank.selected
+    bank.route(["r16", None, "r4"])  # same set, other rows: the gathered weights stay
+    assert bank.selected is selected
+    bank.route(["r16", "mlp"])
+    assert bank.selected is not selected
+    input_ids = inputs(2)
+    torch.testing.assert_close(
+        bank_logits(peft_model, bank, input_ids, ["r16", "mlp"]),
+        peft_logits(peft_model, input_ids, ["r16", "mlp"]),
+        rtol=1e-4,
+        atol=1e-5,
+    )
