@@ -5,8 +5,11 @@ this small single-replica deployment (no CPU reserved) that every registry watch
 long-polls: ``request_refresh`` bumps a generation number and wakes all waiters at
 once, so each LLM server replica and each ingress replica re-reads the registry within
 moments instead of at its next poll. LLM server replicas also post a ``ReplicaReport``
-here after every poll and adapter change, which the ingress reads for ``/readyz``,
-``/metrics`` and for waiting until a refresh has been acted on.
+here after every poll and adapter change, which the ingress reads for ``/readyz`` and
+for waiting until a refresh has been acted on. ``/metrics`` wants the engines' state at
+scrape time, not at the last poll: ``fresh_reports`` bumps a scrape generation that every
+LLM replica long-polls (``wait_for_scrape``), and waits a moment for their answers
+(``answer_scrape``); see :mod:`serve.replica_report`.
 
 Limits: the state is soft. If this replica restarts, the generation starts again at 0
 (watchers then see a generation lower than theirs and resynchronise) and reports
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 from ray import serve
 
@@ -44,6 +48,11 @@ class RegistryCoordinator:
         self._generation = 0
         self._changed = asyncio.Condition()
         self._reports: dict[str, ReplicaReport] = {}
+        self._scrape = 0
+        self._scrape_asked = asyncio.Condition()
+        self._answered: dict[str, int] = {}
+        """Per replica, the newest scrape generation it has answered."""
+        self._answers = asyncio.Condition()
 
     async def request_refresh(self) -> int:
         """Ask every watcher to re-read the registry now; returns the new generation."""
@@ -73,4 +82,52 @@ class RegistryCoordinator:
         """Reports newer than ``max_age_s``; older ones (dead replicas) are dropped."""
         cutoff = time.time() - max_age_s
         self._reports = {k: r for k, r in self._reports.items() if r.reported_at >= cutoff}
+        self._answered = {k: g for k, g in self._answered.items() if k in self._reports}
         return sorted(self._reports.values(), key=lambda report: report.replica_id)
+
+    # -- scrapes -----------------------------------------------------------------------------
+    async def wait_for_scrape(self, seen: int, timeout_s: float) -> int:
+        """Return the scrape generation once it differs from ``seen``, or after ``timeout_s``."""
+        async with self._scrape_asked:
+            try:
+                await asyncio.wait_for(
+                    self._scrape_asked.wait_for(lambda: self._scrape != seen), timeout_s
+                )
+            except TimeoutError:
+                pass
+            return self._scrape
+
+    async def answer_scrape(self, report: ReplicaReport, generation: int) -> None:
+        """A replica's fresh report for scrape ``generation``."""
+        async with self._answers:
+            self._reports[report.replica_id] = report
+            previous = self._answered.get(report.replica_id, -1)
+            self._answered[report.replica_id] = max(previous, generation)
+            self._answers.notify_all()
+
+    async def fresh_reports(self, max_age_s: float, wait_s: float) -> list[ReplicaReport]:
+        """Ask every live replica for a fresh report; wait up to ``wait_s`` for them.
+
+        A replica that has not answered by then is returned with its last report, marked
+        ``stale``, so one slow replica cannot hold up a scrape.
+        """
+        expected = {report.replica_id for report in await self.reports(max_age_s)}
+        async with self._scrape_asked:
+            self._scrape += 1
+            generation = self._scrape
+            self._scrape_asked.notify_all()
+
+        def all_answered() -> bool:
+            return all(self._answered.get(replica, -1) >= generation for replica in expected)
+
+        async with self._answers:
+            try:
+                await asyncio.wait_for(self._answers.wait_for(all_answered), wait_s)
+            except TimeoutError:
+                pass
+        return [
+            report
+            if self._answered.get(report.replica_id, -1) >= generation
+            else replace(report, stale=True)
+            for report in sorted(self._reports.values(), key=lambda report: report.replica_id)
+        ]

@@ -39,6 +39,7 @@ from serve.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from serve.model_names import ModelNames
 from serve.personal_names import PersonalNames
 from serve.registry_watcher import RegistryWatcher
+from serve.replica_report import ScrapedReports, report_max_age_s
 from serve.routes import STATIC_DIR, STREAMED_MODELS, router
 from serve.serving_chat import ChatCompletions
 from serve.serving_feedback import Feedback, ledger_writer_id
@@ -167,8 +168,16 @@ class OuroIngress:
         health = Health(
             self.watcher, llm_server, coordinator, self.settings.registry_poll_interval_s
         )
-        # Scrapes export the LLM replicas' latest reports, as fetched for that scrape.
-        self.metrics = ServeMetrics(replica_reports=lambda: health.replica_reports)
+        # Each scrape asks the LLM replicas for fresh reports (their last ones if they are
+        # slow or the coordinator is away) and exports those.
+        scraped = ScrapedReports(
+            coordinator,
+            health.update_replica_reports,
+            report_max_age_s(self.settings.registry_poll_interval_s),
+        )
+        self.metrics = ServeMetrics(
+            replica_reports=lambda: scraped.latest, refresh_replica_reports=scraped.refresh
+        )
         self.services = IngressServices(
             settings=self.settings,
             auth=auth,

@@ -74,7 +74,7 @@ from serve.llm_calls import (
 from serve.logs import configure_logging, set_request_id
 from serve.model_names import ModelNames
 from serve.registry_watcher import RegistryWatcher
-from serve.replica_report import ReplicaReport
+from serve.replica_report import ReplicaReport, ScrapeAnswerer
 from serve.request_router import RequestRouter
 
 logger = logging.getLogger(__name__)
@@ -154,6 +154,12 @@ class LLMServer:
             coordinator=coordinator,
         )
         await self.watcher.start()
+        # Each /metrics scrape gets this replica's engine state of that moment.
+        self._scrape_answerer = (
+            ScrapeAnswerer(coordinator, self._make_report) if coordinator is not None else None
+        )
+        if self._scrape_answerer is not None:
+            self._scrape_answerer.start()
         logger.info("LLM server replica %s ready", self.replica_id)
 
     # -- public methods (called through Serve handles) -------------------------------------

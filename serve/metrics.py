@@ -5,13 +5,16 @@ app's route serves them directly. Ray's own ``ray.serve.metrics`` go to Ray's me
 agent on another port, which a cluster's Prometheus may scrape as well; what a client
 sees (status, tokens, time to first token, which version answered) is counted here.
 Adapter loads and evictions happen in the LLM server replicas: they report their
-counters, and their engines' scheduler state, to the coordinator, and
-``ReplicaReportCollector`` exports the latest reports.
+counters, and their engines' scheduler state, to the coordinator. Each scrape first asks
+every LLM replica for a fresh report (``refresh_replica_reports``; a replica that does not
+answer within a second keeps its last one, exported with ``ouro_replica_report_stale`` 1),
+then ``ReplicaReportCollector`` exports them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -59,7 +62,19 @@ class ReplicaReportCollector(Collector):
             "Version an LLM server replica answers 'ouro' with (0: the base model).",
             labels=["replica"],
         )
+        stale = GaugeMetricFamily(
+            "ouro_replica_report_stale",
+            "1 when an LLM server replica did not answer this scrape in time: its samples "
+            "are from its last report.",
+            labels=["replica"],
+        )
+        age = GaugeMetricFamily(
+            "ouro_replica_report_age_seconds",
+            "Age of the report an LLM server replica's samples come from.",
+            labels=["replica"],
+        )
         engine = _EngineFamilies()
+        now = time.time()
         for report in self._reports():
             replica = report.replica_id
             loads.add_metric([replica], report.adapter_loads)
@@ -67,9 +82,11 @@ class ReplicaReportCollector(Collector):
             failures.add_metric([replica], report.adapter_load_failures)
             loaded.add_metric([replica], len(report.adapters_loaded))
             production.add_metric([replica], report.production_version or 0)
+            stale.add_metric([replica], 1 if report.stale else 0)
+            age.add_metric([replica], max(0.0, now - report.reported_at))
             if report.engine is not None:
                 engine.add(replica, report.engine)
-        yield from (loads, evictions, failures, loaded, production)
+        yield from (loads, evictions, failures, loaded, production, stale, age)
         yield from engine.families()
 
 
@@ -144,7 +161,14 @@ def _buckets(bounds: tuple[float, ...], cumulative: tuple[int, ...]) -> list[tup
 class ServeMetrics:
     """The ingress's metrics, on a registry of its own."""
 
-    def __init__(self, replica_reports: Callable[[], list[ReplicaReport]] | None = None) -> None:
+    def __init__(
+        self,
+        replica_reports: Callable[[], list[ReplicaReport]] | None = None,
+        refresh_replica_reports: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
+        """``replica_reports`` gives the reports to export; ``refresh_replica_reports``, when
+        given, fetches fresh ones and runs before each rendering (``refresh``)."""
+        self._refresh_replica_reports = refresh_replica_reports
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "ouro_requests",
@@ -251,6 +275,11 @@ class ServeMetrics:
         if served.similarity is not None:
             self.router_similarity.observe(served.similarity)
         self.router_cpu.observe(served.router_cpu_s)
+
+    async def refresh(self) -> None:
+        """Bring what the scrape exports up to date (the LLM replicas' fresh reports)."""
+        if self._refresh_replica_reports is not None:
+            await self._refresh_replica_reports()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -282,7 +282,7 @@ async def readyz(request: Request) -> Response:
 )
 async def metrics(request: Request) -> Response:
     ouro = services(request)
-    await ouro.health.update_replica_reports()
+    await ouro.metrics.refresh()  # the LLM replicas' state now, not at their last poll
     return Response(ouro.metrics.render(), media_type=CONTENT_TYPE)
 
 
