@@ -44,11 +44,13 @@ test: install-test chart-check docs-build
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# One measured closed-loop cycle on smollm2-135m (too long for `make test` on 2 shared
-# cores): 20 DailyDialog corrections -> train -> gates -> registered version.
+# Routed corrections measured on smollm2-135m (too long for `make test` on 2 shared cores,
+# about 25 minutes): three cycles of 10 corrections, then 20 DailyDialog pairs; reliability,
+# generality, locality and accumulation into loadtests/results/heal.json (docs/routing.md).
 DAILYDIALOG ?= ../shared/datasets/dailydialog/dialogues_validation.txt
 demo: install
-	$(PY) -m tools.closed_loop_demo --dailydialog $(DAILYDIALOG)
+	$(PY) -m loadtests.bench_heal --cycles 3 --per-cycle 10 --unrelated 50 \
+		--dailydialog-pairs 20 --dailydialog $(DAILYDIALOG)
 
 lint: install-test
 	$(VENV)/bin/ruff check .
