@@ -30,7 +30,7 @@ import json
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -471,6 +471,36 @@ class Router:
             return RouteDecision(routed=False)
         vector, context_vector = self.vectors(key)
         return index.best_match(key, vector, context_vector)
+
+    def choose(
+        self,
+        indexes: Sequence[CorrectionIndex | None],
+        messages: Sequence[dict],
+        *,
+        forced: bool = False,
+    ) -> tuple[int, RouteDecision]:
+        """Who answers a conversation: the position of the first of ``indexes`` (a version,
+        then its parents: a personal version, shared production) that takes it, or
+        ``len(indexes)`` with the last decision made when none does (the base model
+        answers). ``forced``: the first, whatever it says (its similarity still known).
+        The request is embedded once, and only if an index needs it."""
+        key = RouteKey.of(messages)
+        vectors = None
+        decision = RouteDecision(routed=False)
+        for position, index in enumerate(indexes):
+            if index is None:
+                decision = RouteDecision(routed=True, reason=NO_INDEX)
+            elif not key.text or not len(index):
+                decision = RouteDecision(routed=False)
+            else:
+                if vectors is None:
+                    vectors = self.vectors(key)
+                decision = index.best_match(key, *vectors)
+            if forced:
+                decision = replace(decision, routed=True, reason=FORCED)
+            if decision.routed:
+                return position, decision
+        return len(indexes), decision
 
     def decide_many(
         self, index: CorrectionIndex | None, conversations: Sequence[Sequence[dict]]

@@ -24,15 +24,12 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ouro.routing import (
-    FORCED,
-    NO_INDEX,
     CorrectionIndex,
     CorrectionIndexError,
     RouteDecision,
-    RouteKey,
     Router,
     SentenceEmbedder,
 )
@@ -94,25 +91,10 @@ class RequestRouter:
         messages: Sequence[dict],
         forced: bool = False,
     ) -> RouteChoice:
-        """``choose`` on the calling thread."""
+        """``choose`` on the calling thread, with its thread CPU time."""
         started = time.thread_time()
-        key = RouteKey.of(messages)
-        vectors = None
-        decision = RouteDecision(routed=False)
-        for position, index in enumerate(indexes):
-            if index is None:
-                decision = RouteDecision(routed=True, reason=NO_INDEX)
-            elif not key.text or not len(index):
-                decision = RouteDecision(routed=False)
-            else:
-                if vectors is None:
-                    vectors = self.router.vectors(key)
-                decision = index.best_match(key, *vectors)
-            if forced:
-                decision = replace(decision, routed=True, reason=FORCED)
-            if decision.routed:
-                return RouteChoice(position, decision, time.thread_time() - started)
-        return RouteChoice(len(indexes), decision, time.thread_time() - started)
+        position, decision = self.router.choose(indexes, messages, forced=forced)
+        return RouteChoice(position, decision, time.thread_time() - started)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -283,12 +283,13 @@ class TrainJobConfig(BaseSettings):
         description="Least mean BERTScore F1 between the new and the baseline answers "
         "to the probe prompts.",
     )
-    locality_min: float = Field(
+    locality_min: float | None = Field(
         0.9,
         ge=0.0,
         le=1.0,
         description="Least share of probe prompts and mined near neighbours whose answer, "
-        "through the router, stays as production's (token F1 >= locality_f1_threshold).",
+        "through the router, stays as production's (token F1 >= locality_f1_threshold); "
+        "unset: reported only.",
     )
     locality_f1_threshold: float = Field(
         0.8,

@@ -448,7 +448,7 @@ def _evaluate(
                 share,
                 config.locality_min,
                 ">=",
-                share >= config.locality_min,
+                None if config.locality_min is None else share >= config.locality_min,
                 f"{sum(unchanged)}/{len(unchanged)} answers to {len(dataset.probes)} probes and "
                 f"{len(neighbours)} mined near neighbours unchanged through the router (token "
                 f"F1 >= {config.locality_f1_threshold}); {len(differ)} reached an adapter",
@@ -571,20 +571,14 @@ class Side:
     router: Router | None
 
     def adapters(self, prompts: Sequence[Messages]) -> list[str | None]:
-        chosen: list[str | None] = [None] * len(prompts)
-        pending = list(range(len(prompts)))
-        for tier in self.tiers:
-            if not pending:
-                break
-            if self.router is None:
-                for i in pending:
-                    chosen[i] = tier.adapter
-                return chosen
-            decisions = self.router.decide_many(tier.index, [prompts[i] for i in pending])
-            for i, decision in zip(pending, decisions, strict=True):
-                if decision.routed:
-                    chosen[i] = tier.adapter
-            pending = [i for i in pending if chosen[i] is None]
+        if self.router is None:
+            first = self.tiers[0].adapter if self.tiers else None
+            return [first] * len(prompts)
+        indexes = [tier.index for tier in self.tiers]
+        chosen = []
+        for prompt in prompts:
+            position, _ = self.router.choose(indexes, prompt)
+            chosen.append(self.tiers[position].adapter if position < len(self.tiers) else None)
         return chosen
 
 
