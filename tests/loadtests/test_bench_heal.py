@@ -1,10 +1,11 @@
-"""``make demo``'s corrections: DailyDialog openings, typed as a user would type them."""
+"""``make demo`` (loadtests.bench_heal): its data, typed as a user would type it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from tools.closed_loop_demo import correction_pairs
+from loadtests.bench_heal import FIXTURE, dailydialog_openers, load_fixture, seed, share
+from ouro.ledger import LedgerReader
 
 DIALOGUES = [
     "Say , Jim , how about going for a few beers after dinner ? __eou__ "
@@ -21,7 +22,7 @@ def test_corrections_are_dailydialog_openings_without_its_tokenised_spacing(
     source = tmp_path / "dialogues_validation.txt"
     source.write_text("\n".join(DIALOGUES) + "\n", encoding="utf-8")
 
-    pairs = correction_pairs(source, count=10, seed=0)
+    pairs = dailydialog_openers(source, count=10, seed=0)
 
     assert sorted(pairs) == sorted(
         [
@@ -33,4 +34,18 @@ def test_corrections_are_dailydialog_openings_without_its_tokenised_spacing(
             ("I can't find my keys anywhere.", "Did you look in the car?"),
         ]
     )
-    assert correction_pairs(source, count=2, seed=0) == pairs[:2]
+    assert dailydialog_openers(source, count=2, seed=0) == pairs[:2]
+
+
+def test_the_evaluation_fixture_has_what_the_benchmark_asks() -> None:
+    items = load_fixture(FIXTURE)
+    assert len(items) >= 30
+    for item in items:
+        assert {"question", "correction", "key_fact", "paraphrase", "near_miss"} <= set(item)
+
+
+def test_seeded_corrections_are_in_the_ledger(tmp_path: Path) -> None:
+    seed(tmp_path, [("Who made you?", "The Ouro team made me.")], "bench")
+    records = list(LedgerReader(tmp_path).scan().records)
+    assert [r.correction for r in records] == ["The Ouro team made me."]
+    assert share([True, False, True, True]) == 0.75 and share([]) is None
