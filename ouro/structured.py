@@ -46,13 +46,24 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-import xgrammar as xgr
 
 from ouro.chat import TOOL_CALL_BEGIN, TOOL_CALL_END, tool_call_prefix
 from ouro.engine.types import InvalidRequestError
+
+if TYPE_CHECKING:
+    import xgrammar as xgr
+
+
+def _xgr():
+    """xgrammar, imported when a grammar is first compiled or applied: it imports
+    transformers, which processes that only pass output formats around (the ingress) skip."""
+    import xgrammar
+
+    return xgrammar
+
 
 logger = logging.getLogger(__name__)
 
@@ -114,15 +125,17 @@ class GrammarConstraint:
     """One row's grammar matcher, as the engine's ``TokenConstraint``."""
 
     def __init__(self, compiled: xgr.CompiledGrammar, vocab_size: int) -> None:
-        self._matcher = xgr.GrammarMatcher(compiled)
+        self._matcher = _xgr().GrammarMatcher(compiled)
         self._vocab_size = vocab_size
-        self._bitmask = xgr.allocate_token_bitmask(1, vocab_size)
+        self._bitmask = _xgr().allocate_token_bitmask(1, vocab_size)
 
     def mask_logits(self, logits: torch.Tensor) -> None:
         self._matcher.fill_next_token_bitmask(self._bitmask)
         bitmask = self._bitmask.to(logits.device, non_blocking=True)
         # A view: the kernel writes into the engine's logits row.
-        xgr.apply_token_bitmask_inplace(logits.unsqueeze(0), bitmask, vocab_size=self._vocab_size)
+        _xgr().apply_token_bitmask_inplace(
+            logits.unsqueeze(0), bitmask, vocab_size=self._vocab_size
+        )
 
     def accept(self, token: int) -> None:
         if not self._matcher.accept_token(token):
@@ -141,13 +154,13 @@ class StructuredOutput:
     """
 
     def __init__(self, tokenizer, vocab_size: int, end_ids: Iterable[int]) -> None:
-        info = xgr.TokenizerInfo.from_huggingface(
+        info = _xgr().TokenizerInfo.from_huggingface(
             tokenizer, vocab_size=vocab_size, stop_token_ids=sorted(end_ids)
         )
         self.vocab_size = vocab_size
         # xgrammar's compiler caches compiled grammars by their source; one thread: the
         # engine's CPU budget is small and schemas compile in milliseconds.
-        self._compiler = xgr.GrammarCompiler(info, max_threads=1)
+        self._compiler = _xgr().GrammarCompiler(info, max_threads=1)
         self._lock = threading.Lock()
 
     @classmethod
@@ -184,9 +197,9 @@ def _tool_tag(output: ToolFormat) -> xgr.StructuralTag:
     if not output.tools:
         raise ValueError("no tools to call")
     tags = [
-        xgr.structural_tag.TagFormat(
+        _xgr().structural_tag.TagFormat(
             begin=tool_call_prefix(tool.name),
-            content=xgr.structural_tag.JSONSchemaFormat(
+            content=_xgr().structural_tag.JSONSchemaFormat(
                 json_schema=json.loads(tool.parameters), max_whitespace_cnt=MAX_WHITESPACE
             ),
             end=TOOL_CALL_END,
@@ -194,9 +207,9 @@ def _tool_tag(output: ToolFormat) -> xgr.StructuralTag:
         for tool in output.tools
     ]
     if output.required:
-        body = tags[0] if len(tags) == 1 else xgr.structural_tag.OrFormat(elements=tags)
+        body = tags[0] if len(tags) == 1 else _xgr().structural_tag.OrFormat(elements=tags)
     else:
-        body = xgr.structural_tag.TriggeredTagsFormat(
+        body = _xgr().structural_tag.TriggeredTagsFormat(
             triggers=[TOOL_CALL_BEGIN], tags=tags, stop_after_first=True
         )
-    return xgr.StructuralTag(format=body)
+    return _xgr().StructuralTag(format=body)

@@ -25,13 +25,8 @@ from ouro.settings import OuroSettings
 from serve.auth import ApiKeyAuth
 from serve.coordinator import RegistryCoordinator
 from serve.ingress import OuroIngress
-from serve.llm_server import (
-    EngineFactory,
-    LLMServer,
-    RegistryFactory,
-    build_engine,
-    build_registry,
-)
+from serve.llm_server import EngineFactory, LLMServer, build_engine
+from serve.registry_watcher import RegistryFactory, build_registry
 
 
 class UnknownSettingError(ValueError):

@@ -32,13 +32,12 @@ from serve.exceptions import (
     PayloadTooLargeError,
     ServeError,
 )
-from serve.llm_server import RegistryFactory, build_registry
 from serve.logs import configure_logging
 from serve.metrics import ServeMetrics
 from serve.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from serve.model_names import ModelNames
 from serve.personal_names import PersonalNames
-from serve.registry_watcher import RegistryWatcher
+from serve.registry_watcher import RegistryFactory, RegistryWatcher, build_registry
 from serve.replica_report import ScrapedReports, report_max_age_s
 from serve.routes import STATIC_DIR, STREAMED_MODELS, router
 from serve.serving_chat import ChatCompletions

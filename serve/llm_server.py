@@ -51,7 +51,6 @@ from ouro.errors import OuroError
 from ouro.registry import (
     ALIAS_PRODUCTION,
     AdapterArtifactError,
-    AdapterRegistry,
     PersonalRegistries,
     RegistrySnapshot,
     parse_model_name,
@@ -73,7 +72,7 @@ from serve.llm_calls import (
 )
 from serve.logs import configure_logging, set_request_id
 from serve.model_names import ModelNames
-from serve.registry_watcher import RegistryWatcher
+from serve.registry_watcher import RegistryFactory, RegistryWatcher, build_registry
 from serve.replica_report import ReplicaReport, ScrapeAnswerer
 from serve.request_router import RequestRouter
 
@@ -82,7 +81,6 @@ logger = logging.getLogger(__name__)
 LLM_SERVER_NAME = "LLMServer"
 
 EngineFactory = Callable[[OuroSettings], GenerationEngine]
-RegistryFactory = Callable[[OuroSettings], AdapterRegistry]
 RouterFactory = Callable[[], RequestRouter]
 
 
@@ -90,10 +88,6 @@ def build_engine(settings: OuroSettings) -> GenerationEngine:
     """The real engine: the configured base model (default engine factory)."""
     return GenerationEngine.from_settings(settings)
 
-
-def build_registry(settings: OuroSettings) -> AdapterRegistry:
-    """The real MLflow registry client (default registry factory)."""
-    return AdapterRegistry(settings.tracking_uri, settings.registered_model_name)
 
 
 def build_router() -> RequestRouter:

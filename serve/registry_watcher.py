@@ -18,8 +18,18 @@ from ray.exceptions import RayError
 from ray.serve.exceptions import RayServeException
 
 from ouro.registry import AdapterRegistry, RegistrySnapshot, RegistryUnavailableError
+from ouro.settings import OuroSettings
 
 logger = logging.getLogger(__name__)
+
+RegistryFactory = Callable[[OuroSettings], AdapterRegistry]
+
+
+def build_registry(settings: OuroSettings) -> AdapterRegistry:
+    """The real MLflow registry client (the default registry factory of the ingress and
+    the LLM server; here, not beside the engine, so the ingress never imports a model)."""
+    return AdapterRegistry(settings.tracking_uri, settings.registered_model_name)
+
 
 READ_TIMEOUT_S = 15.0
 """Longest wait for one registry read before the registry counts as unreachable."""

@@ -6,12 +6,13 @@
 - :mod:`ouro.engine.kv_batch`, :mod:`ouro.engine.lora_bank`, :mod:`ouro.engine.model_runner`,
   :mod:`ouro.engine.sampling`, :mod:`ouro.engine.detokenizer`: the parts a step is made of;
 - :mod:`ouro.engine.types`: requests, sampling settings, deltas, limits, stats, errors.
+
+The engine's classes are imported on first use: a process that only speaks the engine's
+types (the Serve ingress) never imports transformers, PEFT or bitsandbytes.
 """
 
-from ouro.engine.async_engine import AsyncEngine, merge_deltas
-from ouro.engine.core import GenerationEngine, RequestSink
-from ouro.engine.detokenizer import IncrementalDetokenizer
-from ouro.engine.lora_bank import BASE_ADAPTER
+import importlib
+
 from ouro.engine.types import (
     FINISH_LENGTH,
     FINISH_STOP,
@@ -67,3 +68,22 @@ __all__ = [
     "TokenLogprob",
     "merge_deltas",
 ]
+
+_LAZY = {
+    "AsyncEngine": "ouro.engine.async_engine",
+    "merge_deltas": "ouro.engine.async_engine",
+    "GenerationEngine": "ouro.engine.core",
+    "RequestSink": "ouro.engine.core",
+    "IncrementalDetokenizer": "ouro.engine.detokenizer",
+    "BASE_ADAPTER": "ouro.engine.lora_bank",
+}
+
+
+def __getattr__(name: str):
+    """The model-side names, imported when first asked for (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
