@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m serve",
         description=__doc__.split("\n")[0],
         epilog="Settings: flags > --config YAML > OURO_<FIELD> environment variables > "
-        "defaults; every setting is listed in the README's Configuration section.",
+        "defaults; every setting is listed in docs/configuration.md.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="Address to listen on.")
     parser.add_argument("--port", type=int, default=8000, help="Port to listen on.")

@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="one training cycle",
         description="One training cycle. Settings: flags > --config YAML > environment "
         "(OURO_<FIELD> for Ouro's shared settings, OURO_TRAIN_<FIELD> for the recipe) > "
-        "defaults; every setting is listed in the README's Configuration section.",
+        "defaults; every setting is listed in docs/configuration.md.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

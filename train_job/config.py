@@ -103,8 +103,8 @@ class TrainJobConfig(BaseSettings):
     replay_size: int = Field(
         16,
         ge=0,
-        description="Replay conversations sampled per cycle (0: none). 16 self-distilled "
-        "answers for smollm2-135m (see README, 'The embedded models').",
+        description="Replay conversations sampled per cycle (0: none). A routed recipe needs "
+        "none (docs/routing.md); 16 self-distilled answers for an unrouted one.",
     )
     correction_share: float = Field(
         0.5,
@@ -173,8 +173,8 @@ class TrainJobConfig(BaseSettings):
     learning_rate: float = Field(
         2e-3,
         gt=0,
-        description="Peak learning rate: 2e-3 for smollm2-135m (calibration unfinished, see the "
-        "README), 4e-3 for ouro-tiny, ~2e-4 for a 3B model.",
+        description="Peak learning rate: 5e-3 in smollm2-135m's routed recipe, 4e-3 for "
+        "ouro-tiny, ~2e-4 for a 3B model (train_job/configs/).",
     )
     lr_scheduler_type: str = Field("linear", description="LR schedule.")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")

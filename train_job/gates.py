@@ -49,7 +49,7 @@ rescale baseline, so its raw F1 was measured on real pairs (ouro.scoring.BertSco
   rows) gave fix rate 0.11, probe similarity 0.595 (token F1: 1 of 16 probe answers
   unchanged), perplexity -7 % (4.58 -> 4.24 on held-out chatterbot conversations, which
   are not its own answers), 2 degenerate answers like the base model's: the gates
-  rejected it, rightly. See the README, "Training a real model".
+  rejected it, rightly. See docs/models.md, "Training a real model".
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Debian's ``chromium`` (installed by ``make install-test``) driven by Playwright; nothing
 is downloaded. One Serve app for the module: ouro-tiny (small), API keys configured.
 Screenshots go to the test's tmp dir and, when OURO_SCREENSHOT_DIR is set, are copied
-there too (the README's docs/chat-page.png comes from that).
+there too (docs/chat-page.png, shown in docs/walkthrough.md, comes from that).
 """
 
 from __future__ import annotations
