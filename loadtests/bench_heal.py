@@ -43,7 +43,7 @@ from data.sources.dailydialog import read_dailydialog
 from ouro.engine import GenerationEngine
 from ouro.ledger import FeedbackLedger
 from ouro.registry import AdapterRegistry
-from ouro.routing import Router, SentenceEmbedder
+from ouro.routing import CorrectionIndex, Router, SentenceEmbedder
 from ouro.scoring import token_f1
 from ouro.settings import DEFAULT_BASE_MODEL, OuroSettings
 from train_job.gates import Side, Tier, greedy_answers
@@ -130,16 +130,16 @@ class Answerer:
         )
 
     def router_cpu_ms(self, prompts: list[str]) -> float:
-        """p50 thread CPU of one routing decision against the production index."""
+        """p50 thread CPU of one routing decision against the production index (each
+        prompt embedded afresh: no cache)."""
         version = self.registry.snapshot().production
         path = self.registry.download(version, self.settings.adapter_cache_dir)
-        from ouro.routing import CorrectionIndex
-
         index = CorrectionIndex.load(path)
+        router = Router(self.router.embedder, cache_size=0)
         costs = []
         for prompt in prompts:
             start = time.thread_time()
-            self.router.decide(index, user(prompt))
+            router.decide(index, user(prompt))
             costs.append((time.thread_time() - start) * 1000)
         return float(np.median(costs))
 

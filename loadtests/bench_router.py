@@ -153,7 +153,7 @@ def run(repeats: int) -> dict:
     torch.set_num_threads(1)
     started = time.monotonic()
     embedder = SentenceEmbedder()
-    router = Router(embedder)
+    router = Router(embedder, cache_size=0)  # every decision embeds, as for a new question
     keys = [RouteKey(q) for q in QUESTIONS]
     count = len(QUESTIONS) * repeats
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -438,7 +439,7 @@ class CorrectionIndex:
 class RouteDecision:
     """Whether a request goes to the version's adapter, and why."""
 
-    routed: bool
+    routed: bool = False
     reason: str = NO_MATCH
     """'match' (within a correction's reach), 'no_match', 'no_index' (an adapter trained
     without one: it answers everything, as before routing) or 'forced' (an admin asked for
@@ -451,14 +452,43 @@ class RouteDecision:
 
 
 class Router:
-    """Embeds a request's key once and decides it against an index."""
+    """Embeds a request's key once and decides it against an index.
 
-    def __init__(self, embedder: SentenceEmbedder) -> None:
+    Embeddings are kept for the last ``cache_size`` texts: the same question asked again
+    (a popular one in Serve; the same prompt on both sides of a gate comparison) is not
+    embedded twice. Not thread-safe: one thread per router (Serve's ``RequestRouter``).
+    """
+
+    def __init__(self, embedder: SentenceEmbedder, *, cache_size: int = 4096) -> None:
         self.embedder = embedder
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+
+    def _embed(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """One vector per text, embedding only those not in the cache (in one batch)."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        fresh = dict(zip(missing, self.embedder.embed(missing), strict=True)) if missing else {}
+        vectors = []
+        for text in texts:
+            vector = fresh.get(text)
+            if vector is None:
+                vector = self._cache[text]
+                self._cache.move_to_end(text)
+            vectors.append(vector)
+        if self._cache_size > 0:
+            self._cache.update(fresh)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return vectors
+
+    def prefetch(self, conversations: Sequence[Sequence[dict]]) -> None:
+        """Embed the keys of many conversations in batches (the gates, before deciding)."""
+        keys = [RouteKey.of(c) for c in conversations]
+        self._embed([k.text for k in keys if k.text] + [k.context for k in keys if k.context])
 
     def vectors(self, key: RouteKey) -> tuple[np.ndarray, np.ndarray | None]:
         texts = [key.text] + ([key.context] if key.context else [])
-        vectors = self.embedder.embed(texts)
+        vectors = self._embed(texts)
         return vectors[0], (vectors[1] if key.context else None)
 
     def decide(self, index: CorrectionIndex | None, messages: Sequence[dict]) -> RouteDecision:
@@ -509,14 +539,8 @@ class Router:
         if index is None:
             return [RouteDecision(routed=True, reason=NO_INDEX) for _ in conversations]
         keys = [RouteKey.of(c) for c in conversations]
-        vectors = self.embedder.embed([k.text for k in keys])
-        contexts = [i for i, k in enumerate(keys) if k.context]
-        context_vectors = dict(
-            zip(contexts, self.embedder.embed([keys[i].context for i in contexts]), strict=True)
-        )
+        self.prefetch(conversations)
         return [
-            index.best_match(k, vectors[i], context_vectors.get(i))
-            if k.text and len(index)
-            else RouteDecision(routed=False)
-            for i, k in enumerate(keys)
+            index.best_match(k, *self.vectors(k)) if k.text and len(index) else RouteDecision()
+            for k in keys
         ]

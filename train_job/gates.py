@@ -227,18 +227,10 @@ def evaluate_gates(
     (routed the same way) what the personal one does not route. Runs here, or in a fresh
     process when this one has imported Unsloth (``scorer`` is then built there).
     """
+    inputs = (config, settings, dataset, candidate_dir, baseline_dir, baseline_label)
     patched = patching_modules()
     if not patched:
-        return _evaluate(
-            config,
-            settings,
-            dataset,
-            candidate_dir,
-            baseline_dir,
-            baseline_label,
-            scorer,
-            parent_dir,
-        )
+        return _evaluate(*inputs, scorer, parent_dir)
     logger.info("%s is imported here: evaluating the gates in a fresh process", patched[0])
     spawn = multiprocessing.get_context("spawn")  # a fork would inherit the patches
     with ProcessPoolExecutor(
@@ -247,17 +239,7 @@ def evaluate_gates(
         initializer=_log_like_parent,
         initargs=(logging.getLogger().getEffectiveLevel(),),
     ) as pool:
-        future = pool.submit(
-            _evaluate,
-            config,
-            settings,
-            dataset,
-            candidate_dir,
-            baseline_dir,
-            baseline_label,
-            None,
-            parent_dir,
-        )
+        future = pool.submit(_evaluate, *inputs, None, parent_dir)
         return future.result()
 
 
@@ -575,6 +557,7 @@ class Side:
             first = self.tiers[0].adapter if self.tiers else None
             return [first] * len(prompts)
         indexes = [tier.index for tier in self.tiers]
+        self.router.prefetch(prompts)
         chosen = []
         for prompt in prompts:
             position, _ = self.router.choose(indexes, prompt)

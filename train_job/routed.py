@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from ouro.routing import (
     CALIBRATION_FILE,
     Calibration,
@@ -191,11 +189,3 @@ def fitted_calibration(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(calibration.to_dict()), encoding="utf-8")
     return calibration
-
-
-def false_accept_rate(router: Router, index: CorrectionIndex, prompts: Sequence[str]) -> float:
-    """Share of ``prompts`` (unrelated to every correction) the index routes."""
-    if not prompts:
-        return 0.0
-    decisions = router.decide_many(index, [[{"role": "user", "content": p}] for p in prompts])
-    return float(np.mean([d.routed for d in decisions]))

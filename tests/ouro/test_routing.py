@@ -187,3 +187,25 @@ def test_calibration_separates_paraphrases_from_near_misses(embedder) -> None:
 def test_the_shipped_calibration_pairs_load() -> None:
     pairs = load_calibration_pairs()
     assert {p.label for p in pairs} == {PARAPHRASE, NEAR_MISS}
+
+
+def test_a_question_asked_again_is_not_embedded_again(embedder, index) -> None:
+    calls: list[int] = []
+
+    class Counting:
+        name, dimension = embedder.name, embedder.dimension
+
+        def embed(self, texts):
+            calls.append(len(texts))
+            return embedder.embed(texts)
+
+    router = Router(Counting(), cache_size=2)
+    conversation = [{"role": "user", "content": "What is 12 times 7?"}]
+    first = router.decide(index, conversation)
+    assert router.decide(index, conversation) == first and calls == [1]
+    router.prefetch([[{"role": "user", "content": t}] for t in ("a?", "b?", "What is 12 times 7?")])
+    assert calls == [1, 2]  # only the two new texts, in one batch
+    router.decide(index, [{"role": "user", "content": "a?"}])  # still cached
+    assert calls == [1, 2]
+    router.decide(index, conversation)  # the oldest, evicted: the cache holds 2
+    assert calls == [1, 2, 1]
