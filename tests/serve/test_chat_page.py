@@ -312,8 +312,11 @@ def test_a_badge_says_when_a_correction_answered(
     page = open_page_with_key(browser, stack)
     page.get_by_label("Your message").fill("Hello")
     page.get_by_label("Your message").press("Enter")
-    badge = page.locator(".message-assistant").last.locator(".message-route")
-    expect(badge).to_have_text("base model")
+    first = page.locator(".message-assistant").last
+    expect(first.locator(".message-route")).to_have_text("base model")
+    # The page ignores Enter while an answer streams: wait for this one to finish.
+    expect(first.get_by_role("button", name="Spotted a mistake?")).to_be_visible()
+    expect(page.get_by_role("button", name="Send", exact=True)).to_be_enabled()
 
     def routed(route: Route) -> None:
         response = route.fetch()
