@@ -40,6 +40,7 @@ import httpx
 import torch
 
 from loadtests.bench_adapters import run_multi_adapter
+from loadtests.bench_default_model import DefaultModelSizes, run_default_model
 from loadtests.bench_locust import LocustRunError, run_locust
 from loadtests.bench_overhead import concurrent_clients, corpus_questions, longest_answer_prompts
 from loadtests.bench_overhead import single_client as overhead_single_client
@@ -80,8 +81,9 @@ SCENARIOS = (
     "saturation",
     "locust",
     "personal",
+    "default_model",
 )
-OWN_STACK_SCENARIOS = ("personal",)
+OWN_STACK_SCENARIOS = ("personal", "default_model")
 """Scenarios that start a stack of their own (the others share one)."""
 RESULTS_DIR = REPO_ROOT / "loadtests" / "results"
 JSON_NAME = "latest.json"
@@ -89,6 +91,9 @@ PLOT_NAME = "bench.png"
 OVERHEAD_PROMPTS = 8
 RESULT_ENV = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "OURO_LLM_NUM_CPUS")
 """Environment that changes the figures; written into the recorded command when set."""
+DEFAULT_MODEL = OuroSettings.model_fields["base_model"].default
+"""What ``make run`` serves (smollm2-135m): the "default_model" scenario's base model, whatever
+``--base-model`` the other scenarios use."""
 FALLBACK_KNEE = 16
 """Locust's user count when the saturation scenario did not run."""
 
@@ -304,6 +309,21 @@ def run(args: argparse.Namespace) -> dict:
             except (httpx.HTTPError, OuroError) as exc:
                 logger.error("scenario personal failed: %s", exc)
                 errors["personal"] = repr(exc)
+        if "default_model" in args.scenarios:
+            default_sizes = DefaultModelSizes.quick() if args.quick else DefaultModelSizes()
+            try:
+                default_model = timed(
+                    "default_model_base", lambda: prepare_base_model(DEFAULT_MODEL)
+                )
+                scenarios["default_model"] = timed(
+                    "default_model",
+                    lambda: run_default_model(
+                        default_model, work / "default-model", args.out, default_sizes
+                    ),
+                )
+            except (httpx.HTTPError, OuroError) as exc:
+                logger.error("scenario default_model failed: %s", exc)
+                errors["default_model"] = repr(exc)
     figures = headline(scenarios)
     machine["load_average_at_end"] = list(os.getloadavg())
     return {
@@ -322,6 +342,9 @@ def run(args: argparse.Namespace) -> dict:
         "niceness": niceness,
         "sizes": asdict(sizes),
         "personal_sizes": asdict(PersonalSizes.quick() if args.quick else PersonalSizes()),
+        "default_model_sizes": asdict(
+            DefaultModelSizes.quick() if args.quick else DefaultModelSizes()
+        ),
         "headline": figures,
         "targets": check_targets(figures),
         "errors": errors,

@@ -73,7 +73,7 @@ class SentenceEmbedder:
     name = "all-MiniLM-L6-v2"
 
     def __init__(self, path: Path | None = None, *, device: str = "cpu") -> None:
-        # Imported here: processes that never embed (the ingress) stay light.
+        # Imported here: processes that never embed (the coordinator, the tools) stay light.
         from sentence_transformers import SentenceTransformer
 
         self._model = SentenceTransformer(str(path or model_dir()), device=device)

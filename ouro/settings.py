@@ -147,7 +147,7 @@ class OuroSettings(BaseSettings):
     stream_interval_s: float = Field(
         0.05,
         ge=0,
-        description="Streamed text is sent to the ingress at most this often (the first "
+        description="Streamed text is sent to the client at most this often (the first "
         "token at once); 0 sends every step's text.",
     )
     max_queued_requests: int = Field(

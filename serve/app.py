@@ -6,12 +6,12 @@
         import_path: serve.app:build_app
         args: {registry_poll_interval_s: 10}     # OuroSettings overrides
 
-Deployments: ``OuroIngress`` (FastAPI), ``LLMServer`` (the engine; replicas, CPUs and
-GPUs set in the config's ``deployments:`` section or by ``llm_num_cpus``) and
-``RegistryCoordinator`` (one replica, no CPU: carries admin refreshes to every replica).
-Every replica builds its ``OuroSettings`` from its own environment plus ``args``, so
-API keys stay in the environment (a Kubernetes Secret) and out of the deployment's
-arguments.
+Deployments: ``LLMServer`` (the ingress: the HTTP front and the engine in one replica;
+replicas, CPUs and GPUs set in the config's ``deployments:`` section or by
+``llm_num_cpus``) and ``RegistryCoordinator`` (one replica, no CPU: carries admin
+refreshes and scrapes to every replica). Every replica builds its ``OuroSettings`` from
+its own environment plus ``args``, so API keys stay in the environment (a Kubernetes
+Secret) and out of the deployment's arguments.
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ from ouro.registry import sqlite_path
 from ouro.settings import OuroSettings
 from serve.auth import ApiKeyAuth
 from serve.coordinator import RegistryCoordinator
-from serve.ingress import OuroIngress
 from serve.llm_server import EngineFactory, LLMServer, build_engine
 from serve.registry_watcher import RegistryFactory, build_registry
+
+NON_ENGINE_REQUESTS = 256
+"""Requests a replica takes besides the engine's running and queued ones."""
 
 
 class UnknownSettingError(ValueError):
@@ -63,17 +65,14 @@ def create_app(
     if sqlite_path(settings.tracking_uri) is not None:
         # A local store: create its tables once, here, before the replicas race to.
         registry_factory(settings).snapshot()
-    # A replica takes as many requests as its engine runs plus lets wait; past that they
-    # queue in the handle, then 429.
+    # The engine bounds its own queue and answers past it with 429 in OpenAI's envelope;
+    # Serve's own bound (a bare 503 from the proxy) is set above it, with room for the
+    # routes that never reach the engine (health, metrics, feedback).
     llm = LLMServer.options(
         ray_actor_options={"num_cpus": settings.llm_num_cpus},
-        max_ongoing_requests=settings.max_running_requests + settings.max_queued_requests,
-        max_queued_requests=settings.max_queued_requests,
+        max_ongoing_requests=settings.max_running_requests
+        + settings.max_queued_requests
+        + NON_ENGINE_REQUESTS,
     )
     coordinator = RegistryCoordinator.bind()
-    return OuroIngress.bind(
-        args,
-        llm.bind(args, engine_factory, registry_factory, coordinator),
-        coordinator,
-        registry_factory,
-    )
+    return llm.bind(args, engine_factory, registry_factory, coordinator)

@@ -3,9 +3,9 @@
 A Serve handle sends each call to ONE replica; Serve has no broadcast. So the app has
 this small single-replica deployment (no CPU reserved) that every registry watcher
 long-polls: ``request_refresh`` bumps a generation number and wakes all waiters at
-once, so each LLM server replica and each ingress replica re-reads the registry within
-moments instead of at its next poll. LLM server replicas also post a ``ReplicaReport``
-here after every poll and adapter change, which the ingress reads for ``/readyz`` and
+once, so each LLM server replica re-reads the registry within moments instead of at
+its next poll. LLM server replicas also post a ``ReplicaReport``
+here after every poll and adapter change, which the HTTP front reads for ``/readyz`` and
 for waiting until a refresh has been acted on. ``/metrics`` wants the engines' state at
 scrape time, not at the last poll: ``fresh_reports`` bumps a scrape generation that every
 LLM replica long-polls (``wait_for_scrape``), and waits a moment for their answers

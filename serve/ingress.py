@@ -1,9 +1,12 @@
-"""OuroIngress: the app's one FastAPI ingress (auth, validation, OpenAI protocol, feedback).
+"""The HTTP front of each LLM server replica (auth, validation, OpenAI protocol, feedback).
 
-The FastAPI app is built per replica by ``__serve_build_asgi_app__`` (no module-level
-app): ``create_api(services)`` wires the middleware, the error handlers that give every
-failure OpenAI's envelope (FastAPI's 422 becomes 400), the routes, and the static chat
-page.
+The LLM server deployment is the app's ingress (``serve.llm_server``): Serve's proxy hands
+each HTTP request to a replica, whose ``HttpFront`` answers it with that replica's engine
+in the same process, so tokens cross no Ray hop on their way out (Ray Serve LLM's direct
+streaming; vLLM keeps its API server beside its engine the same way). The FastAPI app is
+built per replica by ``__serve_build_asgi_app__`` (no module-level app):
+``create_api(services)`` wires the middleware, the error handlers that give every failure
+OpenAI's envelope (FastAPI's 422 becomes 400), the routes, and the static chat page.
 """
 
 from __future__ import annotations
@@ -16,28 +19,25 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
 from pydantic.json_schema import models_json_schema
-from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ouro.errors import OuroError
 from ouro.ledger import Watermark
-from ouro.registry import ALIAS_PRODUCTION, PersonalRegistries, RegistrySnapshot
+from ouro.registry import PersonalRegistries
 from ouro.settings import OuroSettings
 from serve.auth import ApiKeyAuth
 from serve.errors import error_response
 from serve.exceptions import (
     InvalidRequestError,
     NotFoundError,
-    NotReadyError,
     PayloadTooLargeError,
     ServeError,
 )
-from serve.logs import configure_logging
 from serve.metrics import ServeMetrics
 from serve.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from serve.model_names import ModelNames
 from serve.personal_names import PersonalNames
-from serve.registry_watcher import RegistryFactory, RegistryWatcher, build_registry
+from serve.registry_watcher import RegistryWatcher
 from serve.replica_report import ScrapedReports, report_max_age_s
 from serve.routes import STATIC_DIR, STREAMED_MODELS, router
 from serve.serving_chat import ChatCompletions
@@ -46,12 +46,10 @@ from serve.serving_health import Health
 
 logger = logging.getLogger(__name__)
 
-INGRESS_NAME = "OuroIngress"
-
 
 @dataclass
 class IngressServices:
-    """What the routes use; one per ingress replica (``app.state.ouro``)."""
+    """What the routes use; one per replica (``app.state.ouro``)."""
 
     settings: OuroSettings
     auth: ApiKeyAuth
@@ -133,90 +131,70 @@ def _openapi_without_422(api: FastAPI) -> dict:
     return api.openapi_schema
 
 
-# No CPU reserved: the ingress waits on I/O; the CPUs go to the LLM server replicas.
-@serve.deployment(name=INGRESS_NAME, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
-@serve.ingress()
-class OuroIngress:
-    """Front door: resolves names for 404s and /v1/models, forwards generation to LLMServer."""
+class HttpFront:
+    """The HTTP side of an LLM server replica: auth, validation, the OpenAI protocol,
+    feedback, health and metrics, around the replica's own LLM server (no Ray hop).
 
-    async def __init__(
+    It shares the replica's registry watcher and model names: one view of the registry
+    per replica, so a name this front accepts is one its engine can serve.
+    """
+
+    def __init__(
         self,
-        settings_overrides: dict,
+        settings: OuroSettings,
         llm_server,
+        names: ModelNames,
+        watcher: RegistryWatcher,
         coordinator,
-        registry_factory: RegistryFactory = build_registry,
+        replica_id: str,
     ) -> None:
-        self.settings = OuroSettings(**settings_overrides)
-        configure_logging(self.settings.log_level)
-        auth = ApiKeyAuth.from_settings(self.settings)
-        replica_id = serve.get_replica_context().replica_id.unique_id
-        self.names = ModelNames(personal_adapters=self.settings.personal_adapters)
-        personal_registries = PersonalRegistries.from_settings(self.settings)
+        self.settings = settings
+        self.names = names
+        self.watcher = watcher
+        auth = ApiKeyAuth.from_settings(settings)
+        personal_registries = PersonalRegistries.from_settings(settings)
         self.personal = (
-            PersonalNames(personal_registries, self.settings.registry_poll_interval_s)
-            if self.settings.personal_adapters
+            PersonalNames(personal_registries, settings.registry_poll_interval_s)
+            if settings.personal_adapters
             else None
         )
-        self.watcher = RegistryWatcher(
-            registry_factory(self.settings),
-            self.settings.registry_poll_interval_s,
-            on_snapshot=self._on_snapshot,
-            on_polled=self._on_polled,
-            coordinator=coordinator,
-        )
-        health = Health(
-            self.watcher, llm_server, coordinator, self.settings.registry_poll_interval_s
-        )
+        health = Health(watcher, llm_server, coordinator, settings.registry_poll_interval_s)
         # Each scrape asks the LLM replicas for fresh reports (their last ones if they are
         # slow or the coordinator is away) and exports those.
         scraped = ScrapedReports(
             coordinator,
             health.update_replica_reports,
-            report_max_age_s(self.settings.registry_poll_interval_s),
+            report_max_age_s(settings.registry_poll_interval_s),
         )
         self.metrics = ServeMetrics(
             replica_reports=lambda: scraped.latest, refresh_replica_reports=scraped.refresh
         )
         self.services = IngressServices(
-            settings=self.settings,
+            settings=settings,
             auth=auth,
-            names=self.names,
-            base_model_name=self.settings.base_model,
+            names=names,
+            base_model_name=settings.base_model,
             metrics=self.metrics,
             chat=ChatCompletions(
-                self.settings,
-                llm_server,
-                self.names,
-                self.watcher.refresh,
-                self.metrics,
-                self.personal,
+                settings, llm_server, names, watcher.refresh, self.metrics, self.personal
             ),
             feedback=Feedback(
-                self.settings,
-                ledger_writer_id(replica_id),
-                self.metrics,
-                self._last_training_watermark,
+                settings, ledger_writer_id(replica_id), self.metrics, self._last_training_watermark
             ),
             health=health,
             personal_registries=personal_registries,
             personal=self.personal,
         )
-        await self.watcher.start()
-        logger.info("ingress replica %s ready", replica_id)
 
-    def __serve_build_asgi_app__(self) -> FastAPI:
+    def app(self) -> FastAPI:
         return create_api(self.services)
 
-    async def check_health(self) -> None:
-        """Serve's health check: a replica that stopped following the registry is replaced."""
-        if not self.watcher.running:
-            raise NotReadyError("the registry watcher has stopped")
-
-    async def _on_snapshot(self, snapshot: RegistrySnapshot) -> None:
-        self.names.update(snapshot, snapshot.aliases.get(ALIAS_PRODUCTION))
+    def on_names_changed(self) -> None:
+        """After the replica updated its model names from a registry snapshot."""
         self.metrics.set_versions(self.names.versions_by_name())
 
-    async def _on_polled(self) -> None:
+    async def on_polled(self) -> None:
+        """After each registry poll."""
         self.metrics.registry_up.set(1 if self.watcher.state.reachable else 0)
         if self.personal is not None and self.watcher.state.reachable:
             await self.personal.refresh()

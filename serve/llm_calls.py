@@ -1,16 +1,21 @@
-"""What the ingress sends the LLM server deployment, and what comes back.
+"""What the HTTP front asks of its replica's LLM server, and what comes back.
 
 A stream from ``LLMServer.generate_stream`` is, in order: one ``ServedModel`` (which
 version answers and the router's reason, known before any token, so they can go in the
 response headers), then
 for each of the call's ``n`` choices (interleaved, each event naming its ``index``) any
 number of ``TextDelta`` and one ``Finished``. ``LLMServer.generate`` returns one
-``LLMResult``. Failures are raised (the ingress maps them with ``serve.errors``).
+``LLMResult``. Failures are raised (the front maps them with ``serve.errors``).
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from serve.replica_report import ReplicaReport
 
 from ouro.engine import PositionLogprobs, SamplingParams
 from ouro.structured import OutputFormat
@@ -33,7 +38,7 @@ class LLMCall:
     """The format the answer is held to (JSON, tool calls); None: free text."""
     unrouted: bool = False
     """Answer with the named version's adapter whatever the router says (an admin's
-    ``x-ouro-unrouted: true``; the ingress checks the key)."""
+    ``x-ouro-unrouted: true``; the front checks the key)."""
 
 
 ROUTE_BASE = "base"
@@ -104,3 +109,20 @@ class LLMResult:
 
     served: ServedModel
     choices: list[LLMChoice]
+
+
+class LLMBackend(Protocol):
+    """What the front calls on its replica's LLM server (``serve.llm_server.LLMServer``)."""
+
+    async def generate(self, call: LLMCall) -> LLMResult:
+        """The whole answer."""
+        ...
+
+    def generate_stream(self, call: LLMCall) -> AsyncGenerator:
+        """``ServedModel``, then ``TextDelta`` and ``Finished`` events; closing it early
+        aborts the answer."""
+        ...
+
+    async def report(self) -> ReplicaReport:
+        """The replica's state now."""
+        ...

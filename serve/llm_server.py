@@ -1,20 +1,26 @@
-"""LLMServer: the deployment that owns an engine and the adapters loaded into it.
+"""LLMServer: the app's one serving deployment: an engine, its adapters, and the HTTP front.
 
+- One hop: this deployment is the app's ingress. Serve's proxy hands each HTTP request to
+  a replica, whose ``serve.ingress.HttpFront`` (auth, validation, OpenAI protocol,
+  feedback) calls this replica's engine in the same process, and streamed text goes out as
+  SSE from here (Ray Serve LLM's direct streaming). Before, a separate ingress deployment
+  called the LLM server through a Serve handle, and every answer crossed one more actor
+  hop; ``docs/performance.md`` has what that cost.
 - Generation: every request goes straight to ``AsyncEngine.generate``; the engine's
   scheduler batches them continuously (requests join and leave the running batch at
   every step), so nothing here waits for a batch to form or to finish. A cancelled call
   (the HTTP client went away) aborts its row at the engine's next step.
-- Streaming: the first token goes to the ingress at once, later text (and its tokens'
-  logprobs) at most every ``stream_interval_s`` (Ray Serve LLM's stream batching), so a
-  token is not one Ray message; ``generate`` (non-streamed) returns one result. The
+- Streaming: the first token goes out at once, later text (and its tokens' logprobs) at
+  most every ``stream_interval_s`` (Ray Serve LLM's stream batching), so a token is not one
+  SSE event; ``generate`` (non-streamed) returns one result. The
   ``n`` choices of a call are rows of the engine's batch, coalesced each on its own.
 - Adapters: ``@serve.multiplexed`` is the LRU of non-production versions, shared ones
   (``ouro@v<N>``) and personal ones (``ouro@<scope>/v<N>``, from the scope's registered
-  model; the ingress checks the caller may use it). Loader: ``AdapterRegistry.download``
-  then ``engine.add_adapter``. The ingress sets that pinned name as Serve's multiplexed
-  model id, so Serve routes a version's requests to replicas that already hold it. The
-  shared production version is pinned outside that LRU, so it is never evicted while it
-  is production.
+  model; the front checks the caller may use it). Loader: ``AdapterRegistry.download``
+  then ``engine.add_adapter``. The shared production version, what ``ouro`` answers with,
+  is pinned on every replica outside that LRU, so it is never evicted while it is
+  production. A client that sends Serve's ``serve_multiplexed_model_id`` header with a
+  pinned name (``ouro@v7``) is routed by Serve's proxy to a replica that holds it.
 - Routing (routed corrections): a version answers only the requests its corrections are
   about. Its correction index is read with its adapter (``ouro.routing.INDEX_DIR``); the
   replica's ``RequestRouter`` (one embedder, built in a thread at start) decides each
@@ -22,10 +28,10 @@
   (``ModelNames.fallbacks``: a personal version, shared production, the base model). The
   answer's ``ServedModel`` names the version that answered, the route and the similarity.
   An admin's ``x-ouro-unrouted`` (``LLMCall.unrouted``) keeps the version asked for.
-- Swaps: each replica runs its own registry watcher. When ``production`` moves to a new
-  version, the replica loads it first (warm), then switches ``ouro`` to it; requests
-  that started on the old version hold a lease on it and finish there. No request
-  waits for the cold load.
+- Swaps: each replica runs one registry watcher, for its engine and its front alike. When
+  ``production`` moves to a new version, the replica loads it first (warm), then switches
+  ``ouro`` to it; requests that started on the old version hold a lease on it and finish
+  there. No request waits for the cold load.
 
 The engine and registry factories are injected (Ray Serve LLM style), so a test can
 pass small ones; the defaults build the real engine and MLflow registry.
@@ -42,6 +48,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from fastapi import FastAPI
 from ray import serve
 from ray.exceptions import RayError
 from ray.serve.exceptions import RayServeException
@@ -61,6 +68,7 @@ from ouro.settings import OuroSettings
 from ouro.structured import StructuredOutput, ToolFormat
 from serve.adapter_slots import AdapterLease, AdapterSlots, CachedAdapter
 from serve.exceptions import NotReadyError
+from serve.ingress import HttpFront
 from serve.llm_calls import (
     ROUTE_BASE,
     Finished,
@@ -89,15 +97,15 @@ def build_engine(settings: OuroSettings) -> GenerationEngine:
     return GenerationEngine.from_settings(settings)
 
 
-
 def build_router() -> RequestRouter:
     """The real router: all-MiniLM-L6-v2 on the CPU (default router factory)."""
     return RequestRouter.build()
 
 
 @serve.deployment(name=LLM_SERVER_NAME, health_check_period_s=10, health_check_timeout_s=60)
+@serve.ingress()
 class LLMServer:
-    """Generates chat answers with the base model and any registry version."""
+    """Answers the app's HTTP requests, generating with the base model and any registry version."""
 
     async def __init__(
         self,
@@ -144,8 +152,11 @@ class LLMServer:
             self.registry,
             self.settings.registry_poll_interval_s,
             on_snapshot=self._on_snapshot,
-            on_polled=self._send_report,
+            on_polled=self._on_polled,
             coordinator=coordinator,
+        )
+        self.front = HttpFront(
+            self.settings, self, self.names, self.watcher, coordinator, self.replica_id
         )
         await self.watcher.start()
         # Each /metrics scrape gets this replica's engine state of that moment.
@@ -156,7 +167,10 @@ class LLMServer:
             self._scrape_answerer.start()
         logger.info("LLM server replica %s ready", self.replica_id)
 
-    # -- public methods (called through Serve handles) -------------------------------------
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return self.front.app()
+
+    # -- generation (called by the front, in this process) ----------------------------------
     async def generate(self, call: LLMCall) -> LLMResult:
         """The whole answer to one call (the engine hands it over once, not per step)."""
         events = self._answer(call, stream=False)
@@ -183,7 +197,7 @@ class LLMServer:
         """ServedModel, then TextDelta as text comes, then Finished (see serve.llm_calls).
 
         A request the engine refuses (bad prompt or settings, a full queue) raises before
-        ServedModel, so the ingress can still answer with an error status.
+        ServedModel, so the front can still answer with an error status.
         """
         async for event in self._answer(call, stream=True):
             yield event
@@ -250,12 +264,8 @@ class LLMServer:
             constraint=constraint,
         )
 
-    async def refresh_registry(self) -> ReplicaReport:
-        """Re-read the registry now (this replica only; the coordinator reaches all)."""
-        await self.watcher.refresh()
-        return self._make_report()
-
     async def report(self) -> ReplicaReport:
+        """This replica's state now (``/readyz`` when the coordinator is away)."""
         return self._make_report()
 
     async def check_health(self) -> None:
@@ -267,7 +277,7 @@ class LLMServer:
 
     # -- names and adapters ------------------------------------------------------------------
     async def _resolve(self, name: str) -> ServedModel:
-        """The version ``name`` asks for. A personal one comes pinned by the ingress for
+        """The version ``name`` asks for. A personal one comes pinned by the front for
         the caller's own scope; it is loaded (or found missing) from the scope's model."""
         if not self._production_known and self.names.needs_production(name):
             raise NotReadyError(
@@ -365,7 +375,7 @@ class LLMServer:
         target = snapshot.aliases.get(ALIAS_PRODUCTION)
         current = self.names.production
         if self._production_known and target == current:
-            self.names.update(snapshot, current)
+            self._update_names(snapshot, current)
             self._warm_error = None
             return
         if target is not None:
@@ -376,14 +386,22 @@ class LLMServer:
                 logger.error(
                     "cannot load production version %s, still serving %s: %s", target, current, exc
                 )
-                self.names.update(snapshot, current)
+                self._update_names(snapshot, current)
                 return
-        self.names.update(snapshot, target)
+        self._update_names(snapshot, target)
         self._production_known = True
         self._warm_error = None
         logger.info("'ouro' now answers with %s (was %s)", target, current)
         if current is not None and current != target:
             await self.slots.unpin(version_label(current))
+
+    def _update_names(self, snapshot: RegistrySnapshot, production: int | None) -> None:
+        self.names.update(snapshot, production)
+        self.front.on_names_changed()
+
+    async def _on_polled(self) -> None:
+        await self._send_report()
+        await self.front.on_polled()
 
     # -- reports ----------------------------------------------------------------------------
     def _make_report(self) -> ReplicaReport:

@@ -1,6 +1,6 @@
-"""Prometheus metrics of the ingress, scraped at the app's own ``GET /metrics``.
+"""Prometheus metrics of the HTTP front, scraped at the app's own ``GET /metrics``.
 
-prometheus_client with a registry per ingress replica (no process-global state), so the
+prometheus_client with a registry per replica (no process-global state), so the
 app's route serves them directly. Ray's own ``ray.serve.metrics`` go to Ray's metrics
 agent on another port, which a cluster's Prometheus may scrape as well; what a client
 sees (status, tokens, time to first token, which version answered) is counted here.
@@ -196,7 +196,7 @@ class ServeMetrics:
         )
         self.time_to_first_token = Histogram(
             "ouro_time_to_first_token_seconds",
-            "Time from a chat request reaching the ingress to its first generated token.",
+            "Time from a chat request reaching the server to its first generated token.",
             ["model"],
             buckets=_TTFT_BUCKETS,
             registry=self.registry,

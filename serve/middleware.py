@@ -1,4 +1,4 @@
-"""ASGI middleware of the ingress: request id into the log context, request metrics,
+"""ASGI middleware of the HTTP front: request id into the log context, request metrics,
 and the body size limit.
 
 Serve's proxy already honours an incoming ``x-request-id`` (or makes one up), passes it

@@ -12,7 +12,7 @@ is S:
   exist gets, so a 404 says nothing about other scopes;
 - every other name: as without personal adapters (``serve.model_names``).
 
-What the ingress forwards to the LLM server is a pinned name: ``ouro@S/v<N>`` when a
+What the front hands the LLM server is a pinned name: ``ouro@S/v<N>`` when a
 personal version answers, else the caller's name unchanged.
 
 Which scopes have a production version comes from one paged registry search per poll
@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 
 class PersonalNames:
-    """The personal side of name resolution, as this ingress replica last read the registry."""
+    """The personal side of name resolution, as this replica last read the registry."""
 
     def __init__(self, registries: PersonalRegistries, max_age_s: float) -> None:
         self._registries = registries

@@ -682,7 +682,7 @@ class FeedbackStats(BaseModel):
 
 
 class RegistryState(BaseModel):
-    """What the ingress knows of the model registry."""
+    """What the replica knows of the model registry."""
 
     reachable: bool
     stale: bool = Field(description="True when the last poll failed (names may be old).")

@@ -26,8 +26,7 @@ RegistryFactory = Callable[[OuroSettings], AdapterRegistry]
 
 
 def build_registry(settings: OuroSettings) -> AdapterRegistry:
-    """The real MLflow registry client (the default registry factory of the ingress and
-    the LLM server; here, not beside the engine, so the ingress never imports a model)."""
+    """The real MLflow registry client (the LLM server's default registry factory)."""
     return AdapterRegistry(settings.tracking_uri, settings.registered_model_name)
 
 

@@ -2,7 +2,7 @@
 
 Replicas post a report after every registry poll and adapter change. A Prometheus scrape
 cannot wait for the next of those (a poll may be minutes away), so it asks for fresh ones:
-the ingress's ``ScrapedReports.refresh`` calls the coordinator's ``fresh_reports``, which
+the front's ``ScrapedReports.refresh`` calls the coordinator's ``fresh_reports``, which
 wakes every LLM replica's ``ScrapeAnswerer`` (each long-polls ``wait_for_scrape``) and
 waits up to ``SCRAPE_WAIT_S`` for their answers. A replica that does not answer in time
 is exported with its last report, marked ``stale``; without the coordinator, the scrape

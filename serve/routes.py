@@ -1,7 +1,7 @@
 """The HTTP routes: thin, they authenticate, parse and hand over to the serving classes.
 
 Everything a route needs lives on ``request.app.state.ouro`` (an ``IngressServices``),
-built once per ingress replica.
+built once per replica.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ started becomes an error event followed by ``data: [DONE]``.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -20,7 +20,7 @@ from ouro.structured import ToolFormat
 from serve.auth import Caller
 from serve.errors import error_response, stream_error_event
 from serve.exceptions import InvalidRequestError, PermissionDeniedError
-from serve.llm_calls import Finished, LLMCall, LLMResult, ServedModel, TextDelta
+from serve.llm_calls import Finished, LLMBackend, LLMCall, LLMResult, ServedModel, TextDelta
 from serve.logs import current_request_id
 from serve.metrics import ServeMetrics
 from serve.model_names import ModelNames
@@ -58,7 +58,7 @@ class ChatCompletions:
     def __init__(
         self,
         settings: OuroSettings,
-        llm_server,
+        llm_server: LLMBackend,
         names: ModelNames,
         refresh_names: Callable[[], Awaitable[object]],
         metrics: ServeMetrics,
@@ -88,17 +88,13 @@ class ChatCompletions:
                 scope = caller.scope(request.user) if caller is not None else None
                 forwarded = await self._personal.forwarded_name(call.model, scope)
                 call = replace(call, model=forwarded)
-            served = await self._check_model(call.model)
+            await self._check_model(call.model)
         except Exception as exc:  # noqa: BLE001 - every failure becomes its envelope
             return error_response(exc)
-        llm = self._llm
-        if served is not None and served.version is not None:
-            # Serve routes a version's requests to replicas that already hold it.
-            llm = llm.options(multiplexed_model_id=served.label)
         if request.stream:
-            return await self._stream(llm, call, request)
+            return await self._stream(call, request)
         try:
-            result: LLMResult = await llm.generate.remote(call)
+            result: LLMResult = await self._llm.generate(call)
         except Exception as exc:  # noqa: BLE001 - mapped by serve.errors (logged there if unexpected)
             return error_response(exc)
         finished = [choice.finished for choice in result.choices]
@@ -177,27 +173,28 @@ class ChatCompletions:
             output=output_format(request),
         )
 
-    async def _check_model(self, name: str) -> ServedModel | None:
-        """The version ``name`` asks for in this replica's registry view (None: not read
-        yet); 404 early for names it lacks (after one re-read). Which version answers is
-        the LLM server's to say: it routes the request (serve.request_router)."""
+    async def _check_model(self, name: str) -> None:
+        """404 early for names this replica's registry view lacks (after one re-read).
+        Which version answers is the LLM server's to say: it routes the request
+        (serve.request_router)."""
         ref = parse_model_name(name)  # not one of the served forms: 404 without a registry read
         if ref.scope is None and self._names.snapshot is None:
-            return None  # registry not reached yet: the LLM server says what it can serve
+            return  # registry not reached yet: the LLM server says what it can serve
         try:
-            return self._names.resolve(name)
+            self._names.resolve(name)
         except UnknownModelError:
             if ref.scope is not None:  # pinned by serve.personal_names: not in the snapshot
                 raise
             await self._refresh_names()
-            return self._names.resolve(name)
+            self._names.resolve(name)
 
     # -- streaming --------------------------------------------------------------------------
-    async def _stream(self, llm, call: LLMCall, request: ChatCompletionRequest) -> Response:
-        events = llm.options(stream=True).generate_stream.remote(call)
+    async def _stream(self, call: LLMCall, request: ChatCompletionRequest) -> Response:
+        events = self._llm.generate_stream(call)
         try:
-            served: ServedModel = await events.__anext__()
+            served: ServedModel = await anext(events)
         except Exception as exc:  # noqa: BLE001 - before the first byte: a normal error status
+            await events.aclose()
             return error_response(exc)
         self._metrics.observe_route(served)
         return StreamingResponse(
@@ -217,7 +214,7 @@ class ChatCompletions:
         self,
         requested: str,
         served: ServedModel,
-        events: AsyncIterator,
+        events: AsyncGenerator,
         params: SamplingParams,
         include_usage: bool,
         tool_calls: bool = False,
@@ -274,6 +271,10 @@ class ChatCompletions:
         except Exception as exc:  # noqa: BLE001 - the status line is sent: report in-stream
             self._metrics.stream_errors.inc()
             yield stream_error_event(exc)
+        finally:
+            # A client gone mid-stream cancels this generator: closing the LLM server's
+            # stream now aborts the engine rows and frees the adapter at once.
+            await events.aclose()
         yield SSE_DONE
 
     def _count(self, requested: str, served: ServedModel, finished: list[Finished]) -> None:

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 
 def ledger_writer_id(replica_id: str) -> str:
-    """A writer id unique per ingress replica (the ledger names a directory after it)."""
+    """A writer id unique per replica (the ledger names a directory after it)."""
     host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:60] or "host"
     return f"{host}-{re.sub(r'[^A-Za-z0-9._-]', '-', replica_id)}"[:128]
 

@@ -1,8 +1,9 @@
-"""Readiness and the admin registry refresh, from the ingress's point of view.
+"""Readiness and the admin registry refresh, from one replica's HTTP front.
 
 Readiness needs an LLM server replica that has its model loaded and knows which
-version ``ouro`` is (its reports reach the coordinator; without the coordinator one
-replica is asked directly). An unreachable registry does not make the app unready:
+version ``ouro`` is (every replica's reports reach the coordinator; without the
+coordinator the replica that was asked reports itself). An unreachable registry does not
+make the app unready:
 serving goes on with the last known mapping, and ``/readyz`` says how stale it is.
 """
 
@@ -18,6 +19,7 @@ from ray.serve.exceptions import RayServeException
 
 from ouro.registry import ALIAS_PRODUCTION
 from serve.errors import error_response
+from serve.llm_calls import LLMBackend
 from serve.model_names import served_model
 from serve.protocol import Readiness, RegistryRefresh, RegistryState
 from serve.registry_watcher import RegistryWatcher
@@ -32,7 +34,9 @@ _WAIT_POLL_S = 0.2
 class Health:
     """The logic behind ``/readyz`` and ``POST /admin/registry/refresh``."""
 
-    def __init__(self, watcher: RegistryWatcher, llm_server, coordinator, poll_interval_s: float):
+    def __init__(
+        self, watcher: RegistryWatcher, llm_server: LLMBackend, coordinator, poll_interval_s: float
+    ):
         self._watcher = watcher
         self._llm = llm_server
         self._coordinator = coordinator
@@ -48,12 +52,9 @@ class Health:
                 self._coordinator.reports.remote(self._max_report_age_s), _CALL_TIMEOUT_S
             )
         except (RayError, RayServeException, TimeoutError) as exc:
-            logger.warning("coordinator unavailable (%s); asking an LLM replica directly", exc)
+            logger.warning("coordinator unavailable (%s); reporting this replica only", exc)
         if not reports:
-            try:
-                reports = [await asyncio.wait_for(self._llm.report.remote(), _CALL_TIMEOUT_S)]
-            except (RayError, RayServeException, TimeoutError) as exc:
-                logger.info("no LLM server replica answered: %s", exc)
+            reports = [await self._llm.report()]
         self.replica_reports = reports
         return reports
 

@@ -20,7 +20,7 @@ from ouro.settings import OuroSettings
 KUBERNETES_VERSION = "1.33"
 """The Kubernetes version the manifests are validated against."""
 
-SERVE_DEPLOYMENTS = ("OuroIngress", "LLMServer")
+SERVE_DEPLOYMENTS = ("LLMServer",)
 """Deployment names of the Serve app, as serve.app:build_app defines them."""
 
 

@@ -117,7 +117,7 @@ def test_serve_config_runs_build_app_with_settings_fields_as_args(rendered, valu
     (application,) = config["applications"]
     assert application["import_path"] == "serve.app:build_app"
     assert set(application["args"]) <= set(OuroSettings.model_fields)
-    assert {d["name"] for d in application["deployments"]} == {"OuroIngress", "LLMServer"}
+    assert {d["name"] for d in application["deployments"]} == {"LLMServer"}
     for deployment in application["deployments"]:
         scaling = deployment["autoscaling_config"]
         assert 0 < scaling["min_replicas"] <= scaling["max_replicas"]

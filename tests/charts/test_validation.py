@@ -70,7 +70,7 @@ def test_serve_config_errors_flag_unknown_args_and_deployments(rayservice):
     config = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
     application = config["applications"][0]
     application["args"]["base_modle"] = "typo"
-    application["deployments"][1]["name"] = "LLMServerV2"
+    application["deployments"][0]["name"] = "LLMServerV2"
     application["import_path"] = "json:dumps"  # importable, so only the config is judged
     rayservice["spec"]["serveConfigV2"] = yaml.safe_dump(config)
     errors = serve_config_errors(rayservice)
@@ -96,7 +96,7 @@ def test_configured_deployments_must_exist_in_the_app_module(rayservice, monkeyp
         return args
 
     app = types.ModuleType("fake_serve_app")
-    app.OuroIngress = Deployment("OuroIngress")
+    app.RegistryCoordinator = Deployment("RegistryCoordinator")
     app.build_app = build_app
     monkeypatch.setitem(sys.modules, "fake_serve_app", app)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())

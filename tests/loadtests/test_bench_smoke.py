@@ -127,3 +127,30 @@ def test_report_files_from_a_small_result(tmp_path) -> None:
     plot(result, tmp_path / "bench.png")
     assert json.loads((tmp_path / "latest.json").read_text()) == result
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_default_model_scenario_gives_its_efficiency_headline_and_table() -> None:
+    level = {
+        "clients": 16,
+        "http_tokens_per_s": 90.0,
+        "engine_tokens_per_s": 100.0,
+        "http_over_engine": 0.9,
+        "http_p50_s": 0.5,
+        "http_p99_s": 0.9,
+        "engine_p50_s": 0.4,
+        "engine_p99_s": 0.45,
+    }
+    scenarios = {
+        "default_model": {
+            "base_model": "smollm2-135m-abc",
+            "max_tokens": 32,
+            "levels": [{**level, "clients": 1}, level],
+            "efficiency_clients": 16,
+            "http_efficiency": 0.9,
+        }
+    }
+    figures = headline(scenarios)
+    assert figures == {"http_efficiency_smollm2": 0.9}
+    assert check_targets(figures)["http_efficiency_smollm2"]["met"] is True
+    table = markdown({"headline": figures, "targets": check_targets(figures), "scenarios": scenarios})
+    assert "| 16 | 90.0 | 100.0 | 0.90 | 0.500 | 0.900 | 0.400 | 0.450 |" in table

@@ -13,7 +13,6 @@ from ray.serve.schema import ServeDeploySchema
 from serve.app import UnknownSettingError, build_app
 from serve.auth import UnauthenticatedStartupError
 from serve.coordinator import COORDINATOR_NAME
-from serve.ingress import INGRESS_NAME
 from serve.llm_server import LLM_SERVER_NAME
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "serve" / "configs").glob("*.yaml"))
@@ -27,11 +26,7 @@ def test_each_config_builds_the_app_with_its_args(
     (application,) = config.applications
     assert application.import_path == "serve.app:build_app"
     assert application.route_prefix == "/"
-    assert {d.name for d in application.deployments} <= {
-        INGRESS_NAME,
-        LLM_SERVER_NAME,
-        COORDINATOR_NAME,
-    }
+    assert {d.name for d in application.deployments} <= {LLM_SERVER_NAME, COORDINATOR_NAME}
     # What a cluster puts in the environment; the data dir moves out of the repo.
     monkeypatch.setenv("OURO_API_KEYS", "sk-config-test-key")
     monkeypatch.setenv("OURO_MLFLOW_TRACKING_URI", "http://mlflow.invalid:5000")
