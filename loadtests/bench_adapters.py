@@ -312,9 +312,24 @@ def decode_step_ms(
     return 1000 * statistics.median(times)
 
 
+def route_ms(engine: GenerationEngine, adapters: list[str], repeats: int) -> float:
+    """Median CPU ms of pointing a batch's rows at their adapters when the set of adapters
+    changes (continuous batching with personal adapters: a row leaves, another joins)."""
+    bank = engine.runner.lora_bank()
+    resident = engine.adapter_names()
+    times = []
+    for repeat in range(repeats):
+        rows = [resident[(repeat + row * 7) % len(resident)] for row in range(len(adapters))]
+        started = time.thread_time()
+        bank.route(rows)
+        times.append(time.thread_time() - started)
+    return 1000 * statistics.median(times)
+
+
 def run_lora_gather(label: str, steps: int = 40, warmup: int = 6) -> dict:
     """Decode step time with 1, 4, 16 and 64 adapters resident, 16 rows over (up to) 4 of
-    them, plus the same rows on the base model; merged into ``LORA_GATHER_RESULTS`` under
+    them, plus the same rows on the base model, and 16 rows each on its own adapter (64
+    resident) with the masked and the per-row LoRA paths; merged into ``LORA_GATHER_RESULTS`` under
     ``label`` (the bank's implementation being measured)."""
     torch.set_num_threads(1)  # steady figures on a shared machine
     model, tokenizer = _random_llama()
@@ -339,6 +354,18 @@ def run_lora_gather(label: str, steps: int = 40, warmup: int = 6) -> dict:
             logger.info(
                 "%s: %d resident: %.2f ms a step", label, resident, by_resident[str(resident)]
             )
+        # Personal adapters: every row its own, all resident; masked matmul vs per-row gather.
+        own = [f"adapter-{row}" for row in range(LORA_GATHER_ROWS)]
+        own_adapter_ms: dict[str, float] = {}
+        for mode, threshold in (("masked", len(own) + 1), ("per_row", 1)):
+            engine.runner.per_row_min_adapters = threshold
+            engine.remove_adapter(own[-1])  # rebuilds the bank with the new threshold
+            engine.add_adapter(own[-1], paths[len(own) - 1])
+            own_adapter_ms[mode] = decode_step_ms(engine, own, steps, warmup)
+            own_adapter_ms[f"{mode}_route_on_set_change"] = route_ms(engine, own, steps)
+            logger.info(
+                "%s: 16 rows, own adapters, %s: %.2f ms a step", label, mode, own_adapter_ms[mode]
+            )
     results = json.loads(LORA_GATHER_RESULTS.read_text()) if LORA_GATHER_RESULTS.exists() else {}
     results.update(
         {
@@ -358,6 +385,7 @@ def run_lora_gather(label: str, steps: int = 40, warmup: int = 6) -> dict:
     )
     results.setdefault("lora_step_ms_by_resident", {})[label] = by_resident
     results.setdefault("base_step_ms", {})[label] = base_ms
+    results.setdefault("own_adapter_rows_step_ms", {})[label] = own_adapter_ms
     LORA_GATHER_RESULTS.parent.mkdir(parents=True, exist_ok=True)
     LORA_GATHER_RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     return results

@@ -269,7 +269,7 @@ def bytes_per_step(engine: GenerationEngine, batch: int, context: int, mixed: bo
         state = getattr(tensor, "quant_state", None)
         if state is not None and state.absmax is not None:
             weights += state.absmax.numel() * state.absmax.element_size()
-    bank = engine.runner._lora_bank()
+    bank = engine.runner.lora_bank()
     lora = (
         sum(
             a.numel() * a.element_size() + b.numel() * b.element_size()

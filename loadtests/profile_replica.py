@@ -152,7 +152,14 @@ def replica_pid(root_pid: int) -> int:
     raise RuntimeError(f"no {REPLICA_NAME} process under pid {root_pid}")
 
 
-def profile(base_model: str, clients: int, duration_s: float, max_tokens: int, out: Path) -> dict:
+def profile(
+    base_model: str,
+    clients: int,
+    duration_s: float,
+    max_tokens: int,
+    out: Path,
+    raw_out: Path | None = None,
+) -> dict:
     model_dir = prepare_base_model(base_model)
     with tempfile.TemporaryDirectory(prefix="ouro-profile-") as scratch:
         work = Path(scratch)
@@ -209,6 +216,8 @@ def profile(base_model: str, clients: int, duration_s: float, max_tokens: int, o
             if spy.returncode != 0 or not raw.exists():
                 raise RuntimeError(f"py-spy failed ({spy.returncode}): {errors[-2000:]}")
             stacks = read_collapsed(raw)
+            if raw_out is not None:
+                shutil.copyfile(raw, raw_out)
     result = {
         "command": "python -m loadtests.profile_replica " + " ".join(sys.argv[1:]),
         "base_model": Path(str(model_dir)).name,
@@ -234,12 +243,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=REPO_ROOT / "loadtests" / "results" / "replica_profile.json"
     )
+    parser.add_argument(
+        "--raw-out", type=Path, help="also keep py-spy's collapsed stacks here (flame graphs)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    result = profile(args.base_model, args.clients, args.duration_s, args.max_tokens, args.out)
+    result = profile(
+        args.base_model, args.clients, args.duration_s, args.max_tokens, args.out, args.raw_out
+    )
     print(
         f"{result['cpu_ms_per_request']:.1f} ms of replica CPU per request "
         f"({result['requests']} requests, {result['tokens_per_s']:.0f} tokens/s):"

@@ -13,6 +13,9 @@ BASE_ADAPTER = "__base__"
 Layout = tuple[tuple[int, int], ...]
 """The adapters a layer holds, in bank order: (adapter index, rank) for each."""
 
+PER_ROW_MIN_ADAPTERS = 5
+"""A batch using at least this many adapters gathers per row (BGMV) instead of masking."""
+
 
 class LoraBank:
     """Every loaded adapter's LoRA weights, layer by layer; a batch uses only its own.
@@ -34,13 +37,24 @@ class LoraBank:
     only the adapters present in it; a layer none of the batch's adapters is in is
     skipped). PEFT itself runs only the base layer (every row is ``__base__`` to it).
 
-    Per-row gathering of A and B (Punica's BGMV, two batched matmuls) would not grow with
-    the number of adapters used either, but on the CPU its gather costs about four times
-    this masked matmul per layer for a decode step of 16 rows over 4 adapters (41 vs. 12
-    µs, width 128, rank 8, one thread).
+    The masked matmul computes every used adapter's columns for every row, and its gather
+    is redone whenever the set of used adapters changes. When a batch uses more than
+    ``PER_ROW_MIN_ADAPTERS`` adapters (personal adapters: nearly every row its own, and the
+    set changes at almost every step), each row gathers its own adapter's A and B instead,
+    from per-layer stacks padded to the layer's largest rank with a zero adapter for base
+    rows (Punica's BGMV: two batched matmuls), so the step does a row's own rank of work per
+    row and nothing is regathered when the set changes. With few adapters the masked matmul
+    is cheaper on the CPU: for a decode step of 16 rows over 4 adapters the per-row gather
+    costs about four times as much (41 vs. 12 µs, width 128, rank 8, one thread).
     """
 
-    def __init__(self, layers: list[torch.nn.Module], names: list[str]) -> None:
+    def __init__(
+        self,
+        layers: list[torch.nn.Module],
+        names: list[str],
+        per_row_min_adapters: int = PER_ROW_MIN_ADAPTERS,
+    ) -> None:
+        self.per_row_min_adapters = per_row_min_adapters
         self.index = {name: position for position, name in enumerate(names)}
         self.weights: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor, Layout]] = {}
         for layer in layers:
@@ -51,6 +65,13 @@ class LoraBank:
             b = torch.cat([layer.lora_B[name].weight * layer.scaling[name] for name in present], 1)
             layout = tuple((self.index[name], layer.r[name]) for name in present)
             self.weights[layer] = (a, b, layout)  # (sum of ranks, in), (out, sum of ranks)
+        self.stacks: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+        """Per layer, built on first use: A as (adapters + 1, max rank, in) and B as
+        (adapters + 1, out, max rank), zero-padded, the last adapter all zeros (base rows)."""
+        self.per_row = False
+        """The routed batch gathers per row (``row_slots``) rather than masking."""
+        self.row_slots: dict[Layout, torch.Tensor] = {}
+        """Per layout: each row's position in that layer's stacks."""
         self.used: tuple[int, ...] | None = None
         """Bank indices of the adapters the routed batch uses; ``selected`` is built for it."""
         self.selected: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor, Layout]] = {}
@@ -81,6 +102,10 @@ class LoraBank:
         self.base_names = [BASE_ADAPTER] * len(adapters)
         rows = [self.index[name] if name is not None else -1 for name in adapters]
         used = tuple(sorted(set(rows) - {-1}))
+        self.per_row = len(used) >= self.per_row_min_adapters
+        if self.per_row:
+            self._route_rows(rows)
+            return
         if used != self.used:
             self._select(used)
         self.masks = {}
@@ -92,6 +117,34 @@ class LoraBank:
                 row_tensor = torch.tensor(rows, device=a.device)
                 mask = (owner.unsqueeze(0) == row_tensor.unsqueeze(1)).to(a.dtype)
                 self.masks[layout] = mask.unsqueeze(1)  # (batch, 1, columns)
+
+    def _route_rows(self, rows: list[int]) -> None:
+        """Each row's slot in the stacks of every layout (the zero adapter when a row's
+        adapter is not in that layer)."""
+        self.row_slots = {}
+        for a, _, layout in self.weights.values():
+            if layout in self.row_slots:
+                continue
+            slot = {adapter: position for position, (adapter, _) in enumerate(layout)}
+            zero = len(layout)
+            self.row_slots[layout] = torch.tensor(
+                [slot.get(row, zero) for row in rows], device=a.device
+            )
+
+    def _stacks(self, layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        stacks = self.stacks.get(layer)
+        if stacks is None:
+            a, b, layout = self.weights[layer]
+            width = max(rank for _, rank in layout)
+            a_stack = a.new_zeros(len(layout) + 1, width, a.shape[1])
+            b_stack = b.new_zeros(len(layout) + 1, b.shape[0], width)
+            start = 0
+            for position, (_, rank) in enumerate(layout):
+                a_stack[position, :rank] = a[start : start + rank]
+                b_stack[position, :, :rank] = b[:, start : start + rank]
+                start += rank
+            stacks = self.stacks[layer] = (a_stack, b_stack)
+        return stacks
 
     def _select(self, used: tuple[int, ...]) -> None:
         """Gather, in every layer, the weights of the adapters in ``used`` only."""
@@ -144,6 +197,13 @@ class LoraBank:
     def _add_lora(self, layer, args, kwargs, output):
         if not self.active:
             return None
+        if self.per_row:
+            a_stack, b_stack = self._stacks(layer)
+            slots = self.row_slots[self.weights[layer][2]]
+            x = (args[0] if args else kwargs["x"]).to(a_stack.dtype)
+            hidden = torch.bmm(x, a_stack.index_select(0, slots).transpose(1, 2))
+            delta = torch.bmm(hidden, b_stack.index_select(0, slots).transpose(1, 2))
+            return output + delta.to(output.dtype)
         selected = self.selected.get(layer)
         if selected is None:
             return None  # none of the batch's adapters is in this layer

@@ -15,7 +15,7 @@ import torch
 from peft import PeftConfig, PeftModel, PeftType
 from peft.tuners.lora import LoraLayer
 
-from ouro.engine.lora_bank import BASE_ADAPTER, LoraBank
+from ouro.engine.lora_bank import BASE_ADAPTER, PER_ROW_MIN_ADAPTERS, LoraBank
 from ouro.engine.types import AdapterError, AdapterIncompatibleError, AdapterNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -31,6 +31,9 @@ class ModelRunner:
         self._peft: PeftModel | None = None
         self._adapter_paths: dict[str, Path] = {}
         self._bank: LoraBank | None = None  # rebuilt after each adapter change
+        self.per_row_min_adapters = PER_ROW_MIN_ADAPTERS
+        """Batches using at least this many adapters gather LoRA weights per row (the
+        bank's BGMV path); read when the bank is next built."""
 
     @property
     def model(self):
@@ -155,7 +158,7 @@ class ModelRunner:
     # -- forward -----------------------------------------------------------------------
     def forward(self, input_ids, attention_mask, positions, cache, adapters) -> torch.Tensor:
         """Logits of each row's last position, every row with its own adapter (None: base)."""
-        with self._lora_bank().routed(adapters):
+        with self.lora_bank().routed(adapters):
             output = self.model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -166,11 +169,12 @@ class ModelRunner:
             )
         return output.logits[:, -1, :].float()
 
-    def _lora_bank(self) -> LoraBank:
+    def lora_bank(self) -> LoraBank:
+        """The bank of the loaded adapters (built, and hooked in, after each adapter change)."""
         if self._bank is None:
             layers = [] if self._peft is None else self._lora_layers()
             with torch.inference_mode():
-                self._bank = LoraBank(layers, list(self._adapter_paths))
+                self._bank = LoraBank(layers, list(self._adapter_paths), self.per_row_min_adapters)
             self._bank.attach()  # hooked until the next adapter change
         return self._bank
 

@@ -153,3 +153,49 @@ def test_the_used_set_is_gathered_again_only_when_it_changes(peft_model, bank):
         rtol=1e-4,
         atol=1e-5,
     )
+
+
+@pytest.fixture
+def per_row_bank(peft_model):
+    """A bank that gathers per row for any batch with an adapter (BGMV)."""
+    layers = [module for module in peft_model.modules() if isinstance(module, LoraLayer)]
+    with torch.inference_mode():
+        bank = LoraBank(layers, list(peft_model.peft_config), per_row_min_adapters=1)
+    bank.attach()
+    yield bank
+    bank.detach()
+
+
+def test_per_row_gathering_equals_peft_for_mixed_ranks_layers_and_modules(
+    peft_model, per_row_bank
+):
+    adapters = [None, "r4", "r16", "top_qv", "mlp", "spare1", "r4", None, "spare7"]
+    input_ids = inputs(len(adapters))
+
+    banked = bank_logits(peft_model, per_row_bank, input_ids, adapters)
+
+    assert per_row_bank.per_row
+    torch.testing.assert_close(
+        banked, peft_logits(peft_model, input_ids, adapters), rtol=1e-4, atol=1e-5
+    )
+    # A decode step (one token per row) against the same rows' prefill, each row its own.
+    step = inputs(len(adapters), length=1)
+    torch.testing.assert_close(
+        bank_logits(peft_model, per_row_bank, step, adapters),
+        peft_logits(peft_model, step, adapters),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+def test_a_batch_over_many_adapters_switches_to_per_row_and_back(peft_model, bank):
+    many = ["spare0", "spare1", "spare2", "spare3", "spare4", "r4"]
+    few = ["r4", "r16", None]
+    assert len(set(many)) >= bank.per_row_min_adapters > len(set(few) - {None})
+    for adapters in (many, few, many):
+        input_ids = inputs(len(adapters))
+        banked = bank_logits(peft_model, bank, input_ids, adapters)
+        assert bank.per_row == (adapters is many)
+        torch.testing.assert_close(
+            banked, peft_logits(peft_model, input_ids, adapters), rtol=1e-4, atol=1e-5
+        )
