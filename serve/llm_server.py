@@ -3,17 +3,16 @@
 - One hop: this deployment is the app's ingress. Serve's proxy hands each HTTP request to
   a replica, whose ``serve.ingress.HttpFront`` (auth, validation, OpenAI protocol,
   feedback) calls this replica's engine in the same process, and streamed text goes out as
-  SSE from here (Ray Serve LLM's direct streaming). Before, a separate ingress deployment
-  called the LLM server through a Serve handle, and every answer crossed one more actor
-  hop; ``docs/performance.md`` has what that cost.
+  SSE from here (Ray Serve LLM's direct streaming): no answer crosses a deployment
+  handle (``docs/performance.md`` measures the difference).
 - Generation: every request goes straight to ``AsyncEngine.generate``; the engine's
   scheduler batches them continuously (requests join and leave the running batch at
   every step), so nothing here waits for a batch to form or to finish. A cancelled call
   (the HTTP client went away) aborts its row at the engine's next step.
 - Streaming: the first token goes out at once, later text (and its tokens' logprobs) at
   most every ``stream_interval_s`` (Ray Serve LLM's stream batching), so a token is not one
-  SSE event; ``generate`` (non-streamed) returns one result. The
-  ``n`` choices of a call are rows of the engine's batch, coalesced each on its own.
+  SSE event; ``generate`` (non-streamed) returns one result. The ``n`` choices of a call
+  are rows of the engine's batch, coalesced each on its own.
 - Adapters: ``@serve.multiplexed`` is the LRU of non-production versions, shared ones
   (``ouro@v<N>``) and personal ones (``ouro@<scope>/v<N>``, from the scope's registered
   model; the front checks the caller may use it). Loader: ``AdapterRegistry.download``

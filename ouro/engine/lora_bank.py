@@ -15,6 +15,9 @@ Layout = tuple[tuple[int, int], ...]
 
 PER_ROW_MIN_ADAPTERS = 5
 """A batch using at least this many adapters gathers per row (BGMV) instead of masking."""
+MASKED_MIN_ROWS = 8
+"""A batch of fewer rows (a prefill chunk of the newly admitted requests) gathers per row:
+its gather is small, and a masked selection made for it would replace the running batch's."""
 
 
 class LoraBank:
@@ -38,11 +41,12 @@ class LoraBank:
     skipped). PEFT itself runs only the base layer (every row is ``__base__`` to it).
 
     The masked matmul computes every used adapter's columns for every row, and its gather
-    is redone whenever the set of used adapters changes. When a batch uses more than
+    is redone whenever the set of used adapters changes. When a batch uses at least
     ``PER_ROW_MIN_ADAPTERS`` adapters (personal adapters: nearly every row its own, and the
-    set changes at almost every step), each row gathers its own adapter's A and B instead,
-    from per-layer stacks padded to the layer's largest rank with a zero adapter for base
-    rows (Punica's BGMV: two batched matmuls), so the step does a row's own rank of work per
+    set changes at almost every step), or has fewer than ``MASKED_MIN_ROWS`` rows (a prefill
+    chunk, whose set differs from the running batch's), each row gathers its own adapter's A
+    and B instead, from per-layer stacks padded to the layer's largest rank with a zero
+    adapter for base rows (Punica's BGMV: two batched matmuls), so the step does a row's own rank of work per
     row and nothing is regathered when the set changes. With few adapters the masked matmul
     is cheaper on the CPU: for a decode step of 16 rows over 4 adapters the per-row gather
     costs about four times as much (41 vs. 12 µs, width 128, rank 8, one thread).
@@ -53,8 +57,10 @@ class LoraBank:
         layers: list[torch.nn.Module],
         names: list[str],
         per_row_min_adapters: int = PER_ROW_MIN_ADAPTERS,
+        masked_min_rows: int = MASKED_MIN_ROWS,
     ) -> None:
         self.per_row_min_adapters = per_row_min_adapters
+        self.masked_min_rows = masked_min_rows
         self.index = {name: position for position, name in enumerate(names)}
         self.weights: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor, Layout]] = {}
         for layer in layers:
@@ -70,6 +76,8 @@ class LoraBank:
         (adapters + 1, out, max rank), zero-padded, the last adapter all zeros (base rows)."""
         self.per_row = False
         """The routed batch gathers per row (``row_slots``) rather than masking."""
+        self.any_lora = False
+        """Some row of the routed batch has an adapter."""
         self.row_slots: dict[Layout, torch.Tensor] = {}
         """Per layout: each row's position in that layer's stacks."""
         self.used: tuple[int, ...] | None = None
@@ -102,7 +110,10 @@ class LoraBank:
         self.base_names = [BASE_ADAPTER] * len(adapters)
         rows = [self.index[name] if name is not None else -1 for name in adapters]
         used = tuple(sorted(set(rows) - {-1}))
-        self.per_row = len(used) >= self.per_row_min_adapters
+        self.any_lora = bool(used)
+        if not used:
+            return  # base rows only: no LoRA layer is touched, the selection is kept
+        self.per_row = len(used) >= self.per_row_min_adapters or len(rows) < self.masked_min_rows
         if self.per_row:
             self._route_rows(rows)
             return
@@ -195,7 +206,7 @@ class LoraBank:
         return args, kwargs
 
     def _add_lora(self, layer, args, kwargs, output):
-        if not self.active:
+        if not (self.active and self.any_lora):
             return None
         if self.per_row:
             a_stack, b_stack = self._stacks(layer)

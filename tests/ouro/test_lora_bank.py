@@ -59,9 +59,10 @@ def peft_model(tiny_random_model_dir: Path):
 
 @pytest.fixture
 def bank(peft_model):
+    """A bank that masks for batches of any size (the tests' batches are small)."""
     layers = [module for module in peft_model.modules() if isinstance(module, LoraLayer)]
     with torch.inference_mode():
-        bank = LoraBank(layers, list(peft_model.peft_config))
+        bank = LoraBank(layers, list(peft_model.peft_config), masked_min_rows=1)
     bank.attach()
     yield bank
     bank.detach()
@@ -130,10 +131,12 @@ def test_layers_none_of_the_batch_adapters_is_in_are_skipped(peft_model, bank):
     assert all(layout == ((bank.index["top_qv"], 8),) for _, _, layout in bank.selected.values())
 
 
-def test_a_base_only_batch_equals_the_base_model(peft_model, bank):
+def test_a_base_only_batch_equals_the_base_model_and_keeps_the_selection(peft_model, bank):
+    bank.route(["r4", "r16"])
+    selected = bank.selected
     input_ids = inputs(3)
     banked = bank_logits(peft_model, bank, input_ids, [None, None, None])
-    assert bank.selected == {}
+    assert bank.selected is selected
     with torch.inference_mode(), peft_model.disable_adapter():
         expected = peft_model(input_ids=input_ids).logits
     torch.testing.assert_close(banked, expected)
@@ -186,6 +189,30 @@ def test_per_row_gathering_equals_peft_for_mixed_ranks_layers_and_modules(
         rtol=1e-4,
         atol=1e-5,
     )
+
+
+def test_a_prefill_chunk_of_few_rows_gathers_per_row_and_keeps_the_running_selection(
+    peft_model,
+):
+    layers = [module for module in peft_model.modules() if isinstance(module, LoraLayer)]
+    with torch.inference_mode():
+        bank = LoraBank(layers, list(peft_model.peft_config))  # the engine's thresholds
+    bank.attach()
+    try:
+        running = ["r4", "r16", "r4", "r16", None, "r4", "r16", "r4"]  # a decode batch
+        bank.route(running)
+        assert not bank.per_row
+        selected = bank.selected
+        for adapters in (["mlp", "top_qv"], running):  # a prefill chunk, then decode again
+            input_ids = inputs(len(adapters))
+            banked = bank_logits(peft_model, bank, input_ids, adapters)
+            assert bank.per_row == (adapters is not running)
+            assert bank.selected is selected  # never regathered for the prefill chunk
+            torch.testing.assert_close(
+                banked, peft_logits(peft_model, input_ids, adapters), rtol=1e-4, atol=1e-5
+            )
+    finally:
+        bank.detach()
 
 
 def test_a_batch_over_many_adapters_switches_to_per_row_and_back(peft_model, bank):
