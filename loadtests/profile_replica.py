@@ -77,7 +77,7 @@ PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("logging", ("logging/",)),
     ("asyncio event loop", ("asyncio/", "uvloop")),
 )
-OTHER = "other"
+OTHER = "other: threading and thread-pool frames running C code"
 
 
 def part_of(stack: list[str]) -> str:
