@@ -21,6 +21,8 @@ REPO_FILES = (
     "loadtests/README.md",
     "loadtests/results/bench.png",
     "loadtests/results/latest.json",
+    "loadtests/results/personal.json",
+    "loadtests/results/replica_profile.json",
 )
 # ":class:`X`" as mkdocstrings renders it: the role's name before an inline code span.
 SPHINX_ROLE = re.compile(r":(?:class|mod|func|meth|attr|data|exc|obj):(?=<code>)")
