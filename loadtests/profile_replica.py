@@ -167,18 +167,21 @@ def profile(
         with serve_process(settings, model_dir, work / "serve.log") as stack:
             pid = replica_pid(stack.process.pid)
             prompts = corpus_questions()[:64]
-            # Warm up: the first requests compile and allocate.
-            asyncio.run(
-                prompt_rotation_load(
-                    stack.base_url,
-                    stack.client_key,
-                    BASE_MODEL_NAME,
-                    prompts,
-                    clients,
-                    max_tokens,
-                    requests_per_client=2,
+
+            def load(**limit):
+                return asyncio.run(
+                    prompt_rotation_load(
+                        stack.base_url,
+                        stack.client_key,
+                        BASE_MODEL_NAME,
+                        prompts,
+                        clients,
+                        max_tokens,
+                        **limit,
+                    )
                 )
-            )
+
+            load(requests_per_client=2)  # warm-up: the first requests compile and allocate
             raw = work / "replica.txt"
             spy = subprocess.Popen(
                 [
@@ -201,17 +204,7 @@ def profile(
                 text=True,
             )
             time.sleep(1.0)  # py-spy attaches
-            summary = asyncio.run(
-                prompt_rotation_load(
-                    stack.base_url,
-                    stack.client_key,
-                    BASE_MODEL_NAME,
-                    prompts,
-                    clients,
-                    max_tokens,
-                    duration_s=duration_s - 2.0,
-                )
-            )
+            summary = load(duration_s=duration_s - 2.0)
             _, errors = spy.communicate(timeout=duration_s + 60)
             if spy.returncode != 0 or not raw.exists():
                 raise RuntimeError(f"py-spy failed ({spy.returncode}): {errors[-2000:]}")

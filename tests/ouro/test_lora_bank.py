@@ -7,6 +7,8 @@ it with ``adapter_names``, and gather only the adapters the batch uses.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -57,15 +59,24 @@ def peft_model(tiny_random_model_dir: Path):
     return model.eval()
 
 
+@contextmanager
+def attached_bank(peft_model, **thresholds) -> Iterator[LoraBank]:
+    """A bank of every adapter of ``peft_model``, hooked in while the block runs."""
+    layers = [module for module in peft_model.modules() if isinstance(module, LoraLayer)]
+    with torch.inference_mode():
+        bank = LoraBank(layers, list(peft_model.peft_config), **thresholds)
+    bank.attach()
+    try:
+        yield bank
+    finally:
+        bank.detach()
+
+
 @pytest.fixture
 def bank(peft_model):
     """A bank that masks for batches of any size (the tests' batches are small)."""
-    layers = [module for module in peft_model.modules() if isinstance(module, LoraLayer)]
-    with torch.inference_mode():
-        bank = LoraBank(layers, list(peft_model.peft_config), masked_min_rows=1)
-    bank.attach()
-    yield bank
-    bank.detach()
+    with attached_bank(peft_model, masked_min_rows=1) as bank:
+        yield bank
 
 
 def inputs(rows: int, length: int = 7) -> torch.Tensor:
@@ -161,17 +172,11 @@ def test_the_used_set_is_gathered_again_only_when_it_changes(peft_model, bank):
 @pytest.fixture
 def per_row_bank(peft_model):
     """A bank that gathers per row for any batch with an adapter (BGMV)."""
-    layers = [module for module in peft_model.modules() if isinstance(module, LoraLayer)]
-    with torch.inference_mode():
-        bank = LoraBank(layers, list(peft_model.peft_config), per_row_min_adapters=1)
-    bank.attach()
-    yield bank
-    bank.detach()
+    with attached_bank(peft_model, per_row_min_adapters=1) as bank:
+        yield bank
 
 
-def test_per_row_gathering_equals_peft_for_mixed_ranks_layers_and_modules(
-    peft_model, per_row_bank
-):
+def test_per_row_gathering_equals_peft_for_mixed_ranks_layers_and_modules(peft_model, per_row_bank):
     adapters = [None, "r4", "r16", "top_qv", "mlp", "spare1", "r4", None, "spare7"]
     input_ids = inputs(len(adapters))
 
@@ -194,11 +199,7 @@ def test_per_row_gathering_equals_peft_for_mixed_ranks_layers_and_modules(
 def test_a_prefill_chunk_of_few_rows_gathers_per_row_and_keeps_the_running_selection(
     peft_model,
 ):
-    layers = [module for module in peft_model.modules() if isinstance(module, LoraLayer)]
-    with torch.inference_mode():
-        bank = LoraBank(layers, list(peft_model.peft_config))  # the engine's thresholds
-    bank.attach()
-    try:
+    with attached_bank(peft_model) as bank:  # the engine's thresholds
         running = ["r4", "r16", "r4", "r16", None, "r4", "r16", "r4"]  # a decode batch
         bank.route(running)
         assert not bank.per_row
@@ -211,8 +212,6 @@ def test_a_prefill_chunk_of_few_rows_gathers_per_row_and_keeps_the_running_selec
             torch.testing.assert_close(
                 banked, peft_logits(peft_model, input_ids, adapters), rtol=1e-4, atol=1e-5
             )
-    finally:
-        bank.detach()
 
 
 def test_a_batch_over_many_adapters_switches_to_per_row_and_back(peft_model, bank):
