@@ -22,9 +22,11 @@ def test_importing_ouro_first_silences_the_kernels_hub_notice() -> None:
     assert "kernels-community" not in done.stderr + done.stdout
 
 
-def test_the_ingress_and_the_coordinator_import_no_model_library() -> None:
-    """Processes that never load a model stay light: no transformers, PEFT, bitsandbytes,
-    xgrammar or sentence-transformers (measured: 0.7 GB -> 0.42 GB resident for the import)."""
+def test_the_coordinator_and_the_http_front_import_no_model_library() -> None:
+    """The coordinator's process never loads a model and stays light: no transformers, PEFT,
+    bitsandbytes, xgrammar or sentence-transformers (measured for the imports: 0.7 GB ->
+    0.42 GB resident). The HTTP front's module imports none either; it runs inside the LLM
+    server's process, which loads them for the engine."""
     heavy = ("transformers", "peft", "bitsandbytes", "xgrammar", "sentence_transformers")
     done = subprocess.run(
         [

@@ -135,6 +135,14 @@ def test_ask_see_the_streamed_answer_and_correct_it(
     expect(page.get_by_label("Model")).to_have_value("ouro")
     page.evaluate(WATCH_STREAMING)
 
+    def greedy(route: Route) -> None:
+        # The page samples; a sampled answer can be one token, which cannot stream in
+        # pieces. The greedy answer of the embedded toy model is long enough.
+        body = json.loads(route.request.post_data)
+        route.continue_(post_data=json.dumps({**body, "temperature": 0}))
+
+    page.route("**/v1/chat/completions", greedy)
+
     question = "Hello! What is your name?"
     prompt = page.get_by_label("Your message")
     prompt.fill(question)
