@@ -169,7 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, lambda *_: stop.set())
     loop: TrainLoop | None = None
     try:
-        serve.start(http_options={"host": args.host, "port": args.port})
+        print("Starting Ray Serve and loading the model in its replica ...", flush=True)
+        # Serve's controller and proxy report each step of a deployment at INFO; a terminal
+        # gets their warnings and errors only (all of it stays in the session's log files).
+        quiet = {"log_level": "WARNING"}
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # this process: Serve's client
+        serve.start(http_options={"host": args.host, "port": args.port}, logging_config=quiet)
         serve.run(build_app(overrides), name=APP_NAME, route_prefix="/", blocking=False)
         base_url = f"http://{args.host}:{args.port}"
         if not wait_until_ready(base_url, stop):

@@ -78,7 +78,7 @@ from serve.llm_calls import (
     TextDelta,
 )
 from serve.logs import configure_logging, set_request_id
-from serve.model_names import ModelNames
+from serve.model_names import ModelNames, served_model
 from serve.registry_watcher import RegistryFactory, RegistryWatcher, build_registry
 from serve.replica_report import ReplicaReport, ScrapeAnswerer
 from serve.request_router import RequestRouter
@@ -390,7 +390,11 @@ class LLMServer:
         self._update_names(snapshot, target)
         self._production_known = True
         self._warm_error = None
-        logger.info("'ouro' now answers with %s (was %s)", target, current)
+        logger.info(
+            "'ouro' answers with %s (was %s)",
+            served_model(target).label,
+            served_model(current).label,
+        )
         if current is not None and current != target:
             await self.slots.unpin(version_label(current))
 

@@ -12,7 +12,11 @@ Ray's token authentication (on by default) normally keeps its token in
 ``~/.ray/auth_token``; with HOME moved, and with a process that starts Ray more than
 once (a test session), that file would differ between starts while Ray caches the
 first token in the process. The token is therefore handed to Ray's processes in
-``RAY_AUTH_TOKEN``, one random token per process.
+``RAY_AUTH_TOKEN``, one random token per process. A one-machine run keeps Ray's default
+protection (only processes given the token may join the cluster or submit work); Ray's
+warning at every start that token authentication is on by default is therefore silenced
+(setting ``RAY_AUTH_MODE=token`` instead would have to happen before ``ray`` is imported,
+which reads it once).
 
 Ray's own services (GCS, raylet, agents, workers) listen on loopback only: a one-machine
 run never needs them reachable from elsewhere. Ray decides that once, when it is imported
@@ -37,6 +41,7 @@ logger = logging.getLogger(__name__)
 RAY_BOOTSTRAP_CONFIG = "ray_bootstrap_config.yaml"
 LOCAL_PROVIDER = "provider:\n  type: local\n"
 DEFAULT_OBJECT_STORE_BYTES = 256 * 1024 * 1024
+RAY_TOKEN_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 RAY_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -97,6 +102,9 @@ def start_local_ray(
 
     if not {"RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"} & set(os.environ):
         os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    # Token authentication stays on, deliberately: Ray's warning at every start that it is
+    # on by default says nothing a one-machine run has to act on.
+    logging.getLogger(RAY_TOKEN_SETUP_LOGGER).setLevel(logging.ERROR)
     with ray_process_home(ray_home):
         context = ray.init(
             address="local",
