@@ -329,8 +329,8 @@ def route_ms(engine: GenerationEngine, adapters: list[str], repeats: int) -> flo
 def run_lora_gather(label: str, steps: int = 40, warmup: int = 6) -> dict:
     """Decode step time with 1, 4, 16 and 64 adapters resident, 16 rows over (up to) 4 of
     them, plus the same rows on the base model, and 16 rows each on its own adapter (64
-    resident) with the masked and the per-row LoRA paths; merged into ``LORA_GATHER_RESULTS`` under
-    ``label`` (the bank's implementation being measured)."""
+    resident) with the masked and the per-row LoRA paths; merged into
+    ``LORA_GATHER_RESULTS`` under ``label`` (the bank's implementation being measured)."""
     torch.set_num_threads(1)  # steady figures on a shared machine
     model, tokenizer = _random_llama()
     engine = GenerationEngine(

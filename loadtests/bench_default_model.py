@@ -13,6 +13,7 @@ accounting by process). ``http_efficiency_smollm2`` is HTTP tokens/s over the en
 from __future__ import annotations
 
 import logging
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,9 +107,9 @@ def _level(result: dict) -> dict:
 
 
 def _median(values) -> float | None:
-    """The median of the rounds' figures (the upper one of an even count)."""
-    present = sorted(value for value in values if value is not None)
-    return present[len(present) // 2] if present else None
+    """The median of the rounds' figures (None when no round had one)."""
+    present = [value for value in values if value is not None]
+    return statistics.median(present) if present else None
 
 
 def _worst(values) -> float | None:

@@ -59,7 +59,8 @@ if TYPE_CHECKING:
 
 def _xgr():
     """xgrammar, imported when a grammar is first compiled or applied: it imports
-    transformers, which processes that only pass output formats around (the coordinator, the tools) skip."""
+    transformers, which processes that only pass output formats around (the coordinator,
+    the tools) skip."""
     import xgrammar
 
     return xgrammar

@@ -175,9 +175,7 @@ class HttpFront:
             names=names,
             base_model_name=settings.base_model,
             metrics=self.metrics,
-            chat=ChatCompletions(
-                settings, llm_server, names, watcher.refresh, self.metrics, self.personal
-            ),
+            chat=ChatCompletions(settings, llm_server, self.metrics, self.personal),
             feedback=Feedback(
                 settings, ledger_writer_id(replica_id), self.metrics, self._last_training_watermark
             ),

@@ -59,6 +59,7 @@ from ouro.registry import (
     AdapterArtifactError,
     PersonalRegistries,
     RegistrySnapshot,
+    UnknownModelError,
     parse_model_name,
     version_label,
 )
@@ -276,18 +277,23 @@ class LLMServer:
 
     # -- names and adapters ------------------------------------------------------------------
     async def _resolve(self, name: str) -> ServedModel:
-        """The version ``name`` asks for. A personal one comes pinned by the front for
-        the caller's own scope; it is loaded (or found missing) from the scope's model."""
+        """The version ``name`` asks for; UnknownModelError (404) when this replica's
+        registry view lacks it even after one re-read. A name of no served form, or a
+        personal one (pinned by the front for the caller's own scope, loaded from the
+        scope's model), is refused without a registry read."""
+        ref = parse_model_name(name)
         if not self._production_known and self.names.needs_production(name):
             raise NotReadyError(
                 "the production version is not loaded yet"
                 + (f": {self._warm_error}" if self._warm_error else "")
             )
-        if not self.names.knows(name):
-            # The ingress only forwards names its own registry view resolves, so a miss
-            # here means this replica's view is behind: read the registry now.
-            await self.watcher.refresh()
-        return self.names.resolve(name)
+        try:
+            return self.names.resolve(name)
+        except UnknownModelError:
+            if ref.scope is not None:
+                raise
+            await self.watcher.refresh()  # a version registered since the last poll
+            return self.names.resolve(name)
 
     async def _route(
         self, call: LLMCall, requested: ServedModel

@@ -8,13 +8,12 @@ started becomes an error event followed by ``data: [DONE]``.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import replace
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ouro.engine import PositionLogprobs, SamplingParams, TokenLogprob
-from ouro.registry import UnknownModelError, parse_model_name
 from ouro.settings import OuroSettings
 from ouro.structured import ToolFormat
 from serve.auth import Caller
@@ -23,7 +22,6 @@ from serve.exceptions import InvalidRequestError, PermissionDeniedError
 from serve.llm_calls import Finished, LLMBackend, LLMCall, LLMResult, ServedModel, TextDelta
 from serve.logs import current_request_id
 from serve.metrics import ServeMetrics
-from serve.model_names import ModelNames
 from serve.personal_names import PersonalNames
 from serve.protocol import (
     SSE_DONE,
@@ -59,15 +57,11 @@ class ChatCompletions:
         self,
         settings: OuroSettings,
         llm_server: LLMBackend,
-        names: ModelNames,
-        refresh_names: Callable[[], Awaitable[object]],
         metrics: ServeMetrics,
         personal: PersonalNames | None = None,
     ) -> None:
         self._settings = settings
         self._llm = llm_server
-        self._names = names
-        self._refresh_names = refresh_names
         self._metrics = metrics
         self._personal = personal
 
@@ -88,7 +82,6 @@ class ChatCompletions:
                 scope = caller.scope(request.user) if caller is not None else None
                 forwarded = await self._personal.forwarded_name(call.model, scope)
                 call = replace(call, model=forwarded)
-            await self._check_model(call.model)
         except Exception as exc:  # noqa: BLE001 - every failure becomes its envelope
             return error_response(exc)
         if request.stream:
@@ -172,21 +165,6 @@ class ChatCompletions:
             request_id=current_request_id(),
             output=output_format(request),
         )
-
-    async def _check_model(self, name: str) -> None:
-        """404 early for names this replica's registry view lacks (after one re-read).
-        Which version answers is the LLM server's to say: it routes the request
-        (serve.request_router)."""
-        ref = parse_model_name(name)  # not one of the served forms: 404 without a registry read
-        if ref.scope is None and self._names.snapshot is None:
-            return  # registry not reached yet: the LLM server says what it can serve
-        try:
-            self._names.resolve(name)
-        except UnknownModelError:
-            if ref.scope is not None:  # pinned by serve.personal_names: not in the snapshot
-                raise
-            await self._refresh_names()
-            self._names.resolve(name)
 
     # -- streaming --------------------------------------------------------------------------
     async def _stream(self, call: LLMCall, request: ChatCompletionRequest) -> Response:

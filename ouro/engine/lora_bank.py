@@ -46,9 +46,9 @@ class LoraBank:
     set changes at almost every step), or has fewer than ``MASKED_MIN_ROWS`` rows (a prefill
     chunk, whose set differs from the running batch's), each row gathers its own adapter's A
     and B instead, from per-layer stacks padded to the layer's largest rank with a zero
-    adapter for base rows (Punica's BGMV: two batched matmuls), so the step does a row's own rank of work per
-    row and nothing is regathered when the set changes. With few adapters the masked matmul
-    is cheaper on the CPU: for a decode step of 16 rows over 4 adapters the per-row gather
+    adapter for base rows (Punica's BGMV: two batched matmuls), so the step does a row's own
+    rank of work per row and nothing is regathered when the set changes. With few adapters
+    the masked matmul is cheaper on the CPU: for a decode step of 16 rows over 4 adapters the per-row gather
     costs about four times as much (41 vs. 12 µs, width 128, rank 8, one thread).
     """
 
