@@ -20,7 +20,8 @@ and its reply) as corrections, their reliability and the locality of other opene
 
 Results go to ``loadtests/results/heal.json``, keys ``reliability``, ``generality``,
 ``locality_unrelated``, ``locality_near_miss``, ``first_cycle_retained``,
-``cycle_wall_s`` (per cycle), ``router_cpu_ms_p50``.
+``cycle_wall_s`` (per cycle), ``router_cpu_ms_p50``, and ``router_ceiling``: the best any
+boundary of the calibration grid could do on these very items (``router_ceiling``).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from data.sources.dailydialog import read_dailydialog
 from ouro.engine import GenerationEngine
 from ouro.ledger import FeedbackLedger
 from ouro.registry import AdapterRegistry
-from ouro.routing import CorrectionIndex, Router, SentenceEmbedder
+from ouro.routing import Candidates, CorrectionIndex, Router, SentenceEmbedder, boundary_grid
 from ouro.scoring import token_f1
 from ouro.settings import DEFAULT_BASE_MODEL, OuroSettings
 from train_job.gates import Side, Tier, greedy_answers
@@ -113,21 +114,24 @@ class Answerer:
         self.loaded: set[int] = set()
 
     def base(self, prompts: list[str]) -> list[str]:
-        return self._ask(prompts, [None] * len(prompts))
+        conversations = [user(p) for p in prompts]
+        return greedy_answers(
+            self.engine, conversations, [None] * len(prompts), self._limits(prompts)
+        )
 
     def production(self, prompts: list[str]) -> tuple[list[str], list[str | None]]:
+        """Answers as Serve gives them (routed, a match read as its correction's question),
+        and the adapter behind each (None: the base model)."""
         version = self.registry.snapshot().production
         if version is None:
             return self.base(prompts), [None] * len(prompts)
         path = self.registry.download(version, self.settings.adapter_cache_dir)
         side = Side([Tier(f"v{version}", self.engine, path)], self.router)
-        routes = side.adapters([user(p) for p in prompts])
-        return self._ask(prompts, routes), routes
+        return side.answers(self.engine, [user(p) for p in prompts], self._limits(prompts))
 
-    def _ask(self, prompts: list[str], adapters: list[str | None]) -> list[str]:
-        return greedy_answers(
-            self.engine, [user(p) for p in prompts], adapters, [MAX_NEW_TOKENS] * len(prompts)
-        )
+    @staticmethod
+    def _limits(prompts: list[str]) -> list[int]:
+        return [MAX_NEW_TOKENS] * len(prompts)
 
     def router_cpu_ms(self, prompts: list[str]) -> float:
         """p50 thread CPU of one routing decision against the production index (each
@@ -196,6 +200,39 @@ def measure(answerer: Answerer, items: list[dict], unrelated: list[str], before:
     }
 
 
+NEAR_MISS_BUDGETS = (0.10, 0.20, 0.30)
+UNRELATED_BUDGET = 0.01
+
+
+def router_ceiling(embedder: SentenceEmbedder, items: list[dict], unrelated: list[str]) -> dict:
+    """The best any boundary of the calibration grid does on these very items: for each
+    near-miss budget, the most paraphrases routed to their own correction with at most that
+    share of the near-misses routed anywhere and at most 1% of ``unrelated``, all decided
+    against the index of every item's question. Tuned on the evaluation itself, so an
+    upper bound for the router (the embedder and the boundary's form), not a result."""
+    questions = [i["question"] for i in items]
+    paraphrases = Candidates.of(embedder, [i["paraphrase"] for i in items], questions)
+    near_misses = Candidates.of(embedder, [i["near_miss"] for i in items], questions)
+    others = Candidates.of(embedder, unrelated, questions)
+    own = np.arange(len(items))
+    rates = [
+        (paraphrases.share_routed(b, to=own), near_misses.share_routed(b), b)
+        for b in boundary_grid()
+        if others.share_routed(b) <= UNRELATED_BUDGET
+    ]
+    ceiling = {}
+    for budget in NEAR_MISS_BUDGETS:
+        within = [r for r in rates if r[1] <= budget]
+        if within:
+            recall, near, b = max(within, key=lambda r: (r[0], -r[1]))
+            ceiling[f"near_miss_{budget:.2f}"] = {
+                "paraphrases_routed": round(recall, 3),
+                "near_misses_routed": round(near, 3),
+                "boundary": [b.base, b.slope],
+            }
+    return ceiling
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base-model", default=DEFAULT_BASE_MODEL)
@@ -258,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         "first_cycle_retained": last["first_cycle_fixed"],
         "cycle_wall_s": [c["wall_s"] for c in cycles],
         "router_cpu_ms_p50": round(answerer.router_cpu_ms(unrelated), 2),
+        "router_ceiling": router_ceiling(answerer.router.embedder, items, unrelated),
         "machine": f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end",
         "command": "python -m loadtests.bench_heal " + " ".join(argv or sys.argv[1:]),
     }

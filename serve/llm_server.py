@@ -207,9 +207,9 @@ class LLMServer:
         ``stream_interval_s``; one, possibly empty, when not streaming) and Finished."""
         set_request_id(call.request_id)
         started = time.monotonic()
-        lease, served = await self._route(call, await self._resolve(call.model))
+        lease, served, messages = await self._route(call, await self._resolve(call.model))
         with lease or nullcontext():
-            request = await self._request(call, lease.name if lease is not None else None)
+            request = await self._request(call, messages, lease.name if lease is not None else None)
             deltas = self.engine.generate(request, stream=stream)
             try:
                 delta = await anext(deltas)
@@ -248,16 +248,19 @@ class LLMServer:
             finally:
                 await deltas.aclose()  # aborts the rows if the call ends early
 
-    async def _request(self, call: LLMCall, adapter: str | None) -> GenerationRequest:
-        """The engine request: tools described in the messages, and the answer's grammar
-        compiled (a schema it cannot use fails here, before anything is streamed)."""
+    async def _request(
+        self, call: LLMCall, messages: list[dict], adapter: str | None
+    ) -> GenerationRequest:
+        """The engine request for ``messages`` (the call's, as routed): tools described in
+        them, and the answer's grammar compiled (a schema it cannot use fails here, before
+        anything is streamed)."""
         output = call.output
         tools = [tool.describe() for tool in output.tools] if isinstance(output, ToolFormat) else []
         constraint = None
         if output is not None:
             constraint = await asyncio.to_thread(self.structured.constraint, output)
         return GenerationRequest(
-            messages=self.engine.engine.formatter.with_tools(call.messages, tools),
+            messages=self.engine.engine.formatter.with_tools(messages, tools),
             params=call.params,
             adapter=adapter,
             request_id=call.request_id,
@@ -297,12 +300,13 @@ class LLMServer:
 
     async def _route(
         self, call: LLMCall, requested: ServedModel
-    ) -> tuple[AdapterLease | None, ServedModel]:
+    ) -> tuple[AdapterLease | None, ServedModel, list[dict]]:
         """The version that answers: the first of ``requested`` and its parents whose
         correction index takes the request (``requested`` itself when unrouted), with its
-        adapter held for the request (no lease for the base model)."""
+        adapter held for the request (no lease for the base model), and the conversation
+        it answers (``RouteDecision.prompt``: a match reads as the correction matched)."""
         if requested.version is None:
-            return None, replace(requested, route=ROUTE_BASE)
+            return None, replace(requested, route=ROUTE_BASE), call.messages
         chain = [requested] if call.unrouted else self.names.fallbacks(requested)
         leases: list[AdapterLease] = []
         try:
@@ -334,7 +338,7 @@ class LLMServer:
             decision.correction_id,
         )
         lease = leases[choice.position] if choice.position < len(leases) else None
-        return lease, served
+        return lease, served, decision.prompt(call.messages)
 
     async def _lease(self, served: ServedModel) -> AdapterLease:
         """Hold a version's adapter for the request."""

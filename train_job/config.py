@@ -47,8 +47,7 @@ class TrainJobConfig(BaseSettings):
         Training: learning_rate, lr_scheduler_type, warmup_steps, max_steps,
             num_train_epochs, per_device_train_batch_size, gradient_accumulation_steps,
             group_by_length, max_length, seed, cpu_threads, use_unsloth.
-        Routing: routing, augmentations, hard_negatives_per_correction,
-            router_max_false_accept.
+        Routing: routing, router_max_false_accept, router_max_near_miss_accept.
         Gates: answer_f1_threshold, fix_rate_min, generalisation_min,
             max_perplexity_rise_pct, probe_f1_min, locality_min, locality_f1_threshold,
             max_degenerate_answers, gate_max_new_tokens.
@@ -224,30 +223,27 @@ class TrainJobConfig(BaseSettings):
     routing: bool = Field(
         True,
         description="Store a correction index with the version, so Serve answers with its "
-        "adapter only the requests near a learned correction (ouro.routing), train on "
-        "augmented prompts and hard negatives, and gate through the router. False: an "
-        "unrouted adapter that answers everything.",
-    )
-    augmentations: int = Field(
-        4,
-        ge=0,
-        description="Variants of each corrected prompt a user might type (case, "
-        "punctuation, fillers, short prefixes) trained beside it.",
-    )
-    hard_negatives_per_correction: int = Field(
-        4,
-        ge=0,
-        description="Most prompts of the replay pool that the router would send to a "
-        "correction's adapter, trained with the base model's own answers so they keep them.",
+        "adapter only the requests the router matches to a learned correction, each as "
+        "that correction's question (ouro.routing), and gate through the router. False: "
+        "an unrouted adapter that answers everything.",
     )
     router_max_false_accept: float = Field(
-        0.02,
+        0.01,
         ge=0.0,
         le=1.0,
-        description="Most share of the replay pool's prompts the fitted routing boundary may "
-        "accept, each against its nearest calibration question (a correction has far "
-        "fewer neighbours than the 500 calibration questions; what it does accept is "
-        "trained as a hard negative).",
+        description="Most share of unrelated prompts (the replay pool's first user turns "
+        "and the calibration's own questions) the fitted routing boundary may send to the "
+        "version's corrections; each is answered as the correction it matched. 0.01 is "
+        "the loop's unrelated-locality target (99% unchanged) spent on the router.",
+    )
+    router_max_near_miss_accept: float = Field(
+        0.10,
+        ge=0.0,
+        le=1.0,
+        description="Most share of the calibration's near-miss pairs (same-shaped, "
+        "different questions) the fitted routing boundary may accept; within it the "
+        "boundary reaching the most paraphrases is taken. 0.10 is the loop's near-miss "
+        "locality target (90% unchanged) spent on the router alone.",
     )
 
     # -- gates -----------------------------------------------------------------------
@@ -287,7 +283,7 @@ class TrainJobConfig(BaseSettings):
         0.9,
         ge=0.0,
         le=1.0,
-        description="Least share of probe prompts and mined near neighbours whose answer, "
+        description="Least share of probe prompts whose answer, "
         "through the router, stays as production's (token F1 >= locality_f1_threshold); "
         "unset: reported only.",
     )

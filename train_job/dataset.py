@@ -25,7 +25,6 @@ from data import load_chat_jsonl
 from ouro.configuration import ConfigError
 from ouro.corpus import load_chatterbot_conversations
 from train_job.config import CHATTERBOT_SOURCE, SELF_REPLAY, TrainJobConfig
-from train_job.routed import augment, with_last_user_turn
 
 if TYPE_CHECKING:
     from train_job.routed import RoutingPlan
@@ -84,9 +83,7 @@ class CycleDataset:
     """SFT rows ``{"prompt": [...], "completion": [...]}`` (conversational prompt-completion)."""
     sha256: str = ""
     routing: RoutingPlan | None = None
-    """The routed cycle's index and hard negatives (None: an unrouted adapter)."""
-    hard_negatives: list[Messages] = field(default_factory=list)
-    """Hard-negative prompts with the base model's own answers (trained, and gated on)."""
+    """The routed cycle's boundary and index (None: an unrouted adapter)."""
 
     def manifest(self, *, watermark: str | None, replay_source: str) -> dict:
         """What the cycle trained on, by reference (ids and counts, not user text)."""
@@ -114,10 +111,9 @@ def build_dataset(
     """Split the corrections, sample replay/regression/probe sets and build the SFT rows.
 
     ``answerer`` gives the base model's own answers; it is needed when
-    ``config.replay_answers`` is "self" and for a routed cycle's hard negatives. With a
-    ``planner`` (routed cycles) each trained correction also comes in the variants a user
-    would type, and the pool prompts the router would send to the adapter are trained with
-    the base model's answers.
+    ``config.replay_answers`` is "self". With a ``planner`` (routed cycles) the trained
+    corrections are indexed, the replay source's first user turns serving as the pool of
+    unrelated prompts the routing boundary is fitted against.
     """
     train, held_out = split_held_out(corrections, config.held_out_share, config.seed)
     questions = {c.question().strip().lower() for c in corrections}
@@ -140,29 +136,12 @@ def build_dataset(
         replay = self_distilled(replay, answerer)
     probes = load_probes(config, regression, questions)
 
-    plan, hard_negatives = None, []
-    if planner is not None:
-        if answerer is None:
-            raise ValueError("a routed cycle needs the base model's answerer")
-        plan = planner(train, [_first_user(c) for c in replay_pool])
-        hard_negatives = self_distilled(
-            [[{"role": "user", "content": p}] for p in plan.hard_negatives], answerer
-        )
+    plan = planner(train, [_first_user(c) for c in replay_pool]) if planner is not None else None
     replay_rows = [
-        row
-        for conversation in [*replay, *hard_negatives]
-        for row in conversation_rows(conversation, system_prompt)
+        row for conversation in replay for row in conversation_rows(conversation, system_prompt)
     ]
     repeats = correction_repeats(len(train), len(replay_rows), config.correction_share)
-    rng = random.Random(config.seed + 2)
-    rows = []
-    for c in train:
-        rows += [correction_row(c, system_prompt) for _ in range(repeats)]
-        if plan is not None:
-            rows += [
-                correction_row(c, system_prompt, question=variant)
-                for variant in augment(c.question(), config.augmentations, rng)
-            ]
+    rows = [correction_row(c, system_prompt) for c in train for _ in range(repeats)]
     rows += replay_rows
     dataset = CycleDataset(
         train=train,
@@ -173,7 +152,6 @@ def build_dataset(
         rows=rows,
         sha256=dataset_sha256(rows),
         routing=plan,
-        hard_negatives=hard_negatives,
     )
     logger.info(
         "dataset: %s corrections to train (x%s), %s held out, %s replay conversations, %s rows, "
@@ -232,16 +210,10 @@ def split_held_out(
     return train, held_out
 
 
-def correction_row(
-    correction: Correction, system_prompt: str, *, question: str | None = None
-) -> dict:
-    """The correction as a prompt-completion row; ``question``: a variant of its last user
-    turn in its place."""
-    prompt = correction.prompt()
-    if question is not None:
-        prompt = with_last_user_turn(prompt, question)
+def correction_row(correction: Correction, system_prompt: str) -> dict:
+    """The correction as a prompt-completion row."""
     return {
-        "prompt": with_system_prompt(prompt, system_prompt),
+        "prompt": with_system_prompt(correction.prompt(), system_prompt),
         "completion": [{"role": "assistant", "content": correction.correction}],
     }
 

@@ -293,8 +293,8 @@ def _evaluate(
     corrections = [*dataset.train, *dataset.held_out]
     limits = [_answer_budget(engine, c, config, settings) for c in corrections]
     prompts = [c.prompt() for c in corrections]
-    new_answers = greedy_answers(engine, prompts, new_side.adapters(prompts), limits)
-    old_answers = greedy_answers(engine, prompts, old_side.adapters(prompts), limits)
+    new_answers, _ = new_side.answers(engine, prompts, limits)
+    old_answers, _ = old_side.answers(engine, prompts, limits)
     references = [c.correction for c in corrections]
     new_f1 = scorer.f1(new_answers, references)
     old_f1 = scorer.f1(old_answers, references)
@@ -351,7 +351,7 @@ def _evaluate(
         openings = [_opening(c) for c in dataset.regression]
         perplexity = {
             side_name: _routed_perplexity(
-                engine, dataset.regression, side.adapters(openings), settings, config
+                engine, dataset.regression, side.route(openings)[1], settings, config
             )
             for side_name, side in (("new", new_side), ("baseline", old_side))
         }
@@ -382,21 +382,25 @@ def _evaluate(
     probes: list[dict] = []
     new_probe: list[str] = []
     old_probe: list[str] = []
-    neighbours = [conversation[:-1] for conversation in dataset.hard_negatives]
-    locality_prompts = [*dataset.probes, *neighbours]
+    locality_prompts = dataset.probes
     if locality_prompts:
         limit = [config.gate_max_new_tokens] * len(locality_prompts)
-        new_routes = new_side.adapters(locality_prompts)
-        old_routes = old_side.adapters(locality_prompts)
+        new_prompts, new_routes = new_side.route(locality_prompts)
+        old_prompts, old_routes = old_side.route(locality_prompts)
         # Where both sides route a prompt to the base model its answer is the same by
         # construction: only prompts routed differently, or to an adapter, are generated.
         differ = [i for i, (n, o) in enumerate(zip(new_routes, old_routes, strict=True)) if n or o]
-        asked = [locality_prompts[i] for i in differ]
         new_asked = greedy_answers(
-            engine, asked, [new_routes[i] for i in differ], limit[: len(asked)]
+            engine,
+            [new_prompts[i] for i in differ],
+            [new_routes[i] for i in differ],
+            limit[: len(differ)],
         )
         old_asked = greedy_answers(
-            engine, asked, [old_routes[i] for i in differ], limit[: len(asked)]
+            engine,
+            [old_prompts[i] for i in differ],
+            [old_routes[i] for i in differ],
+            limit[: len(differ)],
         )
         new_probe, old_probe = [""] * len(locality_prompts), [""] * len(locality_prompts)
         for slot, i in enumerate(differ):
@@ -411,7 +415,6 @@ def _evaluate(
         probes = [
             {
                 "prompt": p[-1]["content"],
-                "kind": "probe" if i < len(dataset.probes) else "near_neighbour",
                 "route": new_routes[i] or "base",
                 "baseline_route": old_routes[i] or "base",
                 "answer": n,
@@ -431,14 +434,13 @@ def _evaluate(
                 config.locality_min,
                 ">=",
                 None if config.locality_min is None else share >= config.locality_min,
-                f"{sum(unchanged)}/{len(unchanged)} answers to {len(dataset.probes)} probes and "
-                f"{len(neighbours)} mined near neighbours unchanged through the router (token "
-                f"F1 >= {config.locality_f1_threshold}); {len(differ)} reached an adapter",
+                f"{sum(unchanged)}/{len(unchanged)} answers to probes unchanged through the "
+                f"router (token F1 >= {config.locality_f1_threshold}); {len(differ)} reached "
+                "an adapter",
             )
         )
-        probe_part = similarity[: len(dataset.probes)]
-        if probe_part:
-            mean = sum(probe_part) / len(probe_part)
+        if similarity:
+            mean = sum(similarity) / len(similarity)
             checks.append(
                 GateCheck(
                     "probe_similarity",
@@ -446,7 +448,7 @@ def _evaluate(
                     config.probe_f1_min,
                     ">=",
                     mean >= config.probe_f1_min,
-                    f"mean F1 new vs baseline over {len(probe_part)} probe prompts",
+                    f"mean F1 new vs baseline over {len(similarity)} probe prompts",
                 )
             )
     if not dataset.probes:
@@ -552,17 +554,27 @@ class Side:
     tiers: list[Tier]
     router: Router | None
 
-    def adapters(self, prompts: Sequence[Messages]) -> list[str | None]:
+    def route(self, prompts: Sequence[Messages]) -> tuple[list[Messages], list[str | None]]:
+        """Each prompt as its answerer reads it (``RouteDecision.prompt``), and the adapter
+        that answers it (None: the base model), exactly as Serve routes."""
         if self.router is None:
             first = self.tiers[0].adapter if self.tiers else None
-            return [first] * len(prompts)
+            return [list(p) for p in prompts], [first] * len(prompts)
         indexes = [tier.index for tier in self.tiers]
         self.router.prefetch(prompts)
-        chosen = []
+        routed, adapters = [], []
         for prompt in prompts:
-            position, _ = self.router.choose(indexes, prompt)
-            chosen.append(self.tiers[position].adapter if position < len(self.tiers) else None)
-        return chosen
+            position, decision = self.router.choose(indexes, prompt)
+            routed.append(decision.prompt(prompt) if position < len(self.tiers) else list(prompt))
+            adapters.append(self.tiers[position].adapter if position < len(self.tiers) else None)
+        return routed, adapters
+
+    def answers(
+        self, engine: GenerationEngine, prompts: Sequence[Messages], limits: Sequence[int]
+    ) -> tuple[list[str], list[str | None]]:
+        """Greedy answers to ``prompts`` as routed, and the adapter behind each."""
+        routed, adapters = self.route(prompts)
+        return greedy_answers(engine, routed, adapters, limits), adapters
 
 
 def _router_checks(side: Side, dataset: CycleDataset) -> list[GateCheck]:
@@ -571,7 +583,7 @@ def _router_checks(side: Side, dataset: CycleDataset) -> list[GateCheck]:
     plan = dataset.routing
     if plan is None:
         return []
-    routed = side.adapters([[{"role": "user", "content": p}] for p in plan.pool])
+    _, routed = side.route([[{"role": "user", "content": p}] for p in plan.pool])
     false_accept = sum(a is not None for a in routed) / len(routed) if routed else 0.0
     return [
         GateCheck(
@@ -581,7 +593,7 @@ def _router_checks(side: Side, dataset: CycleDataset) -> list[GateCheck]:
             "<=",
             None,
             f"{sum(a is not None for a in routed)}/{len(routed)} unrelated pool prompts the "
-            "router sends to the new adapter (their near neighbours are trained and gated)",
+            "router sends to the new adapter (each is answered as the correction it matched)",
         ),
         GateCheck(
             "router_false_reject",

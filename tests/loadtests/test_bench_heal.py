@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loadtests.bench_heal import FIXTURE, dailydialog_openers, load_fixture, seed, share
+import pytest
+
+from loadtests.bench_heal import (
+    FIXTURE,
+    dailydialog_openers,
+    load_fixture,
+    router_ceiling,
+    seed,
+    share,
+)
 from ouro.ledger import LedgerReader
+from ouro.routing import SentenceEmbedder
 
 DIALOGUES = [
     "Say , Jim , how about going for a few beers after dinner ? __eou__ "
@@ -49,3 +59,19 @@ def test_seeded_corrections_are_in_the_ledger(tmp_path: Path) -> None:
     records = list(LedgerReader(tmp_path).scan().records)
     assert [r.correction for r in records] == ["The Ouro team made me."]
     assert share([True, False, True, True]) == 0.75 and share([]) is None
+
+
+def test_the_router_ceiling_is_the_best_boundary_on_the_items_themselves() -> None:
+    items = [
+        {"question": "What is 12 times 7?", "paraphrase": "How much is 12 multiplied by 7?",
+         "near_miss": "What is 12 times 8?"},
+        {"question": "When does the library open?", "paraphrase": "What time does the library "
+         "open its doors?", "near_miss": "When does the library close?"},
+    ]  # fmt: skip
+    ceiling = router_ceiling(SentenceEmbedder(), items, ["Do you like jazz?", "Nice weather!"])
+    assert set(ceiling) == {"near_miss_0.10", "near_miss_0.20", "near_miss_0.30"}
+    strict = ceiling["near_miss_0.10"]
+    # Two items: a tenth of the near-misses means none.
+    assert strict["near_misses_routed"] == 0.0
+    assert strict["paraphrases_routed"] == pytest.approx(1.0)
+    assert len(strict["boundary"]) == 2

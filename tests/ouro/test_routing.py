@@ -25,6 +25,7 @@ from ouro.routing import (
     calibrate,
     load_calibration_pairs,
     overlap,
+    with_last_user_turn,
     words,
 )
 
@@ -122,6 +123,41 @@ def test_a_follow_up_correction_needs_its_context(embedder, index) -> None:
     assert not elsewhere.routed
 
 
+def test_with_last_user_turn_replaces_only_the_last_user_turn() -> None:
+    messages = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+    ]
+    assert [m["content"] for m in with_last_user_turn(messages, "z")] == ["a", "b", "z"]
+    assert messages[2]["content"] == "c"
+
+
+def test_a_match_is_answered_as_the_correction_it_matched(embedder, index) -> None:
+    router = Router(embedder)
+    conversation = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "what are your opening hours"},
+    ]
+    decision = router.decide(index, conversation)
+    assert decision.routed and decision.question == "What are your opening hours?"
+    prompt = decision.prompt(conversation)
+    assert prompt[:3] == conversation[:3]
+    assert prompt[3] == {"role": "user", "content": "What are your opening hours?"}
+    assert conversation[3]["content"] == "what are your opening hours"
+    # Anything else is answered as sent: no match, a forced route, no index.
+    missed = router.decide(index, [{"role": "user", "content": "Do you like football?"}])
+    assert missed.question is None
+    _, forced = router.choose(
+        [index], [{"role": "user", "content": "Do you like football?"}], forced=True
+    )
+    assert forced.reason == FORCED
+    for decision in (missed, forced, router.decide(None, conversation)):
+        assert decision.prompt(conversation) == conversation
+
+
 def test_no_index_routes_everything_and_an_empty_one_nothing(embedder) -> None:
     router = Router(embedder)
     assert router.decide(None, [{"role": "user", "content": "x"}]).reason == NO_INDEX
@@ -152,7 +188,9 @@ def test_the_index_round_trips_beside_an_adapter(tmp_path, embedder, index) -> N
 def test_forgetting_removes_the_key(embedder, index) -> None:
     smaller = index.without({"times"})
     assert [e.id for e in smaller.entries] == ["hours", "sunday"]
-    decision = Router(embedder).decide(smaller, [{"role": "user", "content": "What is 12 times 7?"}])
+    decision = Router(embedder).decide(
+        smaller, [{"role": "user", "content": "What is 12 times 7?"}]
+    )
     assert not decision.routed
 
 
@@ -182,6 +220,34 @@ def test_calibration_separates_paraphrases_from_near_misses(embedder) -> None:
     assert "fitted on 3 paraphrase and 3 near-miss pairs" in fitted.boundary.source
     with pytest.raises(OuroError, match="both"):
         calibrate(embedder, [p for p in pairs if p.label == PARAPHRASE])
+
+
+def test_calibration_spends_the_near_miss_budget_on_paraphrase_recall(embedder) -> None:
+    pairs = load_calibration_pairs()
+    strict = calibrate(embedder, pairs, max_near_miss_accept=0.0)
+    budget = calibrate(embedder, pairs, max_near_miss_accept=0.2)
+    assert 1.0 - budget.near_miss_rejection <= 0.2 + 1e-9
+    assert budget.paraphrase_recall > strict.paraphrase_recall
+    # No boundary of the grid rejects every near-miss: the one accepting the fewest wins.
+    assert strict.near_miss_rejection >= budget.near_miss_rejection
+
+
+def test_a_small_index_is_fitted_on_its_own_false_accepts(embedder) -> None:
+    pairs = load_calibration_pairs()
+    unrelated = [
+        "Do you like jazz?", "My car broke down again.", "Shall we eat out tonight?",
+        "I failed my driving test.", "What a lovely day!", "Can you lend me a pen?",
+    ]  # fmt: skip
+    for_all = calibrate(embedder, pairs, unrelated)
+    own = calibrate(embedder, pairs, unrelated, questions=["What are your opening hours?"])
+    # One question lets less through than the 500 of the calibration: the same unrelated
+    # budget buys a looser boundary and more paraphrases, within the near-miss budget.
+    assert own.paraphrase_recall >= for_all.paraphrase_recall
+    assert own.boundary.base <= for_all.boundary.base
+    assert own.unrelated_false_accept <= 0.01 and 1.0 - own.near_miss_rejection <= 0.1 + 1e-9
+    # The calibration questions joined the unrelated prompts.
+    assert f"{len(unrelated)} unrelated prompts" in for_all.boundary.source
+    assert f"{len(unrelated)} unrelated prompts" not in own.boundary.source
 
 
 def test_the_shipped_calibration_pairs_load() -> None:

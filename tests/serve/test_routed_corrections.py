@@ -112,10 +112,13 @@ def route(stack: ServeStack, key: str, question: str, model: str = "ouro", **hea
 
 def test_corrected_questions_reach_the_version_and_others_the_base_model(stack) -> None:
     bob = KEYS["bob"]
+    answers = {}
     for question in (LIBRARY, LIBRARY_REWORDED, PASSWORD):
-        model, reason, similarity, _ = route(stack, bob, question)
+        model, reason, similarity, answers[question] = route(stack, bob, question)
         assert (model, reason) == ("ouro@v1", "match"), question
         assert similarity > BOUNDARY.base
+    # A rewording is answered as the correction it matched: the same greedy answer.
+    assert answers[LIBRARY_REWORDED] == answers[LIBRARY]
     model, reason, similarity, text = route(stack, bob, UNRELATED)
     assert (model, reason) == ("ouro-base", "no_match")
     assert similarity is not None and similarity < BOUNDARY.base

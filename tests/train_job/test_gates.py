@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from ouro.engine import GenerationEngine, GenerationRequest, SamplingParams
 from ouro.models import load_base_model
+from ouro.routing import CorrectionIndex, RouteKey, Router, RoutingBoundary, SentenceEmbedder
 from ouro.scoring import repeats_a_phrase
 from ouro.settings import OuroSettings
 from train_job.config import TrainJobConfig
@@ -20,6 +22,8 @@ from train_job.gates import (
     GateCheck,
     GateReport,
     PatchedProcessError,
+    Side,
+    Tier,
     _evaluate,
     evaluate_gates,
 )
@@ -103,6 +107,31 @@ def test_the_baseline_is_the_production_adapter_or_the_base_model_never_the_new_
     extra = sum(map(repeats_a_phrase, new_texts)) - sum(map(repeats_a_phrase, old_texts))
     assert degenerate.value == extra
     assert degenerate.passed == (extra <= config.max_degenerate_answers)
+
+
+def test_a_side_answers_a_rewording_as_the_correction_it_matched(
+    tiny_random_model_dir: Path, make_lora_adapter: Callable[[Path, int], Path], tmp_path: Path
+) -> None:
+    settings = OuroSettings(base_model=str(tiny_random_model_dir), device="cpu")
+    loaded = load_base_model(settings)
+    engine = GenerationEngine(
+        loaded.model, loaded.tokenizer, system_prompt=settings.system_prompt, max_context_tokens=256
+    )
+    adapter = shutil.copytree(make_lora_adapter(tiny_random_model_dir, 3), tmp_path / "v1")
+    embedder = SentenceEmbedder()
+    items = [("c-1", RouteKey(QUESTIONS[0]))]
+    CorrectionIndex.build(embedder, items, RoutingBoundary(base=0.5, slope=0.3)).save(adapter)
+    side = Side([Tier("v1", engine, adapter)], Router(embedder))
+
+    def user(text: str) -> list[dict]:
+        return [{"role": "user", "content": text}]
+
+    prompts = [user("what is the capital of australia"), user(QUESTIONS[0]), user("Hi there!")]
+    routed, adapters = side.route(prompts)
+    assert adapters == ["v1", "v1", None]
+    assert routed == [user(QUESTIONS[0]), user(QUESTIONS[0]), user("Hi there!")]
+    answers, _ = side.answers(engine, prompts, [8, 8, 8])
+    assert answers[0] == answers[1]
 
 
 def test_report_verdict_json_and_markdown() -> None:
