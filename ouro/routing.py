@@ -160,17 +160,16 @@ class RoutingBoundary:
     source: str = ""
     """How it was set (the calibration's summary)."""
 
-    def threshold(self, word_overlap: float) -> float:
-        """The cosine needed at this overlap. The same words (overlap 1: case, punctuation,
-        order) need only ``base``: no word differs that could change the question."""
-        if word_overlap >= 1.0:
-            return self.base
-        return min(self.base + self.slope * word_overlap, MAX_THRESHOLD)
-
     def thresholds(self, overlaps: np.ndarray) -> np.ndarray:
-        """``threshold`` of every overlap in an array."""
+        """The cosine needed at each word overlap. The same words (overlap 1: case,
+        punctuation, order) need only ``base``: no word differs that could change the
+        question."""
         raised = np.minimum(self.base + self.slope * overlaps, MAX_THRESHOLD)
         return np.where(overlaps >= 1.0, self.base, raised)
+
+    def threshold(self, word_overlap: float) -> float:
+        """``thresholds`` of one overlap."""
+        return float(self.thresholds(np.asarray(word_overlap)))
 
     def accepts(self, cosine: float, word_overlap: float) -> bool:
         return cosine >= self.threshold(word_overlap)
@@ -223,7 +222,7 @@ class Candidates:
     """Each query's ``NEAREST`` keys, the most similar first: (queries, k) arrays."""
 
     keys: np.ndarray
-    """Positions of the keys."""
+    """Positions (in the key list) of each query's nearest keys."""
     cosines: np.ndarray
     overlaps: np.ndarray
 
@@ -248,9 +247,10 @@ class Candidates:
     def routed_to(self, boundary: RoutingBoundary) -> np.ndarray:
         """The key each query is routed to (-1: none), by ``CorrectionIndex.best_match``'s
         rule: the most similar key that accepts it."""
+        if not self.keys.size:
+            return np.full(len(self.keys), -1)
         accepted = self.cosines >= boundary.thresholds(self.overlaps)
-        first = accepted.argmax(axis=1) if accepted.size else np.zeros(len(accepted), int)
-        chosen = self.keys[np.arange(len(first)), first] if accepted.size else first
+        chosen = self.keys[np.arange(len(accepted)), accepted.argmax(axis=1)]
         return np.where(accepted.any(axis=1), chosen, -1)
 
     def share_routed(self, boundary: RoutingBoundary, to: np.ndarray | None = None) -> float:
@@ -317,27 +317,26 @@ def calibrate(
     unrelated = list(dict.fromkeys(p for p in unrelated if p.strip()))
     pool = Candidates.of(embedder, unrelated, list(questions))
 
-    best: tuple[tuple, float, float, float, float, float] | None = None
-    for boundary in boundary_grid():
-        false_accept = pool.share_routed(boundary)
+    best: tuple[tuple, RoutingBoundary, float, float, float] | None = None
+    for candidate in boundary_grid():
+        false_accept = pool.share_routed(candidate)
         if false_accept > max_unrelated_false_accept:
             continue
-        recall = paraphrases.share_routed(boundary, to=own)
-        near_accept = near_misses.share_routed(boundary)
+        recall = paraphrases.share_routed(candidate, to=own)
+        near_accept = near_misses.share_routed(candidate)
         # Within budget first (else the fewest near-misses), then recall; ties go to the
         # stricter boundary.
         within = near_accept <= max_near_miss_accept
-        rank = (within, 0.0 if within else -near_accept, recall, boundary.base)
+        rank = (within, 0.0 if within else -near_accept, recall, candidate.base)
         if best is None or rank > best[0]:
-            best = (rank, boundary.base, boundary.slope, recall, 1.0 - near_accept, false_accept)
+            best = (rank, candidate, recall, 1.0 - near_accept, false_accept)
     if best is None:
         raise OuroError(
             "no boundary keeps the unrelated prompts out: they repeat the calibration questions"
         )
-    _, base, slope, recall, rejection, false_accept = best
-    boundary = RoutingBoundary(
-        base=base,
-        slope=slope,
+    _, chosen, recall, rejection, false_accept = best
+    boundary = replace(
+        chosen,
         context_min=context_min,
         source=(
             f"fitted on {len(positives)} paraphrase and {len(negatives)} near-miss pairs, "
