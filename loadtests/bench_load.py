@@ -13,9 +13,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
+
+if TYPE_CHECKING:
+    from loadtests.bench_stack import ServeProcess
 
 CHAT_PATH = "/v1/chat/completions"
 REQUEST_TIMEOUT_S = 600.0
@@ -226,3 +230,20 @@ async def prompt_rotation_load(
             client, body, clients, requests_per_client=requests_per_client, duration_s=duration_s
         )
     return LoadSummary.of(records)
+
+
+def run_prompt_rotation(
+    stack: ServeProcess,
+    model: str,
+    prompts: list[list[dict]],
+    clients: int,
+    max_tokens: int,
+    **limit: float | None,
+) -> LoadSummary:
+    """``prompt_rotation_load`` on a running stack, from synchronous code (``limit``:
+    ``requests_per_client`` or ``duration_s``)."""
+    return asyncio.run(
+        prompt_rotation_load(
+            stack.base_url, stack.client_key, model, prompts, clients, max_tokens, **limit
+        )
+    )

@@ -14,7 +14,6 @@ also reported per completion token.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import statistics
 import time
@@ -28,7 +27,7 @@ from loadtests.bench_load import (
     LatencyStats,
     LoadSummary,
     chat_body,
-    prompt_rotation_load,
+    run_prompt_rotation,
 )
 from loadtests.bench_stack import ServeProcess, cpu_seconds_by_process
 from ouro.corpus import load_chatterbot_conversations
@@ -237,16 +236,13 @@ def concurrent_clients(
             else:
                 serve_before = cpu_seconds_by_process(stack)
                 http_rounds.append(
-                    asyncio.run(
-                        prompt_rotation_load(
-                            stack.base_url,
-                            stack.client_key,
-                            BASE_MODEL_NAME,
-                            prompts,
-                            clients,
-                            max_tokens,
-                            requests_per_client=requests_per_client,
-                        )
+                    run_prompt_rotation(
+                        stack,
+                        BASE_MODEL_NAME,
+                        prompts,
+                        clients,
+                        max_tokens,
+                        requests_per_client=requests_per_client,
                     )
                 )
                 client_cpu_s += time.process_time() - cpu_before

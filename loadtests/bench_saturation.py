@@ -9,12 +9,11 @@ paying: the next level adds less than 10% throughput, or its p99 latency is more
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from itertools import pairwise
 
-from loadtests.bench_load import prompt_rotation_load
+from loadtests.bench_load import run_prompt_rotation
 from loadtests.bench_stack import PeakMemory, ServeProcess
 from ouro.registry import SERVED_MODEL_NAME
 
@@ -53,16 +52,8 @@ def run_saturation(
     results = []
     for clients in levels:
         with PeakMemory(stack) as memory:
-            summary = asyncio.run(
-                prompt_rotation_load(
-                    stack.base_url,
-                    stack.client_key,
-                    SERVED_MODEL_NAME,
-                    prompts,
-                    clients,
-                    max_tokens,
-                    duration_s=level_s,
-                )
+            summary = run_prompt_rotation(
+                stack, SERVED_MODEL_NAME, prompts, clients, max_tokens, duration_s=level_s
             )
         row = {"clients": clients, **summary.to_dict(), "llm_replica_peak_mib": memory.peak_mib}
         row["other_failures"] = summary.failed - summary.rejected_429

@@ -18,7 +18,6 @@ request handling, asyncio, ...), and the heaviest functions. Idle threads are no
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import shutil
 import subprocess
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import psutil
 
-from loadtests.bench_load import prompt_rotation_load
+from loadtests.bench_load import run_prompt_rotation
 from loadtests.bench_overhead import corpus_questions
 from loadtests.bench_report import write_json
 from loadtests.bench_stack import REPO_ROOT, prepare_base_model, serve_process
@@ -169,16 +168,8 @@ def profile(
             prompts = corpus_questions()[:64]
 
             def load(**limit):
-                return asyncio.run(
-                    prompt_rotation_load(
-                        stack.base_url,
-                        stack.client_key,
-                        BASE_MODEL_NAME,
-                        prompts,
-                        clients,
-                        max_tokens,
-                        **limit,
-                    )
+                return run_prompt_rotation(
+                    stack, BASE_MODEL_NAME, prompts, clients, max_tokens, **limit
                 )
 
             load(requests_per_client=2)  # warm-up: the first requests compile and allocate

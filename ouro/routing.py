@@ -235,11 +235,11 @@ class Candidates:
             return cls(empty.astype(int), empty, empty)
         similarity = embedder.embed(list(queries)) @ embedder.embed(list(keys)).T
         nearest = np.argsort(-similarity, axis=1)[:, :NEAREST]
-        bags = [words(k) for k in keys]
+        key_bags = [words(k) for k in keys]
         overlaps = np.array(
             [
-                [overlap(words(q), bags[j]) for j in row]
-                for q, row in zip(queries, nearest, strict=True)
+                [overlap(bag, key_bags[j]) for j in row]
+                for bag, row in zip(map(words, queries), nearest, strict=True)
             ]
         )
         return cls(nearest, np.take_along_axis(similarity, nearest, axis=1), overlaps)
@@ -461,39 +461,43 @@ class CorrectionIndex:
     def best_match(
         self, key: RouteKey, vector: np.ndarray, context_vector: np.ndarray | None
     ) -> RouteDecision:
-        """The entry that accepts the request with the most similarity, else the nearest
-        one, rejected."""
+        """The most similar entry that accepts the request, else the nearest one, rejected.
+
+        Only the ``NEAREST`` can pass (the boundary never goes below ``base``); their
+        thresholds are worked out in one step."""
         if not self.entries:
             return RouteDecision(routed=False)
         cosines = self.keys @ vector
-        bag = words(key.text)
-        best: RouteDecision | None = None
         nearest = np.argpartition(-cosines, min(NEAREST, len(cosines)) - 1)[:NEAREST]
-        for i in nearest[np.argsort(-cosines[nearest])]:
-            cosine = float(cosines[i])
-            threshold = self.boundary.threshold(overlap(bag, self._bags[i]))
-            accepted = cosine >= threshold
-            if accepted and self.entries[i].has_context:
-                context_cosine = (
-                    float(self.context_keys[i] @ context_vector)
-                    if context_vector is not None
-                    else 0.0
-                )
-                accepted = context_cosine >= self.boundary.context_min
-            decision = RouteDecision(
-                routed=accepted,
-                reason=MATCH if accepted else NO_MATCH,
-                similarity=cosine,
-                threshold=threshold,
-                correction_id=self.entries[i].id,
-                question=self.entries[i].text if accepted else None,
-            )
-            if best is None or (accepted and not best.routed):
-                best = decision
-            if accepted:
-                break
-        assert best is not None
-        return best
+        nearest = nearest[np.argsort(-cosines[nearest])]
+        bag = words(key.text)
+        thresholds = self.boundary.thresholds(
+            np.array([overlap(bag, self._bags[i]) for i in nearest])
+        )
+        for rank, i in enumerate(nearest):
+            if cosines[i] >= thresholds[rank] and self._context_matches(i, context_vector):
+                return self._decision(i, float(cosines[i]), float(thresholds[rank]), True)
+        first = nearest[0]
+        return self._decision(first, float(cosines[first]), float(thresholds[0]), False)
+
+    def _context_matches(self, i: int, context_vector: np.ndarray | None) -> bool:
+        """An entry made on a follow-up turn also needs a similar turn before the request."""
+        if not self.entries[i].has_context:
+            return True
+        context = (
+            float(self.context_keys[i] @ context_vector) if context_vector is not None else 0.0
+        )
+        return context >= self.boundary.context_min
+
+    def _decision(self, i: int, cosine: float, threshold: float, accepted: bool) -> RouteDecision:
+        return RouteDecision(
+            routed=accepted,
+            reason=MATCH if accepted else NO_MATCH,
+            similarity=cosine,
+            threshold=threshold,
+            correction_id=self.entries[i].id,
+            question=self.entries[i].text if accepted else None,
+        )
 
 
 @dataclass(frozen=True)
