@@ -1,9 +1,11 @@
 """``make bench``: Ouro's benchmark report, measured side by side in one run.
 
     python -m loadtests.bench [--quick] [--scenarios a,b,...] [--base-model PATH] [--out DIR]
+                              [--ingress haproxy|proxy]
 
 Starts the local stack itself (``python -m serve`` on 127.0.0.1 with a fresh data dir in
-a temporary folder; the base model comes from the default data dir's model cache, built
+a temporary folder; by default behind Ray Serve's HAProxy ingress as the chart deploys it,
+run with its clients in a private network namespace, see ``loadtests.private_network``; the base model comes from the default data dir's model cache, built
 once), registers 4 LoRA adapter versions in its MLflow store, runs the scenarios, stops
 everything (also on Ctrl-C, SIGTERM or an error), and writes ``latest.json`` and
 ``bench.png`` into ``loadtests/results/``. Scenarios, in the order they run:
@@ -65,6 +67,7 @@ from loadtests.bench_stack import (
 )
 from loadtests.bench_swap import SwapTimeoutError, run_swap
 from loadtests.bench_ttft import run_ttft
+from loadtests.private_network import add_ingress_flag, current_ingress, rerun_for_ingress
 from ouro.embedded import TINY_MODEL
 from ouro.engine import GenerationEngine
 from ouro.errors import OuroError
@@ -167,6 +170,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "used, so figures compare across runs; smollm2-135m or a path also work",
     )
     parser.add_argument("--out", type=Path, help="results folder (default: loadtests/results)")
+    add_ingress_flag(parser)
     args = parser.parse_args(argv)
     chosen = [name.strip() for name in args.scenarios.split(",") if name.strip()]
     unknown = sorted(set(chosen) - set(SCENARIOS))
@@ -336,6 +340,7 @@ def run(args: argparse.Namespace) -> dict:
         ),
         "make_target": "make bench",
         "quick": args.quick,
+        "ingress": current_ingress(),
         "machine": machine,
         "base_model": Path(str(model_dir)).name,
         "torch_threads": replica_threads(),
@@ -356,6 +361,9 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    rerun_status = rerun_for_ingress(args.ingress, "loadtests.bench", argv)
+    if rerun_status is not None:
+        return rerun_status
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -164,7 +164,8 @@ def markdown(result: dict) -> str:
         lines += [
             "",
             f"Serving overhead, `ouro-base`, greedy, max_tokens={one['max_tokens']} "
-            f"(median answer {_fmt(one['completion_tokens_median'], 0)} tokens):",
+            f"(median answer {_fmt(one['completion_tokens_median'], 0)} tokens), "
+            f"ingress: {result.get('ingress', 'proxy')}:",
             "",
             "| | engine in-process | HTTP + Serve | ratio |",
             "|---|---:|---:|---:|",

@@ -33,6 +33,7 @@ from loadtests.bench_load import run_prompt_rotation
 from loadtests.bench_overhead import corpus_questions
 from loadtests.bench_report import write_json
 from loadtests.bench_stack import REPO_ROOT, prepare_base_model, serve_process
+from loadtests.private_network import add_ingress_flag, current_ingress, rerun_for_ingress
 from ouro.embedded import TINY_MODEL
 from ouro.registry import BASE_MODEL_NAME
 from ouro.settings import OuroSettings
@@ -205,6 +206,7 @@ def profile(
     result = {
         "command": "python -m loadtests.profile_replica " + " ".join(sys.argv[1:]),
         "base_model": Path(str(model_dir)).name,
+        "ingress": current_ingress(),
         "clients": clients,
         "max_tokens": max_tokens,
         "sample_rate_hz": SAMPLE_RATE_HZ,
@@ -230,7 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--raw-out", type=Path, help="also keep py-spy's collapsed stacks here (flame graphs)"
     )
+    add_ingress_flag(parser)
     args = parser.parse_args(argv)
+    rerun_status = rerun_for_ingress(args.ingress, "loadtests.profile_replica", argv)
+    if rerun_status is not None:
+        return rerun_status
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -161,6 +161,18 @@ def test_worker_probes_use_the_named_serve_port_on_healthz_and_readyz(rendered):
     assert worker["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "serve"}
 
 
+def test_ray_containers_run_serves_haproxy_ingress_unless_told_otherwise(rendered, render_chart):
+    # Replicas of other nodes must be reachable from each node's HAProxy: all interfaces.
+    assert serve_config(rendered["default"])["http_options"]["host"] == "0.0.0.0"
+    head = ray_cluster(rendered["default"])["headGroupSpec"]["template"]["spec"]["containers"][0]
+    for container in (head, worker_container(rendered["default"])):
+        assert env_of(container)["RAY_SERVE_ENABLE_HA_PROXY"]["value"] == "1"
+    proxied = render_chart(set_strings={"serve.ingress": "proxy"})
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in env_of(worker_container(proxied))
+    with pytest.raises(RenderError, match="haproxy"):
+        render_chart(set_strings={"serve.ingress": "nginx"})
+
+
 def test_head_runs_no_replicas_and_keeps_kuberays_own_probes(rendered):
     head = ray_cluster(rendered["default"])["headGroupSpec"]
     assert head["rayStartParams"]["num-cpus"] == "0"

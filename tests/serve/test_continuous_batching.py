@@ -1,5 +1,7 @@
 """Continuous batching through the real Serve app: no waiting for a batch, abort on disconnect.
 
+It runs twice in CI: as is, behind Serve's proxy actor, and behind Ray Serve's HAProxy
+ingress, the chart's default, in a private network (``tests/serve/test_haproxy_ingress.py``).
 One app for the module (tiny random model, local MLflow store, no adapters), streaming
 every step's text (``stream_interval_s=0``) so a test can stop reading after two chunks.
 The registry is polled every ten minutes only: the replicas' periodic reports never come
@@ -15,9 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadtests.private_network import current_ingress
 from ouro.engine import GenerationEngine, GenerationRequest, SamplingParams
 from tests.fixtures.serve import ServeStack
 
@@ -116,6 +120,20 @@ def read_then_drop(
                     chunks += 1
                 if chunks == chunks_wanted:  # the role chunk, then text
                     break
+
+
+def test_the_api_port_is_answered_by_the_ingress_the_environment_asks_for(
+    stack: ServeStack,
+) -> None:
+    port = httpx.URL(stack.base_url).port
+    (listener,) = (
+        connection
+        for connection in psutil.net_connections(kind="tcp")
+        if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port
+    )
+    name = psutil.Process(listener.pid).name()
+    expected = {"haproxy": "haproxy", "proxy": "ray::ProxyActor"}[current_ingress()]
+    assert name == expected
 
 
 def test_a_client_that_closes_its_stream_is_aborted_within_a_step(

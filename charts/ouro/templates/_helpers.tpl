@@ -103,6 +103,14 @@ consensus_scopes: {{ int .Values.personalAdapters.consensusScopes }}
 consensus_similarity: {{ .Values.personalAdapters.consensusSimilarity }}
 {{- end }}
 
+{{/* Environment of the Ray containers that picks Serve's ingress (serve.ingress). */}}
+{{- define "ouro.serveIngressEnv" -}}
+{{- if eq .Values.serve.ingress "haproxy" }}
+- name: RAY_SERVE_ENABLE_HA_PROXY
+  value: "1"
+{{- end }}
+{{- end }}
+
 {{/* Environment of every Ouro container: storage paths, the HF token by reference, no telemetry. */}}
 {{- define "ouro.commonEnv" -}}
 - name: OURO_DATA_DIR
