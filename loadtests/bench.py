@@ -266,6 +266,7 @@ def run(args: argparse.Namespace) -> dict:
                     ),
                     "ttft": lambda: run_ttft(
                         stack,
+                        engine,
                         questions,
                         background=sizes.ttft_background,
                         probes=sizes.ttft_probes,

@@ -85,6 +85,7 @@ def headline(scenarios: dict) -> dict:
         figures["http_efficiency"] = overhead["concurrent"]["http_over_engine_throughput"]
     if "ttft" in scenarios:
         figures["ttft_under_load_ratio"] = scenarios["ttft"]["ttft_under_load_ratio"]
+        figures["engine_ttft_under_load_ratio"] = scenarios["ttft"]["engine_ttft_under_load_ratio"]
     if "multi_adapter" in scenarios:
         figures["multi_adapter_speedup"] = scenarios["multi_adapter"]["speedup"]
     if "swap" in scenarios:
@@ -259,7 +260,10 @@ def markdown(result: dict) -> str:
             f"Time to first token (streamed, `ouro`): p50 {_fmt(ttft['idle_ttft_p50_s'], 3)} s "
             f"on an idle server, {_fmt(ttft['loaded_ttft_p50_s'], 3)} s while "
             f"{ttft['background_clients']} other clients decode "
-            f"(ratio {_fmt(ttft['ttft_under_load_ratio'])}, {ttft['probes']} probes each).",
+            f"(ratio {_fmt(ttft['ttft_under_load_ratio'])}, {ttft['probes']} probes each); "
+            f"the engine in-process: {_fmt(ttft['engine']['idle_ttft_p50_s'], 3)} s and "
+            f"{_fmt(ttft['engine']['loaded_ttft_p50_s'], 3)} s "
+            f"(ratio {_fmt(ttft['engine_ttft_under_load_ratio'])}).",
         ]
     if "swap" in scenarios:
         swap = scenarios["swap"]
