@@ -184,7 +184,7 @@ def markdown(result: dict) -> str:
                 "",
                 f"Where it goes: {split['fixed_overhead_per_request'] * 1000:.1f} ms fixed per "
                 f"request (a 1-token answer over HTTP minus in-process; `GET /healthz` through "
-                f"the proxy alone: {split['healthz_round_trip'] * 1000:.1f} ms), and "
+                f"the ingress alone: {split['healthz_round_trip'] * 1000:.1f} ms), and "
                 f"{split['http_per_extra_token'] * 1000:.2f} vs "
                 f"{split['engine_per_extra_token'] * 1000:.2f} ms per further token.",
             ]
