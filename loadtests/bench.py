@@ -5,10 +5,11 @@
 
 Starts the local stack itself (``python -m serve`` on 127.0.0.1 with a fresh data dir in
 a temporary folder; by default behind Ray Serve's HAProxy ingress as the chart deploys it,
-run with its clients in a private network namespace, see ``loadtests.private_network``; the base model comes from the default data dir's model cache, built
-once), registers 4 LoRA adapter versions in its MLflow store, runs the scenarios, stops
-everything (also on Ctrl-C, SIGTERM or an error), and writes ``latest.json`` and
-``bench.png`` into ``loadtests/results/``. Scenarios, in the order they run:
+run with its clients in a private network namespace, see ``loadtests.private_network``;
+the base model comes from the default data dir's model cache, built once), registers 4
+LoRA adapter versions in its MLflow store, runs the scenarios, stops everything (also on
+Ctrl-C, SIGTERM or an error), and writes ``latest.json`` and ``bench.png`` into
+``loadtests/results/``. Scenarios, in the order they run:
 
   serving_overhead  a greedy 32-token completion: HTTP + Serve vs. the engine in-process
   swap              production moves v1 -> v2 under load: failed requests, time to switch

@@ -166,7 +166,7 @@ def markdown(result: dict) -> str:
             "",
             f"Serving overhead, `ouro-base`, greedy, max_tokens={one['max_tokens']} "
             f"(median answer {_fmt(one['completion_tokens_median'], 0)} tokens), "
-            f"ingress: {result.get('ingress', 'proxy')}:",
+            f"ingress: {result['ingress']}:",
             "",
             "| | engine in-process | HTTP + Serve | ratio |",
             "|---|---:|---:|---:|",
