@@ -8,7 +8,7 @@ template decides, right for a pod, wrong for a shared machine. So the benchmark 
 that run HAProxy mode here re-run themselves, stack and clients together, in a network
 namespace of their own (``unshare --user --map-root-user --net``, loopback only): nothing
 they start is reachable from outside, and the fixed ports collide with nothing. HAProxy's
-files go to a fresh folder instead of the shared ``/tmp/haproxy-serve``.
+files go to a fresh folder instead of Ray's default one, shared by every run on the machine.
 
     status = rerun_for_ingress(args.ingress, "loadtests.bench", argv)  # None: run here
 

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import pytest
 
-from loadtests.private_network import inside, rerun_in_private_network, unavailable_reason
+from loadtests.private_network import rerun_in_private_network, unavailable_reason
 
 pytestmark = pytest.mark.integration
 
 MODULES = ("tests/serve/test_continuous_batching.py", "tests/serve/test_errors.py")
 
 
-@pytest.mark.skipif(inside(), reason="already in the private network: the modules run as they are")
 def test_the_serving_tests_pass_behind_haproxy() -> None:
     reason = unavailable_reason()
     if reason is not None:
