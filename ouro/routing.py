@@ -613,6 +613,19 @@ class Router:
                 return position, decision
         return len(indexes), decision
 
+    @staticmethod
+    def needs_vectors(indexes: Sequence[CorrectionIndex | None], *, forced: bool = False) -> bool:
+        """Whether ``choose`` would embed the request: an index with entries comes before
+        the version that takes every request (no index, or ``forced``)."""
+        for index in indexes:
+            if index is None:
+                return False
+            if len(index):
+                return True
+            if forced:
+                return False
+        return False
+
     def decide_many(
         self, index: CorrectionIndex | None, conversations: Sequence[Sequence[dict]]
     ) -> list[RouteDecision]:

@@ -9,9 +9,12 @@ as before routing; when none takes it, the base model answers.
 
 - The request's key is embedded once, however long the chain, and only when some index
   needs it; the decisions are ``Router``'s own (the gates decide through the same code).
-- It runs on one worker thread of its own per replica: never on the event loop, never on
-  the engine's step loop, and one embedding at a time (a fast tokenizer must not be used
-  from two threads at once; one thread also keeps routing to one core beside the engine).
+- A decision that embeds runs on one worker thread of its own per replica: never on the
+  event loop, never on the engine's step loop, and one embedding at a time (a fast
+  tokenizer must not be used from two threads at once; one thread also keeps routing to
+  one core beside the engine). A decision that needs no embedding (the chain reaches a
+  version without an index first) is made on the event loop: a thread hop would cost
+  more than the decision.
 - The thread CPU time of each decision (``time.thread_time``: embedding and search) comes
   back with it. Torch's intra-op worker threads, when a replica has several CPUs, are not
   in that figure.
@@ -80,6 +83,8 @@ class RequestRouter:
     ) -> RouteChoice:
         """The first of ``indexes`` that takes the conversation; ``forced``: the first,
         whatever it says (the decision is still made, so its similarity is known)."""
+        if not Router.needs_vectors(indexes, forced=forced):
+            return self.choose_blocking(indexes, messages, forced)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             self._executor, self.choose_blocking, list(indexes), list(messages), forced

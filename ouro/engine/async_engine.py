@@ -29,6 +29,10 @@ logger = logging.getLogger(__name__)
 _IDLE_WAIT_S = 0.5
 """How long the idle loop sleeps between checks that it should still run."""
 
+INLINE_PROMPT_CHARS = 4096
+"""Conversations up to this many characters are formatted and tokenized on the event loop
+(well under a millisecond); longer ones in a worker thread, so the loop keeps serving."""
+
 
 class AsyncEngine:
     """Runs a GenerationEngine's step loop in a thread; async methods for an event loop."""
@@ -38,6 +42,7 @@ class AsyncEngine:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._loop_error: BaseException | None = None
+        self._mailbox_of_loop: _Mailbox | None = None
 
     @classmethod
     def from_settings(cls, settings) -> AsyncEngine:
@@ -90,9 +95,11 @@ class AsyncEngine:
         for a request it refuses (before the first delta) or that fails; leaving the
         loop early aborts the request."""
         self.check_health()
-        loop = asyncio.get_running_loop()
-        sink = _LoopSink(loop, stream, request.params.n)
-        prompt = await asyncio.to_thread(self.engine.prompt_ids, request)
+        sink = _LoopSink(self._mailbox(), stream, request.params.n)
+        if _conversation_chars(request.messages) <= INLINE_PROMPT_CHARS:
+            prompt = self.engine.prompt_ids(request)  # a thread hop would cost more
+        else:
+            prompt = await asyncio.to_thread(self.engine.prompt_ids, request)
         seq_id = self.engine.add_request(request, sink, prompt)
         unfinished = request.params.n
         try:
@@ -103,6 +110,13 @@ class AsyncEngine:
         finally:
             if unfinished:
                 self.engine.abort_sequence(seq_id)
+
+    def _mailbox(self) -> _Mailbox:
+        """The running loop's mailbox (one kept: a server's requests share one loop)."""
+        loop = asyncio.get_running_loop()
+        if self._mailbox_of_loop is None or self._mailbox_of_loop.loop is not loop:
+            self._mailbox_of_loop = _Mailbox(loop)
+        return self._mailbox_of_loop
 
     def abort(self, request_id: str) -> None:
         """Stop the live requests with this id at the next step."""
@@ -121,11 +135,41 @@ class AsyncEngine:
         await asyncio.to_thread(self.engine.remove_adapter, name)
 
 
-class _LoopSink:
-    """Hands deltas from the engine thread to one request's consumer on an event loop."""
+def _conversation_chars(messages) -> int:
+    """About how long the conversation is: every field of every message, as text."""
+    return sum(len(str(value)) for message in messages for value in message.values())
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, stream: bool, choices: int) -> None:
-        self._loop = loop
+
+class _Mailbox:
+    """Hands deltas from the engine thread to the sinks of one event loop, one wake-up of
+    the loop for everything posted before it runs (a step's deltas for every request)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._posted: list[tuple[_LoopSink, list]] = []
+
+    # engine thread
+    def post(self, sink: _LoopSink, items: list) -> None:
+        with self._lock:
+            self._posted.append((sink, items))
+            if len(self._posted) > 1:
+                return  # a wake-up is already on its way
+        self.loop.call_soon_threadsafe(self._deliver)
+
+    # event loop
+    def _deliver(self) -> None:
+        with self._lock:
+            posted, self._posted = self._posted, []
+        for sink, items in posted:
+            sink.deliver(items)
+
+
+class _LoopSink:
+    """One request's deltas, from the engine thread to its consumer on an event loop."""
+
+    def __init__(self, mailbox: _Mailbox, stream: bool, choices: int) -> None:
+        self._mailbox = mailbox
         self._stream = stream
         self._held: list[StreamDelta] = []
         """Deltas kept on the engine thread until every choice's last one (``stream=False``)."""
@@ -136,18 +180,18 @@ class _LoopSink:
     # engine thread
     def put(self, delta: StreamDelta) -> None:
         if self._stream:
-            self._loop.call_soon_threadsafe(self._deliver, [delta])
+            self._mailbox.post(self, [delta])
             return
         self._held.append(delta)
         self._unfinished -= delta.finish_reason is not None
         if not self._unfinished:  # all at once: ``next`` merges them into one per choice
-            self._loop.call_soon_threadsafe(self._deliver, self._held)
+            self._mailbox.post(self, self._held)
 
     def fail(self, error: BaseException) -> None:
-        self._loop.call_soon_threadsafe(self._deliver, [error])
+        self._mailbox.post(self, [error])
 
     # event loop
-    def _deliver(self, items: list) -> None:
+    def deliver(self, items: list) -> None:
         self._items.extend(items)
         self._ready.set()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from ouro.engine import (
     SamplingParams,
     StreamDelta,
 )
+from ouro.engine.async_engine import INLINE_PROMPT_CHARS
 from tests.fixtures.models import LORA_TARGETS
 
 SYSTEM_PROMPT = "You are Ouro, a friendly and helpful assistant."
@@ -258,6 +260,77 @@ def test_streamed_text_equals_generated_text_for_a_mixed_batch(engine, adapters)
         assert [delta.finish_reason for delta in deltas[:-1]] == [None] * (len(deltas) - 1)
         assert deltas[-1].finish_reason == output.finish_reason
         assert deltas[-1].completion_tokens == output.completion_tokens
+
+
+def test_one_step_of_many_streams_wakes_the_event_loop_once(engine):
+    """Deltas the engine thread posts before the loop runs reach it in one wake-up."""
+    batch = [request(index, max_tokens=16) for index in range(4)]
+    expected = [output.text for output in engine.generate(batch)]
+    wakeups = 0
+
+    async def stream_all() -> list[list[StreamDelta]]:
+        nonlocal wakeups
+        loop = asyncio.get_running_loop()
+        original = loop.call_soon_threadsafe
+
+        def counting(callback, *args, **kwargs):
+            nonlocal wakeups
+            wakeups += threading.current_thread().name == "ouro-engine"
+            return original(callback, *args, **kwargs)
+
+        loop.call_soon_threadsafe = counting
+
+        async def collect(req) -> list[StreamDelta]:
+            return [delta async for delta in runner.generate(req)]
+
+        return await asyncio.gather(*(collect(req) for req in batch))
+
+    runner = AsyncEngine(engine)
+    runner.start()
+    try:
+        streams = asyncio.run(stream_all())
+    finally:
+        runner.shutdown()
+    assert ["".join(delta.text for delta in deltas) for deltas in streams] == expected
+    produced = sum(deltas[-1].completion_tokens for deltas in streams)
+    assert 0 < wakeups <= produced / 2  # four rows a step: about one wake-up per step
+
+
+def test_a_long_conversation_is_tokenized_off_the_event_loop(engine):
+    """Conversations past INLINE_PROMPT_CHARS are formatted in a worker thread; the
+    answer is the same as the engine's own."""
+    conversation = []
+    while sum(len(message["content"]) for message in conversation) <= INLINE_PROMPT_CHARS:
+        turn = len(conversation)
+        conversation += [
+            {"role": "user", "content": f"Question number {turn} about the weather"},
+            {"role": "assistant", "content": f"Answer number {turn}: sunny"},
+        ]
+    conversation.append({"role": "user", "content": "And tomorrow?"})
+    long_request = GenerationRequest(conversation, SamplingParams())  # older turns truncated
+    short_request = request(0)
+    threads: dict[str, str] = {}
+    original = engine.prompt_ids
+
+    def recording(req):
+        threads["long" if req is long_request else "short"] = threading.current_thread().name
+        return original(req)
+
+    engine.prompt_ids = recording
+    runner = AsyncEngine(engine)
+    runner.start()
+
+    async def answer(req) -> str:
+        return "".join([delta.text async for delta in runner.generate(req, stream=False)])
+
+    try:
+        answers = [asyncio.run(answer(req)) for req in (long_request, short_request)]
+    finally:
+        runner.shutdown()
+        del engine.prompt_ids
+    assert threads["short"] == "MainThread"  # the loop's thread: no hop for a short one
+    assert threads["long"] != "MainThread"
+    assert answers == [output.text for output in engine.generate([long_request, short_request])]
 
 
 def test_usage_counts_prompt_and_completion_tokens(engine):

@@ -113,6 +113,36 @@ def test_the_embedding_runs_on_the_routers_own_thread(router, shared) -> None:
     assert choice.decision.reason == MATCH
 
 
+def test_a_chain_that_needs_no_embedding_is_decided_on_the_event_loop(router, shared) -> None:
+    """A version without an index (or an empty one, then one without) takes the request
+    before any index is searched: no embedding, so no hop to the router's thread."""
+    empty = CorrectionIndex.build(router.router.embedder, [], BOUNDARY)
+    assert not Router.needs_vectors([None, shared])
+    assert not Router.needs_vectors([empty, None])
+    assert not Router.needs_vectors([empty, shared], forced=True)
+    assert Router.needs_vectors([empty, shared])
+    assert Router.needs_vectors([shared, None], forced=True)
+
+    async def main():
+        deciding = []
+        original = router.router.choose
+
+        def choose(*args, **kwargs):
+            deciding.append(threading.current_thread().name)
+            return original(*args, **kwargs)
+
+        router.router.choose = choose
+        try:
+            choice = await router.choose([None, shared], ask(LIBRARY))
+        finally:
+            del router.router.choose
+        return deciding, choice, threading.current_thread().name
+
+    deciding, choice, loop_thread = asyncio.run(main())
+    assert deciding == [loop_thread]
+    assert (choice.position, choice.decision.reason) == (0, NO_INDEX)
+
+
 def test_an_index_from_another_embedder_is_refused(router, shared) -> None:
     router.check(shared)
     other = CorrectionIndex(
