@@ -1,4 +1,5 @@
-"""A local Ray for one machine: bounded object store, and no probe off the machine.
+"""A local Ray for one machine: bounded object store, no probe off the machine, and the
+Serve settings the app is built for (``SERVE_ENV``).
 
 Ray's dashboard looks for ``~/ray_bootstrap_config.yaml`` at start and, when it is
 missing, probes the cloud metadata address (a link-local IP) to guess the cloud it runs
@@ -43,6 +44,13 @@ LOCAL_PROVIDER = "provider:\n  type: local\n"
 DEFAULT_OBJECT_STORE_BYTES = 256 * 1024 * 1024
 RAY_TOKEN_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
 
+
+SERVE_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+"""Ray Serve settings the app is built for, in the environment of Ray's processes (here for
+a local Ray, in the Helm chart for a cluster). The LLM server's code runs on the replica's
+own event loop, where Serve's direct ingress already reads and writes HTTP: no hop between
+two loops per request and per streamed delta. That needs code that never blocks the loop:
+the engine steps in a thread of its own, and slow work goes to worker threads."""
 
 RAY_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 """Ray's switch between a cluster node (on: listen on the node's routable address and the
@@ -106,6 +114,8 @@ def start_local_ray(
     # on by default says nothing a one-machine run has to act on.
     logging.getLogger(RAY_TOKEN_SETUP_LOGGER).setLevel(logging.ERROR)
     with ray_process_home(ray_home):
+        for name, value in SERVE_ENV.items():  # Ray's processes inherit them
+            os.environ.setdefault(name, value)
         context = ray.init(
             address="local",
             num_cpus=num_cpus or os.cpu_count() or 1,

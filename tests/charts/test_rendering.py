@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from ouro.settings import OuroSettings
+from serve.local_ray import SERVE_ENV
 from tools.manifests import RenderError, containers, find, pod_specs
 from tools.paths import REPO_ROOT, VALUES_FILES
 
@@ -166,7 +167,10 @@ def test_ray_containers_run_serves_haproxy_ingress_unless_told_otherwise(rendere
     assert serve_config(rendered["default"])["http_options"]["host"] == "0.0.0.0"
     head = ray_cluster(rendered["default"])["headGroupSpec"]["template"]["spec"]["containers"][0]
     for container in (head, worker_container(rendered["default"])):
-        assert env_of(container)["RAY_SERVE_ENABLE_HA_PROXY"]["value"] == "1"
+        env = env_of(container)
+        assert env["RAY_SERVE_ENABLE_HA_PROXY"]["value"] == "1"
+        # The Serve settings the app is built for, as a local Ray has them.
+        assert {name: env[name]["value"] for name in SERVE_ENV} == SERVE_ENV
     proxied = render_chart(set_strings={"serve.ingress": "proxy"})
     assert "RAY_SERVE_ENABLE_HA_PROXY" not in env_of(worker_container(proxied))
     with pytest.raises(RenderError, match="haproxy"):
@@ -286,6 +290,7 @@ def test_cronjob_relies_on_the_train_image_entrypoint(rendered):
 @pytest.mark.parametrize("auto_promote", [False, True])
 def test_cronjob_args_parse_with_train_jobs_own_command_line(render_chart, auto_promote):
     from train_job import cli  # an import error fails the test, never skips it
+
     objects = render_chart(set_values={"training.autoPromote": str(auto_promote).lower()})
     _args, _settings, config = cli.load_command(train_pod(objects)["containers"][0]["args"])
     assert config is not None and config.auto_promote is auto_promote

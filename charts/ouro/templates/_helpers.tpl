@@ -103,12 +103,15 @@ consensus_scopes: {{ int .Values.personalAdapters.consensusScopes }}
 consensus_similarity: {{ .Values.personalAdapters.consensusSimilarity }}
 {{- end }}
 
-{{/* Environment of the Ray containers that picks Serve's ingress (serve.ingress). */}}
-{{- define "ouro.serveIngressEnv" -}}
+{{/* Ray Serve's settings in the Ray containers: the ingress (serve.ingress), and the app's
+code on each replica's own event loop (serve.local_ray.SERVE_ENV, as a local Ray has it). */}}
+{{- define "ouro.rayServeEnv" -}}
 {{- if eq .Values.serve.ingress "haproxy" }}
 - name: RAY_SERVE_ENABLE_HA_PROXY
   value: "1"
 {{- end }}
+- name: RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD
+  value: "0"
 {{- end }}
 
 {{/* Environment of every Ouro container: storage paths, the HF token by reference, no telemetry. */}}
