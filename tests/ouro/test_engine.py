@@ -231,6 +231,27 @@ def test_stop_strings_end_the_answer_without_the_stop_string(engine):
     assert untouched.text == full
 
 
+def stream_each(engine, batch, *, on_loop=None) -> list[list[StreamDelta]]:
+    """Every request of ``batch`` streamed at once through an AsyncEngine: each one's
+    deltas. ``on_loop(loop)`` runs on the event loop first."""
+
+    async def stream_all() -> list[list[StreamDelta]]:
+        if on_loop is not None:
+            on_loop(asyncio.get_running_loop())
+
+        async def collect(req) -> list[StreamDelta]:
+            return [delta async for delta in runner.generate(req)]
+
+        return await asyncio.gather(*(collect(req) for req in batch))
+
+    runner = AsyncEngine(engine)
+    runner.start()
+    try:
+        return asyncio.run(stream_all())
+    finally:
+        runner.shutdown()
+
+
 def test_streamed_text_equals_generated_text_for_a_mixed_batch(engine, adapters):
     for name, path in adapters.items():
         engine.add_adapter(name, path)
@@ -242,19 +263,7 @@ def test_streamed_text_equals_generated_text_for_a_mixed_batch(engine, adapters)
         request(1, None, max_tokens=20, stop=(full[4:6],)),
     ]
     expected = engine.generate(batch)
-
-    async def stream_all() -> list[list[StreamDelta]]:
-        async def collect(req) -> list[StreamDelta]:
-            return [delta async for delta in runner.generate(req)]
-
-        return await asyncio.gather(*(collect(req) for req in batch))
-
-    runner = AsyncEngine(engine)
-    runner.start()
-    try:
-        streams = asyncio.run(stream_all())
-    finally:
-        runner.shutdown()
+    streams = stream_each(engine, batch)
     for output, deltas in zip(expected, streams, strict=True):
         assert "".join(delta.text for delta in deltas) == output.text
         assert [delta.finish_reason for delta in deltas[:-1]] == [None] * (len(deltas) - 1)
@@ -268,9 +277,7 @@ def test_one_step_of_many_streams_wakes_the_event_loop_once(engine):
     expected = [output.text for output in engine.generate(batch)]
     wakeups = 0
 
-    async def stream_all() -> list[list[StreamDelta]]:
-        nonlocal wakeups
-        loop = asyncio.get_running_loop()
+    def count_wakeups(loop: asyncio.AbstractEventLoop) -> None:
         original = loop.call_soon_threadsafe
 
         def counting(callback, *args, **kwargs):
@@ -280,17 +287,7 @@ def test_one_step_of_many_streams_wakes_the_event_loop_once(engine):
 
         loop.call_soon_threadsafe = counting
 
-        async def collect(req) -> list[StreamDelta]:
-            return [delta async for delta in runner.generate(req)]
-
-        return await asyncio.gather(*(collect(req) for req in batch))
-
-    runner = AsyncEngine(engine)
-    runner.start()
-    try:
-        streams = asyncio.run(stream_all())
-    finally:
-        runner.shutdown()
+    streams = stream_each(engine, batch, on_loop=count_wakeups)
     assert ["".join(delta.text for delta in deltas) for deltas in streams] == expected
     produced = sum(deltas[-1].completion_tokens for deltas in streams)
     assert 0 < wakeups <= produced / 2  # four rows a step: about one wake-up per step
