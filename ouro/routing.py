@@ -589,12 +589,14 @@ class Router:
         messages: Sequence[dict],
         *,
         forced: bool = False,
-    ) -> tuple[int, RouteDecision]:
+        embed: bool = True,
+    ) -> tuple[int, RouteDecision] | None:
         """Who answers a conversation: the position of the first of ``indexes`` (a version,
         then its parents: a personal version, shared production) that takes it, or
         ``len(indexes)`` with the last decision made when none does (the base model
         answers). ``forced``: the first, whatever it says (its similarity still known).
-        The request is embedded once, and only if an index needs it."""
+        The request is embedded once, and only if an index needs it; with ``embed=False``
+        the answer is None instead (the caller then picks where the embedding runs)."""
         key = RouteKey.of(messages)
         vectors = None
         decision = RouteDecision(routed=False)
@@ -604,6 +606,8 @@ class Router:
             elif not key.text or not len(index):
                 decision = RouteDecision(routed=False)
             else:
+                if not embed:
+                    return None
                 if vectors is None:
                     vectors = self.vectors(key)
                 decision = index.best_match(key, *vectors)
@@ -612,19 +616,6 @@ class Router:
             if decision.routed:
                 return position, decision
         return len(indexes), decision
-
-    @staticmethod
-    def needs_vectors(indexes: Sequence[CorrectionIndex | None], *, forced: bool = False) -> bool:
-        """Whether ``choose`` would embed the request: an index with entries comes before
-        the version that takes every request (no index, or ``forced``)."""
-        for index in indexes:
-            if index is None:
-                return False
-            if len(index):
-                return True
-            if forced:
-                return False
-        return False
 
     def decide_many(
         self, index: CorrectionIndex | None, conversations: Sequence[Sequence[dict]]

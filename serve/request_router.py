@@ -83,23 +83,29 @@ class RequestRouter:
     ) -> RouteChoice:
         """The first of ``indexes`` that takes the conversation; ``forced``: the first,
         whatever it says (the decision is still made, so its similarity is known)."""
-        if not Router.needs_vectors(indexes, forced=forced):
-            return self.choose_blocking(indexes, messages, forced)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, self.choose_blocking, list(indexes), list(messages), forced
-        )
+        choice = self.choose_blocking(indexes, messages, forced, embed=False)
+        if choice is None:  # an index needs the embedding: on the router's thread
+            loop = asyncio.get_running_loop()
+            choice = await loop.run_in_executor(
+                self._executor, self.choose_blocking, list(indexes), list(messages), forced
+            )
+        return choice
 
     def choose_blocking(
         self,
         indexes: Sequence[CorrectionIndex | None],
         messages: Sequence[dict],
         forced: bool = False,
-    ) -> RouteChoice:
-        """``choose`` on the calling thread, with its thread CPU time."""
+        *,
+        embed: bool = True,
+    ) -> RouteChoice | None:
+        """``choose`` on the calling thread, with its thread CPU time; with ``embed=False``,
+        None when the decision needs the embedding."""
         started = time.thread_time()
-        position, decision = self.router.choose(indexes, messages, forced=forced)
-        return RouteChoice(position, decision, time.thread_time() - started)
+        decided = self.router.choose(indexes, messages, forced=forced, embed=embed)
+        if decided is None:
+            return None
+        return RouteChoice(*decided, time.thread_time() - started)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -117,11 +117,15 @@ def test_a_chain_that_needs_no_embedding_is_decided_on_the_event_loop(router, sh
     """A version without an index (or an empty one, then one without) takes the request
     before any index is searched: no embedding, so no hop to the router's thread."""
     empty = CorrectionIndex.build(router.router.embedder, [], BOUNDARY)
-    assert not Router.needs_vectors([None, shared])
-    assert not Router.needs_vectors([empty, None])
-    assert not Router.needs_vectors([empty, shared], forced=True)
-    assert Router.needs_vectors([empty, shared])
-    assert Router.needs_vectors([shared, None], forced=True)
+
+    def needs_vectors(indexes, forced=False) -> bool:
+        return router.router.choose(indexes, ask(LIBRARY), forced=forced, embed=False) is None
+
+    assert not needs_vectors([None, shared])
+    assert not needs_vectors([empty, None])
+    assert not needs_vectors([empty, shared], forced=True)
+    assert needs_vectors([empty, shared])
+    assert needs_vectors([shared, None], forced=True)
 
     async def main():
         deciding = []
