@@ -153,6 +153,32 @@ def test_a_base_only_batch_equals_the_base_model_and_keeps_the_selection(peft_mo
     torch.testing.assert_close(banked, expected)
 
 
+def test_inside_routed_the_bank_runs_the_layers_in_peft_s_place(peft_model, monkeypatch):
+    """PEFT's LoRA forward only adds Python around the base layer there (every row is
+    ``__base__`` to it); outside ``routed``, and once detached, PEFT runs as it would."""
+    layer_class = type(next(m for m in peft_model.modules() if isinstance(m, LoraLayer)))
+    peft_forward = layer_class.forward
+    calls = []
+
+    def counted(self, *args, **kwargs):
+        calls.append(self)
+        return peft_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(layer_class, "forward", counted)
+    input_ids = inputs(2)
+    with attached_bank(peft_model, masked_min_rows=1) as bank:
+        for adapters in ([None, None], ["r4", None]):
+            bank_logits(peft_model, bank, input_ids, adapters)
+            assert calls == []
+        with torch.inference_mode():
+            peft_model(input_ids=input_ids)
+        assert len(calls) == len(bank.weights)
+    calls.clear()
+    with torch.inference_mode():
+        peft_model(input_ids=input_ids)
+    assert len(calls) == len(bank.weights)
+
+
 def test_the_used_set_is_gathered_again_only_when_it_changes(peft_model, bank):
     bank.route(["r4", "r16"])
     selected = bank.selected
