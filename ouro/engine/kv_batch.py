@@ -6,8 +6,10 @@ token, and shorter rows are padded on the left (attention mask 0). That keeps on
 
 - *join*: a group prefilled apart (its own cache) is merged in by left-padding whichever
   cache is narrower and concatenating along the batch dimension (a copy, once per join);
-- *leave*: ``index_select`` on the batch dimension; columns that became padding in every
-  remaining row are cut off, so the width follows the longest live row.
+- *leave*: the remaining rows are kept (a view when they are one contiguous run, which is
+  the usual case: rows join at the end and leave oldest first; else ``index_select``);
+  columns that became padding in every remaining row are cut off, so the width follows the
+  longest live row.
 
 Each row keeps its own positions (RoPE was applied with the row's real positions when its
 keys were cached), so padding never changes a row's numbers.
@@ -68,13 +70,12 @@ class KVBatch:
         """Keep only the rows at ``keep`` (in that order); trim columns nobody uses."""
         if len(keep) == self.rows:
             return
-        index = torch.tensor(keep, dtype=torch.long, device=self.attention_mask.device)
         if keep:
-            self.cache.batch_select_indices(index)
+            select_cache_rows(self.cache, keep)
         else:
             self.cache = DynamicCache(config=self.config)
-        self.attention_mask = self.attention_mask[index]
-        self.positions = self.positions[index]
+        self.attention_mask = select_rows(self.attention_mask, keep)
+        self.positions = select_rows(self.positions, keep)
         self._trim()
 
     def merge(self, other: KVBatch) -> None:
@@ -110,6 +111,24 @@ class KVBatch:
             layer.keys = layer.keys[:, :, start:, :]
             layer.values = layer.values[:, :, start:, :]
         self.attention_mask = self.attention_mask[:, start:]
+
+
+def select_rows(tensor: torch.Tensor, keep: list[int]) -> torch.Tensor:
+    """The rows at ``keep`` (dimension 0): a view when they are one contiguous run.
+
+    A view costs nothing; ``index_select`` copies the tensor (for a cache, at 2 torch
+    threads, about as long as the step's own cache append).
+    """
+    if keep and keep == list(range(keep[0], keep[0] + len(keep))):
+        return tensor.narrow(0, keep[0], len(keep))
+    return tensor.index_select(0, torch.tensor(keep, dtype=torch.long, device=tensor.device))
+
+
+def select_cache_rows(cache: DynamicCache, keep: list[int]) -> None:
+    """Keep the cache's rows at ``keep``, in that order (``keep`` is not empty)."""
+    for layer in _layers(cache):
+        layer.keys = select_rows(layer.keys, keep)
+        layer.values = select_rows(layer.values, keep)
 
 
 def _layers(cache: DynamicCache) -> list:
