@@ -222,6 +222,30 @@ def test_per_row_gathering_equals_peft_for_mixed_ranks_layers_and_modules(peft_m
     )
 
 
+def test_small_per_row_products_run_on_the_calling_thread_alone(
+    peft_model, per_row_bank, monkeypatch
+):
+    """Waking torch's intra-op pool costs more than a rank-sized bmm; the thread count
+    comes back after each product, whatever the forward does."""
+    threads_seen = []
+    bmm = torch.bmm
+
+    def recording_bmm(*args):
+        threads_seen.append(torch.get_num_threads())
+        return bmm(*args)
+
+    monkeypatch.setattr(torch, "bmm", recording_bmm)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        bank_logits(peft_model, per_row_bank, inputs(3), ["r4", "mlp", None])
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert threads_seen and set(threads_seen) == {1}
+    assert after == 2
+
+
 def test_a_prefill_chunk_of_few_rows_gathers_per_row_and_keeps_the_running_selection(
     peft_model,
 ):
