@@ -4,7 +4,8 @@
   synchronous ``generate`` for the training job, the gates and the benchmarks);
 - :mod:`ouro.engine.async_engine`: :class:`AsyncEngine`, the interface servers use;
 - :mod:`ouro.engine.kv_batch`, :mod:`ouro.engine.lora_bank`, :mod:`ouro.engine.model_runner`,
-  :mod:`ouro.engine.sampling`, :mod:`ouro.engine.detokenizer`: the parts a step is made of;
+  :mod:`ouro.engine.sampling`, :mod:`ouro.engine.detokenizer`: the parts a step is made of
+  (:mod:`ouro.engine.intra_op`: their small CPU ops on the engine's thread alone);
 - :mod:`ouro.engine.types`: requests, sampling settings, deltas, limits, stats, errors.
 
 The engine's classes are imported on first use: a process that only speaks the engine's

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
+from ouro.engine.intra_op import small_work_on_this_thread
+
 
 class KVBatch:
     """Rows' cache, attention mask and next positions; tensors on the model's device."""
@@ -116,12 +118,15 @@ class KVBatch:
 def select_rows(tensor: torch.Tensor, keep: list[int]) -> torch.Tensor:
     """The rows at ``keep`` (dimension 0): a view when they are one contiguous run.
 
-    A view costs nothing; ``index_select`` copies the tensor (for a cache, at 2 torch
-    threads, about as long as the step's own cache append).
+    A view costs nothing; ``index_select`` copies the kept rows (on this thread alone when
+    they are few, see :mod:`ouro.engine.intra_op`).
     """
     if keep and keep == list(range(keep[0], keep[0] + len(keep))):
         return tensor.narrow(0, keep[0], len(keep))
-    return tensor.index_select(0, torch.tensor(keep, dtype=torch.long, device=tensor.device))
+    index = torch.tensor(keep, dtype=torch.long, device=tensor.device)
+    copied = tensor.numel() // max(len(tensor), 1) * len(keep)
+    with small_work_on_this_thread(copied, tensor.device):
+        return tensor.index_select(0, index)
 
 
 def select_cache_rows(cache: DynamicCache, keep: list[int]) -> None:

@@ -8,6 +8,8 @@ from contextlib import contextmanager
 
 import torch
 
+from ouro.engine.intra_op import small_work_on_this_thread
+
 BASE_ADAPTER = "__base__"
 """PEFT's name for 'no adapter' in ``adapter_names``."""
 
@@ -19,33 +21,6 @@ PER_ROW_MIN_ADAPTERS = 5
 MASKED_MIN_ROWS = 8
 """A batch of fewer rows (a prefill chunk of the newly admitted requests) gathers per row:
 its gather is small, and a masked selection made for it would replace the running batch's."""
-
-
-POOL_MIN_WORK = 1 << 24
-"""Multiply-adds of a per-row LoRA product below which the CPU computes it on the calling
-thread alone (see ``_small_work_on_this_thread``)."""
-
-
-@contextmanager
-def _small_work_on_this_thread(work: int, device: torch.device) -> Iterator[None]:
-    """Run the block's CPU ops on this thread alone when ``work`` is small.
-
-    ``torch.bmm`` on the CPU splits the batch over the intra-op pool at any size, and
-    waking the pool's sleeping threads (OMP_WAIT_POLICY=PASSIVE, see ouro.cpu_threads)
-    costs more than a rank-sized product: for 16 decoding rows (width 64 to 256, rank 16,
-    2 torch threads) 22 us on this thread against about 270 us through the pool, and for
-    a 40-token prefill chunk of 16 rows 130 against 430 us. OpenMP's thread count is a
-    setting of the calling thread: the other threads' parallel regions keep the pool.
-    """
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1 or work >= POOL_MIN_WORK:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class LoraBank:
@@ -247,7 +222,7 @@ class LoraBank:
             x = x.to(a_stack.dtype)
             width, rank, out = a_stack.shape[1], a_stack.shape[2], b_stack.shape[2]
             work = x.numel() // width * rank * (width + out)
-            with _small_work_on_this_thread(work, x.device):
+            with small_work_on_this_thread(work, x.device):
                 hidden = torch.bmm(x, a_stack.index_select(0, slots))
                 delta = torch.bmm(hidden, b_stack.index_select(0, slots))
             return output + delta.to(output.dtype)
