@@ -133,6 +133,14 @@ def single_client(
     medians = {name: statistics.median(values) for name, values in timings.items()}
     ratio = medians["http"] / medians["engine"]
     per_token_ratio = statistics.median(http_per_token) / statistics.median(engine_per_token)
+    # Pairs alternate their order (ABBA); on this VM a call's speed depends on what ran just
+    # before it (docs/performance.md), so the ratio within each order says how much of
+    # ``ratio`` is that carry-over rather than the serving path.
+    by_order = {
+        order: statistics.median(timings["http"][first::2])
+        / statistics.median(timings["engine"][first::2])
+        for order, first in (("engine_first", 0), ("http_first", 1))
+    }
     decode_tokens = max(statistics.median(tokens) - 1, 1)
     logger.info("serving overhead at one client: %.3fx (per token %.3fx)", ratio, per_token_ratio)
     return {
@@ -149,6 +157,7 @@ def single_client(
         "http_latencies_s": timings["http"],
         "ratio": ratio,
         "per_token_ratio": per_token_ratio,
+        "ratio_by_order": by_order,
         "breakdown_s": {
             "healthz_round_trip": medians["healthz"],
             "engine_1_token": medians["engine_1"],
