@@ -72,7 +72,7 @@ class ModelRunner:
                 return
             raise AdapterError(f"an adapter named {name!r} is already loaded; remove it first")
         self._check_base_model(name, config)
-        self._drop_bank()  # its hooks sit on the LoRA layers PEFT is about to change
+        self._drop_bank()  # it runs the forward of the LoRA layers PEFT is about to change
         self._load_adapter(name, path, config)
         self._adapter_paths[name] = path.resolve()
         logger.info("loaded adapter %s from %s", name, path)
@@ -170,12 +170,12 @@ class ModelRunner:
         return output.logits[:, -1, :].float()
 
     def lora_bank(self) -> LoraBank:
-        """The bank of the loaded adapters (built, and hooked in, after each adapter change)."""
+        """The bank of the loaded adapters (built, and attached, after each adapter change)."""
         if self._bank is None:
             layers = [] if self._peft is None else self._lora_layers()
             with torch.inference_mode():
                 self._bank = LoraBank(layers, list(self._adapter_paths), self.per_row_min_adapters)
-            self._bank.attach()  # hooked until the next adapter change
+            self._bank.attach()  # attached until the next adapter change
         return self._bank
 
     def _drop_bank(self) -> None:

@@ -61,7 +61,7 @@ def peft_model(tiny_random_model_dir: Path):
 
 @contextmanager
 def attached_bank(peft_model, **thresholds) -> Iterator[LoraBank]:
-    """A bank of every adapter of ``peft_model``, hooked in while the block runs."""
+    """A bank of every adapter of ``peft_model``, attached while the block runs."""
     layers = [module for module in peft_model.modules() if isinstance(module, LoraLayer)]
     with torch.inference_mode():
         bank = LoraBank(layers, list(peft_model.peft_config), **thresholds)
