@@ -52,7 +52,7 @@ import torch
 from ouro.chat import ChatFormatter
 from ouro.engine import sampling
 from ouro.engine.detokenizer import IncrementalDetokenizer
-from ouro.engine.kv_batch import KVBatch, select_cache_rows, select_rows
+from ouro.engine.kv_batch import KVBatch, RowSelection
 from ouro.engine.model_runner import ModelRunner
 from ouro.engine.types import (
     BATCH_SIZE_BUCKETS,
@@ -195,12 +195,13 @@ class _PrefillGroup:
 
     def select(self, keep: list[int]) -> None:
         """Keep the rows at ``keep`` (aborted rows leave before their prefill ends)."""
+        selection = RowSelection(keep, self.input_ids.device)
         self.seqs = [self.seqs[row] for row in keep]
-        self.input_ids = select_rows(self.input_ids, keep)
-        self.attention_mask = select_rows(self.attention_mask, keep)
-        self.positions = select_rows(self.positions, keep)
+        self.input_ids = selection(self.input_ids)
+        self.attention_mask = selection(self.attention_mask)
+        self.positions = selection(self.positions)
         if self.done and keep:
-            select_cache_rows(self.batch.cache, keep)
+            selection.apply_to_cache(self.batch.cache)
 
 
 class GenerationEngine:

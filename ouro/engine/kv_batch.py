@@ -72,12 +72,13 @@ class KVBatch:
         """Keep only the rows at ``keep`` (in that order); trim columns nobody uses."""
         if len(keep) == self.rows:
             return
+        selection = RowSelection(keep, self.attention_mask.device)
         if keep:
-            select_cache_rows(self.cache, keep)
+            selection.apply_to_cache(self.cache)
         else:
             self.cache = DynamicCache(config=self.config)
-        self.attention_mask = select_rows(self.attention_mask, keep)
-        self.positions = select_rows(self.positions, keep)
+        self.attention_mask = selection(self.attention_mask)
+        self.positions = selection(self.positions)
         self._trim()
 
     def merge(self, other: KVBatch) -> None:
@@ -115,25 +116,33 @@ class KVBatch:
         self.attention_mask = self.attention_mask[:, start:]
 
 
-def select_rows(tensor: torch.Tensor, keep: list[int]) -> torch.Tensor:
-    """The rows at ``keep`` (dimension 0): a view when they are one contiguous run.
+class RowSelection:
+    """The rows at ``keep`` (dimension 0, in that order) of a batch's tensors, worked out once
+    for all of them: a view when they are one contiguous run, else ``index_select``.
 
     A view costs nothing; ``index_select`` copies the kept rows (on this thread alone when
     they are few, see :mod:`ouro.engine.intra_op`).
     """
-    if keep and keep == list(range(keep[0], keep[0] + len(keep))):
-        return tensor.narrow(0, keep[0], len(keep))
-    index = torch.tensor(keep, dtype=torch.long, device=tensor.device)
-    copied = tensor.numel() // max(len(tensor), 1) * len(keep)
-    with small_work_on_this_thread(copied, tensor.device):
-        return tensor.index_select(0, index)
 
+    def __init__(self, keep: list[int], device: torch.device) -> None:
+        self.rows = len(keep)
+        self.start = keep[0] if keep and keep == list(range(keep[0], keep[0] + len(keep))) else None
+        self.index = (
+            None if self.start is not None else torch.tensor(keep, dtype=torch.long, device=device)
+        )
 
-def select_cache_rows(cache: DynamicCache, keep: list[int]) -> None:
-    """Keep the cache's rows at ``keep``, in that order (``keep`` is not empty)."""
-    for layer in _layers(cache):
-        layer.keys = select_rows(layer.keys, keep)
-        layer.values = select_rows(layer.values, keep)
+    def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.index is None:
+            return tensor.narrow(0, self.start, self.rows)
+        copied = tensor.numel() // max(len(tensor), 1) * self.rows
+        with small_work_on_this_thread(copied, tensor.device):
+            return tensor.index_select(0, self.index)
+
+    def apply_to_cache(self, cache: DynamicCache) -> None:
+        """Keep these rows of every layer of ``cache``."""
+        for layer in _layers(cache):
+            layer.keys = self(layer.keys)
+            layer.values = self(layer.values)
 
 
 def _layers(cache: DynamicCache) -> list:

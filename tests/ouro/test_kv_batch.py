@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import DynamicCache, LlamaConfig
 
-from ouro.engine.kv_batch import KVBatch, select_rows
+from ouro.engine.kv_batch import KVBatch, RowSelection
 
 CONFIG = LlamaConfig(
     hidden_size=16, num_attention_heads=2, num_key_value_heads=2, num_hidden_layers=2
@@ -37,6 +37,10 @@ def test_the_kept_rows_stay_in_order_and_unused_columns_are_trimmed(keep):
         assert layer.keys[:, 0, -1, 0].tolist() == [float(row) for row in keep]
         assert layer.values[:, 0, -1, 0].tolist() == [row + 100.0 for row in keep]
         assert layer.keys.shape[2] == batch.width
+
+
+def select_rows(tensor: torch.Tensor, keep: list[int]) -> torch.Tensor:
+    return RowSelection(keep, tensor.device)(tensor)
 
 
 def test_a_contiguous_run_of_rows_is_a_view_and_others_a_copy():
