@@ -390,13 +390,16 @@ class LedgerReader:
             control=control,
         )
 
+    def count_since(self, since: Watermark | None) -> int:
+        """Records after ``since`` (the newest training's watermark; None: every record).
+        Reads only what was written after it."""
+        return len(self.scan(after=since).records)
+
     def stats(self, since: Watermark | None = None) -> FeedbackStats:
         """Counts for the stats endpoint; ``since`` is the newest training's watermark."""
         everything = self.scan()
         by_model = Counter(record.model or UNKNOWN_MODEL for record in everything.records)
-        since_count = (
-            len(everything.records) if since is None else len(self.scan(after=since).records)
-        )
+        since_count = len(everything.records) if since is None else self.count_since(since)
         return FeedbackStats(
             total=len(everything.records),
             by_model=dict(sorted(by_model.items())),
@@ -762,6 +765,9 @@ class FeedbackLedger:
 
     def control(self) -> ControlState:
         return self._reader.control()
+
+    def count_since(self, since: Watermark | None) -> int:
+        return self._reader.count_since(since)
 
     def stats(self, since: Watermark | None = None) -> FeedbackStats:
         return self._reader.stats(since)

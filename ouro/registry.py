@@ -90,6 +90,8 @@ KIND_PERSONAL = "personal"
 
 ALIAS_HISTORY_TAG_PREFIX = "alias_history."
 ALIAS_HISTORY_LIMIT = 20
+# Registered-model tag: the training cycles' outcomes (TrainingCycles), for Serve's metrics.
+TRAINING_CYCLES_TAG = "ouro.training_cycles"
 
 _ALIAS_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 _VERSION_ALIAS_PATTERN = re.compile(r"^[vV]\d+$")  # reserved by MLflow for versions
@@ -274,12 +276,57 @@ class AdapterVersion:
 
 
 @dataclass(frozen=True)
+class TrainingCycles:
+    """The outcomes of a registered model's training cycles, as the training job records
+    them on the model (one tag), so that Serve can export them without reading runs."""
+
+    consecutive_failed: int = 0
+    """Cycles since the last one that registered a version that failed or whose candidate
+    the gates refused (a cycle with nothing to train changes nothing)."""
+    last_at: dict[str, float] = field(default_factory=dict)
+    """Per outcome, when its newest cycle ended (Unix seconds)."""
+
+    def after(self, outcome: str, at: float, failed: bool) -> TrainingCycles:
+        """These cycles with one more, ended at ``at`` (``failed``: it counts as failing)."""
+        consecutive = self.consecutive_failed + 1 if failed else self.consecutive_failed
+        if outcome == OUTCOME_REGISTERED:
+            consecutive = 0
+        return TrainingCycles(consecutive, {**self.last_at, outcome: at})
+
+    def encode(self) -> str:
+        return json.dumps(
+            {"consecutive_failed": self.consecutive_failed, "last_at": self.last_at},
+            sort_keys=True,
+        )
+
+    @classmethod
+    def decode(cls, text: str | None) -> TrainingCycles:
+        """The recorded cycles; none recorded (or an unreadable tag) reads as no cycle."""
+        if not text:
+            return cls()
+        try:
+            data = json.loads(text)
+            return cls(
+                int(data["consecutive_failed"]),
+                {str(k): float(v) for k, v in dict(data["last_at"]).items()},
+            )
+        except (ValueError, TypeError, KeyError):
+            logger.warning("unreadable %s tag %r", TRAINING_CYCLES_TAG, text)
+            return cls()
+
+
+OUTCOME_REGISTERED = "registered"
+"""The outcome of a cycle that registered a version (``train_job.cycle.Outcome``)."""
+
+
+@dataclass(frozen=True)
 class RegistrySnapshot:
     """The registered model's aliases and ready versions at one moment."""
 
     model_name: str
     aliases: dict[str, int] = field(default_factory=dict)
     versions: dict[int, AdapterVersion] = field(default_factory=dict)
+    cycles: TrainingCycles = field(default_factory=TrainingCycles)
 
     @property
     def production(self) -> int | None:
@@ -403,7 +450,8 @@ class AdapterRegistry:
                     continue
                 number = int(mv.version)
                 versions[number] = AdapterVersion.from_mlflow(mv, tuple(by_version.get(number, ())))
-        return RegistrySnapshot(self.model_name, aliases, dict(sorted(versions.items())))
+        cycles = TrainingCycles.decode(registered.tags.get(TRAINING_CYCLES_TAG))
+        return RegistrySnapshot(self.model_name, aliases, dict(sorted(versions.items())), cycles)
 
     def _all_versions(self) -> Iterator[ModelVersion]:
         token = None
@@ -537,6 +585,22 @@ class AdapterRegistry:
             self._write_history(alias, history)
         logger.info("alias %s rolled back: %s -> %s", alias, current, target)
         return target
+
+    def record_cycle(self, outcome: str, *, failed: bool, at: float) -> TrainingCycles:
+        """Record a training cycle's outcome on the registered model (created if needed)."""
+        with self._calling(f"recording a training cycle on {self.model_name!r}"):
+            registered = self._registered_model()
+            if registered is None:
+                self._ensure_registered_model()
+                registered = self._registered_model()
+            recorded = TrainingCycles.decode(
+                registered.tags.get(TRAINING_CYCLES_TAG) if registered else None
+            )
+            cycles = recorded.after(outcome, at, failed)
+            self._client.set_registered_model_tag(
+                self.model_name, TRAINING_CYCLES_TAG, cycles.encode()
+            )
+        return cycles
 
     def _write_history(self, alias: str, history: list[int | None]) -> None:
         self._client.set_registered_model_tag(

@@ -101,6 +101,11 @@ class OuroSettings(BaseSettings):
         description="Admin API keys (feedback stats, registry refresh, forget, share), "
         "comma-separated, 'name:key' or a bare key.",
     )
+    metrics_api_keys: CommaList = Field(
+        default_factory=list,
+        description="Keys that may read GET /metrics and nothing else (a Prometheus "
+        "scraper's), comma-separated bare keys; admin keys may read it too.",
+    )
     admin_api_key: str | None = Field(
         None,
         description="The admin key that commands calling Serve send (train_job --notify, "

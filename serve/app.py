@@ -53,8 +53,10 @@ def create_app(
     *,
     engine_factory: EngineFactory = build_engine,
     registry_factory: RegistryFactory = build_registry,
+    num_replicas: int | None = None,
 ) -> serve.Application:
-    """``build_app`` with the engine and registry factories injectable (Ray Serve LLM style).
+    """``build_app`` with the engine and registry factories injectable (Ray Serve LLM style),
+    and the LLM server's replica count (else the config's ``deployments:`` section's, or 1).
 
     Checked here, where the app is deployed, so a bad config fails the deployment with a
     clear message: unknown settings, and an open server that was not allowed.
@@ -68,7 +70,9 @@ def create_app(
     # The engine bounds its own queue and answers past it with 429 in OpenAI's envelope;
     # Serve's own bound (a bare 503 from the proxy) is set above it, with room for the
     # routes that never reach the engine (health, metrics, feedback).
+    replicas = {} if num_replicas is None else {"num_replicas": num_replicas}
     llm = LLMServer.options(
+        **replicas,
         ray_actor_options={"num_cpus": settings.llm_num_cpus},
         max_ongoing_requests=settings.max_running_requests
         + settings.max_queued_requests

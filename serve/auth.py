@@ -76,9 +76,11 @@ class ApiKeyAuth:
         client_key_hashes: list[str],
         admin_key_hashes: list[str],
         key_names: Mapping[str, str] | None = None,
+        metrics_key_hashes: list[str] | None = None,
     ) -> None:
         self._client = list(client_key_hashes)
         self._admin = list(admin_key_hashes)
+        self._metrics = list(metrics_key_hashes or [])
         self._names = dict(key_names or {})  # key hash -> key name
 
     @classmethod
@@ -88,7 +90,8 @@ class ApiKeyAuth:
         names = {hash_api_key(named.key): named.name for named in [*client_keys, *admin_keys]}
         client = [hash_api_key(named.key) for named in client_keys]
         admin = [hash_api_key(named.key) for named in admin_keys]
-        auth = cls(client, admin, names)
+        metrics = [hash_api_key(key) for key in settings.metrics_api_keys]
+        auth = cls(client, admin, names, metrics)
         if auth.open:
             if not settings.allow_unauthenticated:
                 raise UnauthenticatedStartupError(
@@ -104,18 +107,38 @@ class ApiKeyAuth:
         """True when no key is configured: every request is allowed."""
         return not self._client and not self._admin
 
+    def authorize_metrics(self, authorization: str | None) -> None:
+        """A scrape of ``/metrics``: a metrics key or an admin key (open when no client or
+        admin key is configured, as every route is)."""
+        if self.open:
+            return
+        key = _bearer_key(authorization)
+        if is_known_api_key(key, self._metrics) or is_known_api_key(key, self._admin):
+            return
+        if is_known_api_key(key, self._client):
+            raise PermissionDeniedError("/metrics needs a metrics or an admin API key")
+        raise AuthenticationError("invalid API key")
+
     def authenticate(self, authorization: str | None, *, admin: bool = False) -> Caller:
         """The caller behind an Authorization header; raises 401/403-mapped errors."""
         if self.open:
             return Caller(key_hash=None, admin=True)
-        if not authorization or not authorization.lower().startswith(BEARER_PREFIX):
-            raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
-        key = authorization[len(BEARER_PREFIX) :].strip()
-        is_admin = bool(key) and is_known_api_key(key, self._admin)
-        is_client = bool(key) and is_known_api_key(key, self._client)
+        key = _bearer_key(authorization)
+        is_admin = is_known_api_key(key, self._admin)
+        is_client = is_known_api_key(key, self._client)
         if not (is_admin or is_client):
             raise AuthenticationError("invalid API key")
         if admin and not is_admin:
             raise PermissionDeniedError("this route needs an admin API key")
         key_hash = hash_api_key(key)
         return Caller(key_hash=key_hash, admin=is_admin, key_name=self._names.get(key_hash))
+
+
+def _bearer_key(authorization: str | None) -> str:
+    """The key of an ``Authorization: Bearer <key>`` header; AuthenticationError without one."""
+    if not authorization or not authorization.lower().startswith(BEARER_PREFIX):
+        raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
+    key = authorization[len(BEARER_PREFIX) :].strip()
+    if not key:
+        raise AuthenticationError("invalid API key")
+    return key

@@ -7,9 +7,10 @@ once, so each LLM server replica re-reads the registry within moments instead of
 its next poll. LLM server replicas also post a ``ReplicaReport``
 here after every poll and adapter change, which the HTTP front reads for ``/readyz`` and
 for waiting until a refresh has been acted on. ``/metrics`` wants the engines' state at
-scrape time, not at the last poll: ``fresh_reports`` bumps a scrape generation that every
+scrape time, not at the last poll: ``fresh_scrapes`` bumps a scrape generation that every
 LLM replica long-polls (``wait_for_scrape``), and waits a moment for their answers
-(``answer_scrape``); see :mod:`serve.replica_report`.
+(``answer_scrape``: a report and the replica's own metric samples); see
+:mod:`serve.replica_report`.
 
 Limits: the state is soft. If this replica restarts, the generation starts again at 0
 (watchers then see a generation lower than theirs and resynchronise) and reports
@@ -25,7 +26,7 @@ from dataclasses import replace
 
 from ray import serve
 
-from serve.replica_report import ReplicaReport
+from serve.replica_report import ReplicaReport, ReplicaScrape
 
 COORDINATOR_NAME = "RegistryCoordinator"
 
@@ -50,6 +51,8 @@ class RegistryCoordinator:
         self._reports: dict[str, ReplicaReport] = {}
         self._scrape = 0
         self._scrape_asked = asyncio.Condition()
+        self._metrics: dict[str, tuple] = {}
+        """Per replica, the metric samples of its newest scrape answer."""
         self._answered: dict[str, int] = {}
         """Per replica, the newest scrape generation it has answered."""
         self._answers = asyncio.Condition()
@@ -83,6 +86,7 @@ class RegistryCoordinator:
         cutoff = time.time() - max_age_s
         self._reports = {k: r for k, r in self._reports.items() if r.reported_at >= cutoff}
         self._answered = {k: g for k, g in self._answered.items() if k in self._reports}
+        self._metrics = {k: m for k, m in self._metrics.items() if k in self._reports}
         return sorted(self._reports.values(), key=lambda report: report.replica_id)
 
     # -- scrapes -----------------------------------------------------------------------------
@@ -97,19 +101,21 @@ class RegistryCoordinator:
                 pass
             return self._scrape
 
-    async def answer_scrape(self, report: ReplicaReport, generation: int) -> None:
-        """A replica's fresh report for scrape ``generation``."""
+    async def answer_scrape(self, scrape: ReplicaScrape, generation: int) -> None:
+        """A replica's fresh report and samples for scrape ``generation``."""
+        report = scrape.report
         async with self._answers:
             self._reports[report.replica_id] = report
+            self._metrics[report.replica_id] = scrape.metrics
             previous = self._answered.get(report.replica_id, -1)
             self._answered[report.replica_id] = max(previous, generation)
             self._answers.notify_all()
 
-    async def fresh_reports(self, max_age_s: float, wait_s: float) -> list[ReplicaReport]:
+    async def fresh_scrapes(self, max_age_s: float, wait_s: float) -> list[ReplicaScrape]:
         """Ask every live replica for a fresh report; wait up to ``wait_s`` for them.
 
-        A replica that has not answered by then is returned with its last report, marked
-        ``stale``, so one slow replica cannot hold up a scrape.
+        A replica that has not answered by then is returned with its last report and
+        samples, marked ``stale``, so one slow replica cannot hold up a scrape.
         """
         expected = {report.replica_id for report in await self.reports(max_age_s)}
         async with self._scrape_asked:
@@ -126,8 +132,11 @@ class RegistryCoordinator:
             except TimeoutError:
                 pass
         return [
-            report
-            if self._answered.get(report.replica_id, -1) >= generation
-            else replace(report, stale=True)
+            ReplicaScrape(
+                report
+                if self._answered.get(report.replica_id, -1) >= generation
+                else replace(report, stale=True),
+                self._metrics.get(report.replica_id, ()),
+            )
             for report in sorted(self._reports.values(), key=lambda report: report.replica_id)
         ]

@@ -11,6 +11,7 @@ OpenAI's envelope (FastAPI's 422 becomes 400), the routes, and the static chat p
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ouro.errors import OuroError
 from ouro.ledger import Watermark
-from ouro.registry import PersonalRegistries
+from ouro.registry import PersonalRegistries, TrainingCycles
 from ouro.settings import OuroSettings
 from serve.auth import ApiKeyAuth
 from serve.errors import error_response
@@ -33,7 +34,7 @@ from serve.exceptions import (
     PayloadTooLargeError,
     ServeError,
 )
-from serve.metrics import ServeMetrics
+from serve.metrics import InstallState, ServeMetrics
 from serve.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from serve.model_names import ModelNames
 from serve.personal_names import PersonalNames
@@ -161,13 +162,17 @@ class HttpFront:
         health = Health(watcher, llm_server, coordinator, settings.registry_poll_interval_s)
         # Each scrape asks the LLM replicas for fresh reports (their last ones if they are
         # slow or the coordinator is away) and exports those.
-        scraped = ScrapedReports(
+        self._scraped = ScrapedReports(
             coordinator,
             health.update_replica_reports,
             report_max_age_s(settings.registry_poll_interval_s),
         )
+        self._install = InstallState()
         self.metrics = ServeMetrics(
-            replica_reports=lambda: scraped.latest, refresh_replica_reports=scraped.refresh
+            replica_id,
+            scrapes=lambda: self._scraped.latest,
+            refresh=self._refresh_metrics,
+            install_state=lambda: self._install,
         )
         self.services = IngressServices(
             settings=settings,
@@ -196,6 +201,21 @@ class HttpFront:
         self.metrics.registry_up.set(1 if self.watcher.state.reachable else 0)
         if self.personal is not None and self.watcher.state.reachable:
             await self.personal.refresh()
+
+    async def _refresh_metrics(self) -> None:
+        """Before a scrape: every replica's fresh answers, and the install's state."""
+        pending, _ = await asyncio.gather(
+            self.services.feedback.corrections_pending(), self._scraped.refresh()
+        )
+        snapshot = self.watcher.state.snapshot
+        latest = snapshot.latest() if snapshot is not None else None
+        self._install = InstallState(
+            corrections_pending=pending,
+            latest_version_at=latest.created_at.timestamp()
+            if latest and latest.created_at
+            else None,
+            cycles=snapshot.cycles if snapshot is not None else TrainingCycles(),
+        )
 
     def _last_training_watermark(self) -> Watermark | None:
         """The ledger watermark of the newest registered version, if it recorded one."""

@@ -81,7 +81,7 @@ from serve.llm_calls import (
 from serve.logs import configure_logging, set_request_id
 from serve.model_names import ModelNames, served_model
 from serve.registry_watcher import RegistryFactory, RegistryWatcher, build_registry
-from serve.replica_report import ReplicaReport, ScrapeAnswerer
+from serve.replica_report import ReplicaReport, ReplicaScrape, ScrapeAnswerer
 from serve.request_router import RequestRouter
 
 logger = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ class LLMServer:
         await self.watcher.start()
         # Each /metrics scrape gets this replica's engine state of that moment.
         self._scrape_answerer = (
-            ScrapeAnswerer(coordinator, self._make_report) if coordinator is not None else None
+            ScrapeAnswerer(coordinator, self._make_scrape) if coordinator is not None else None
         )
         if self._scrape_answerer is not None:
             self._scrape_answerer.start()
@@ -434,6 +434,10 @@ class LLMServer:
             warm_error=self._warm_error,
             engine=self.engine.stats(),
         )
+
+    def _make_scrape(self) -> ReplicaScrape:
+        """The answer to a scrape: the report and the front's own series."""
+        return ReplicaScrape(self._make_report(), self.front.metrics.own_families())
 
     async def _send_report(self) -> ReplicaReport:
         report = self._make_report()

@@ -1,30 +1,38 @@
-"""Prometheus metrics of the HTTP front, scraped at the app's own ``GET /metrics``.
+"""Prometheus metrics, scraped at the app's own ``GET /metrics`` (a metrics or admin key).
 
-prometheus_client with a registry per replica (no process-global state), so the
-app's route serves them directly. Ray's own ``ray.serve.metrics`` go to Ray's metrics
-agent on another port, which a cluster's Prometheus may scrape as well; what a client
-sees (status, tokens, time to first token, which version answered) is counted here.
-Adapter loads and evictions happen in the LLM server replicas: they report their
-counters, and their engines' scheduler state, to the coordinator. Each scrape first asks
-every LLM replica for a fresh report (``refresh_replica_reports``; a replica that does not
-answer within a second keeps its last one, exported with ``ouro_replica_report_stale`` 1),
-then ``ReplicaReportCollector`` exports them.
+Each replica counts what its clients see (status, tokens, time to first token, which
+version answered, the router's decisions) on a prometheus_client registry of its own (no
+process-global state). A scrape reaches one replica through the load balancer, and that
+replica exports EVERY replica's series, each labelled ``replica``: it first asks every
+replica for a fresh report and its own samples (``refresh_replica_reports``; a replica
+that does not answer within a second keeps its last ones, exported with
+``ouro_replica_report_stale`` 1), then ``ReplicaReportCollector`` exports them, with the
+reports' adapter counters and engine state. So Prometheus scrapes exactly one target per
+install, and sums over ``replica`` are right whichever replica answered. What no replica
+owns (the ledger's backlog, the training cycles, the newest version) is exported once,
+without a replica label, from the answering replica's view (``InstallState``).
+
+Ray's own ``ray.serve.metrics`` go to Ray's metrics agent on another port, which a
+cluster's Prometheus may scrape as well.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from ouro.engine import EngineStats
 from ouro.engine.types import BATCH_SIZE_BUCKETS, STEP_SECONDS_BUCKETS
+from ouro.registry import TrainingCycles
 from ouro.routing import FORCED, MATCH, NO_INDEX, NO_MATCH
 from serve.llm_calls import ROUTE_BASE, ServedModel
-from serve.replica_report import ReplicaReport
+from serve.replica_report import ReplicaScrape
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -35,59 +43,149 @@ _ROUTER_CPU_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1
 
 
 class ReplicaReportCollector(Collector):
-    """Exports the LLM server replicas' latest reports as metrics at scrape time."""
+    """Exports every replica's own samples and its latest report, labelled ``replica``."""
 
-    def __init__(self, reports: Callable[[], list[ReplicaReport]]) -> None:
-        self._reports = reports
+    def __init__(
+        self,
+        scrapes: Callable[[], list[ReplicaScrape]],
+        own: Callable[[], tuple[str, tuple[Metric, ...]]],
+    ) -> None:
+        """``own`` gives the answering replica's id and samples: its own are exported live,
+        whatever its last scrape answer held."""
+        self._scrapes = scrapes
+        self._own = own
 
     def collect(self) -> Iterator:
-        loads = CounterMetricFamily(
-            "ouro_adapter_loads", "Adapter versions loaded into an engine.", labels=["replica"]
+        own_id, own_samples = self._own()
+        scrapes = self._scrapes()
+        samples = {scrape.report.replica_id: scrape.metrics for scrape in scrapes}
+        samples[own_id] = own_samples
+        yield from _labelled_by_replica(samples)
+        yield from _report_families(scrapes)
+
+
+def _labelled_by_replica(samples: dict[str, Iterable[Metric]]) -> Iterator[Metric]:
+    """Each replica's families merged into one per name, every sample labelled ``replica``."""
+    merged: dict[str, Metric] = {}
+    for replica, families in sorted(samples.items()):
+        for family in families:
+            target = merged.get(family.name)
+            if target is None:
+                target = merged[family.name] = Metric(
+                    family.name, family.documentation, family.type, family.unit
+                )
+            for sample in family.samples:
+                target.add_sample(
+                    sample.name,
+                    {**sample.labels, "replica": replica},
+                    sample.value,
+                    sample.timestamp,
+                    sample.exemplar,
+                )
+    yield from merged.values()
+
+
+def _report_families(scrapes: list[ReplicaScrape]) -> Iterator[Metric]:
+    loads = CounterMetricFamily(
+        "ouro_adapter_loads", "Adapter versions loaded into an engine.", labels=["replica"]
+    )
+    evictions = CounterMetricFamily(
+        "ouro_adapter_evictions",
+        "Adapter versions removed from an engine.",
+        labels=["replica"],
+    )
+    failures = CounterMetricFamily(
+        "ouro_adapter_load_failures",
+        "Adapter versions that could not be loaded.",
+        labels=["replica"],
+    )
+    loaded = GaugeMetricFamily(
+        "ouro_adapters_loaded", "Adapter versions in an engine now.", labels=["replica"]
+    )
+    production = GaugeMetricFamily(
+        "ouro_replica_production_version",
+        "Version an LLM server replica answers 'ouro' with (0: the base model).",
+        labels=["replica"],
+    )
+    ready = GaugeMetricFamily(
+        "ouro_replica_ready",
+        "1 when a replica has loaded the production version and answered this scrape.",
+        labels=["replica"],
+    )
+    stale = GaugeMetricFamily(
+        "ouro_replica_report_stale",
+        "1 when an LLM server replica did not answer this scrape in time: its samples "
+        "are from its last report.",
+        labels=["replica"],
+    )
+    age = GaugeMetricFamily(
+        "ouro_replica_report_age_seconds",
+        "Age of the report an LLM server replica's samples come from.",
+        labels=["replica"],
+    )
+    engine = _EngineFamilies()
+    now = time.time()
+    for scrape in scrapes:
+        report = scrape.report
+        replica = report.replica_id
+        loads.add_metric([replica], report.adapter_loads)
+        evictions.add_metric([replica], report.adapter_evictions)
+        failures.add_metric([replica], report.adapter_load_failures)
+        loaded.add_metric([replica], len(report.adapters_loaded))
+        production.add_metric([replica], report.production_version or 0)
+        ready.add_metric([replica], 1 if report.production_known and not report.stale else 0)
+        stale.add_metric([replica], 1 if report.stale else 0)
+        age.add_metric([replica], max(0.0, now - report.reported_at))
+        if report.engine is not None:
+            engine.add(replica, report.engine)
+    yield from (loads, evictions, failures, loaded, production, ready, stale, age)
+    yield from engine.families()
+
+
+@dataclass(frozen=True)
+class InstallState:
+    """What no single replica owns, as the answering replica sees it at a scrape."""
+
+    corrections_pending: int | None = None
+    """Feedback records after the newest version's ledger watermark (None: unreadable)."""
+    latest_version_at: float | None = None
+    """When the newest version was registered (Unix seconds; None: no version)."""
+    cycles: TrainingCycles = field(default_factory=TrainingCycles)
+
+
+class InstallCollector(Collector):
+    """Exports ``InstallState`` once per install (no replica label)."""
+
+    def __init__(self, state: Callable[[], InstallState]) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator:
+        state = self._state()
+        if state.corrections_pending is not None:
+            yield GaugeMetricFamily(
+                "ouro_corrections_pending",
+                "Feedback records in the ledger after the newest version's watermark.",
+                value=state.corrections_pending,
+            )
+        yield GaugeMetricFamily(
+            "ouro_latest_version_timestamp_seconds",
+            "When the newest adapter version was registered (0: none yet).",
+            value=state.latest_version_at or 0,
         )
-        evictions = CounterMetricFamily(
-            "ouro_adapter_evictions",
-            "Adapter versions removed from an engine.",
-            labels=["replica"],
+        yield GaugeMetricFamily(
+            "ouro_training_consecutive_failed_cycles",
+            "Shared training cycles in a row, since the last that registered a version, "
+            "that failed or whose candidate the gates refused.",
+            value=state.cycles.consecutive_failed,
         )
-        failures = CounterMetricFamily(
-            "ouro_adapter_load_failures",
-            "Adapter versions that could not be loaded.",
-            labels=["replica"],
+        last = GaugeMetricFamily(
+            "ouro_training_last_cycle_timestamp_seconds",
+            "When the newest shared training cycle of each outcome ended.",
+            labels=["outcome"],
         )
-        loaded = GaugeMetricFamily(
-            "ouro_adapters_loaded", "Adapter versions in an engine now.", labels=["replica"]
-        )
-        production = GaugeMetricFamily(
-            "ouro_replica_production_version",
-            "Version an LLM server replica answers 'ouro' with (0: the base model).",
-            labels=["replica"],
-        )
-        stale = GaugeMetricFamily(
-            "ouro_replica_report_stale",
-            "1 when an LLM server replica did not answer this scrape in time: its samples "
-            "are from its last report.",
-            labels=["replica"],
-        )
-        age = GaugeMetricFamily(
-            "ouro_replica_report_age_seconds",
-            "Age of the report an LLM server replica's samples come from.",
-            labels=["replica"],
-        )
-        engine = _EngineFamilies()
-        now = time.time()
-        for report in self._reports():
-            replica = report.replica_id
-            loads.add_metric([replica], report.adapter_loads)
-            evictions.add_metric([replica], report.adapter_evictions)
-            failures.add_metric([replica], report.adapter_load_failures)
-            loaded.add_metric([replica], len(report.adapters_loaded))
-            production.add_metric([replica], report.production_version or 0)
-            stale.add_metric([replica], 1 if report.stale else 0)
-            age.add_metric([replica], max(0.0, now - report.reported_at))
-            if report.engine is not None:
-                engine.add(replica, report.engine)
-        yield from (loads, evictions, failures, loaded, production, stale, age)
-        yield from engine.families()
+        for outcome, at in sorted(state.cycles.last_at.items()):
+            last.add_metric([outcome], at)
+        yield last
 
 
 class _EngineFamilies:
@@ -159,16 +257,18 @@ def _buckets(bounds: tuple[float, ...], cumulative: tuple[int, ...]) -> list[tup
 
 
 class ServeMetrics:
-    """The ingress's metrics, on a registry of its own."""
+    """A replica's own series (``registry``), and the export of every replica's."""
 
     def __init__(
         self,
-        replica_reports: Callable[[], list[ReplicaReport]] | None = None,
-        refresh_replica_reports: Callable[[], Awaitable[object]] | None = None,
+        replica_id: str,
+        scrapes: Callable[[], list[ReplicaScrape]] = list,
+        refresh: Callable[[], Awaitable[object]] | None = None,
+        install_state: Callable[[], InstallState] | None = None,
     ) -> None:
-        """``replica_reports`` gives the reports to export; ``refresh_replica_reports``, when
-        given, fetches fresh ones and runs before each rendering (``refresh``)."""
-        self._refresh_replica_reports = refresh_replica_reports
+        """``scrapes`` gives the replicas' answers to export; ``refresh``, when given, brings
+        them (and ``install_state``) up to date and runs before each rendering."""
+        self._refresh = refresh
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "ouro_requests",
@@ -232,7 +332,14 @@ class ServeMetrics:
         )
         self.feedback = Counter(
             "ouro_feedback_records",
-            "Feedback records written durably.",
+            "Corrections written durably, by who gave the corrected answer: adapter (a "
+            "version's adapter, which the router chose), base (the base model) or unknown.",
+            ["answered_by"],
+            registry=self.registry,
+        )
+        self.ledger_write_failures = Counter(
+            "ouro_ledger_write_failures",
+            "Feedback the ledger could not write (the volume, not the request, failed).",
             registry=self.registry,
         )
         self.router_requests = Counter(
@@ -258,8 +365,16 @@ class ServeMetrics:
             buckets=_ROUTER_CPU_BUCKETS,
             registry=self.registry,
         )
-        if replica_reports is not None:
-            self.registry.register(ReplicaReportCollector(replica_reports))
+        self._export = CollectorRegistry(auto_describe=False)
+        self._export.register(
+            ReplicaReportCollector(scrapes, own=lambda: (replica_id, self.own_families()))
+        )
+        if install_state is not None:
+            self._export.register(InstallCollector(install_state))
+
+    def own_families(self) -> tuple[Metric, ...]:
+        """This replica's own series now (what it answers a scrape with)."""
+        return tuple(self.registry.collect())
 
     def set_versions(self, versions: dict[str, int | None]) -> None:
         """Replace the name → version gauge with what resolves now."""
@@ -277,9 +392,10 @@ class ServeMetrics:
         self.router_cpu.observe(served.router_cpu_s)
 
     async def refresh(self) -> None:
-        """Bring what the scrape exports up to date (the LLM replicas' fresh reports)."""
-        if self._refresh_replica_reports is not None:
-            await self._refresh_replica_reports()
+        """Bring what the scrape exports up to date (every replica's fresh answers)."""
+        if self._refresh is not None:
+            await self._refresh()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """Every replica's series (as of the last ``refresh``) and the install's."""
+        return generate_latest(self._export)

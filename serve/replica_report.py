@@ -2,11 +2,14 @@
 
 Replicas post a report after every registry poll and adapter change. A Prometheus scrape
 cannot wait for the next of those (a poll may be minutes away), so it asks for fresh ones:
-the front's ``ScrapedReports.refresh`` calls the coordinator's ``fresh_reports``, which
+the front's ``ScrapedReports.refresh`` calls the coordinator's ``fresh_scrapes``, which
 wakes every LLM replica's ``ScrapeAnswerer`` (each long-polls ``wait_for_scrape``) and
-waits up to ``SCRAPE_WAIT_S`` for their answers. A replica that does not answer in time
-is exported with its last report, marked ``stale``; without the coordinator, the scrape
-falls back to whatever reports it can get, marked stale when older than the scrape.
+waits up to ``SCRAPE_WAIT_S`` for their answers. Each answer is a ``ReplicaScrape``: the
+report and the replica's own metric samples (its HTTP front's counters), so whichever
+replica a scrape reaches exports every replica's series. A replica that does not answer
+in time is exported with its last report and samples, marked ``stale``; without the
+coordinator, the scrape falls back to whatever reports it can get, marked stale when
+older than the scrape.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
+from prometheus_client.metrics_core import Metric
 from ray.exceptions import RayError
 from ray.serve.exceptions import RayServeException
 
@@ -73,12 +77,22 @@ class ReplicaReport:
     )
 
 
+@dataclass(frozen=True)
+class ReplicaScrape:
+    """One replica's answer to a scrape: its report and its own metric samples."""
+
+    report: ReplicaReport
+    metrics: tuple[Metric, ...] = ()
+    """The replica's own metric families (``ServeMetrics.own_families``); empty when
+    only its report is known (a periodic report, read without the coordinator's scrape)."""
+
+
 class ScrapeAnswerer:
     """LLM replica side: answers every scrape with a fresh report, in the background."""
 
-    def __init__(self, coordinator, make_report: Callable[[], ReplicaReport]) -> None:
+    def __init__(self, coordinator, make_scrape: Callable[[], ReplicaScrape]) -> None:
         self._coordinator = coordinator
-        self._make_report = make_report
+        self._make_scrape = make_scrape
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -101,7 +115,7 @@ class ScrapeAnswerer:
                     seen, SCRAPE_LONG_POLL_S
                 )
                 if generation != seen:
-                    await self._coordinator.answer_scrape.remote(self._make_report(), generation)
+                    await self._coordinator.answer_scrape.remote(self._make_scrape(), generation)
                     seen = generation
             except (RayError, RayServeException) as exc:
                 logger.debug("coordinator unavailable for scrapes (%s); retrying", exc)
@@ -109,7 +123,7 @@ class ScrapeAnswerer:
 
 
 class ScrapedReports:
-    """Ingress side: the LLM replicas' reports as fresh as a scrape can have them."""
+    """Ingress side: the LLM replicas' reports and samples as fresh as a scrape can have them."""
 
     def __init__(
         self,
@@ -124,21 +138,21 @@ class ScrapedReports:
         self._fallback = fallback
         self._max_age_s = max_age_s
         self._wait_s = wait_s
-        self.latest: list[ReplicaReport] = []
-        """The reports of the last ``refresh``, which the metrics export."""
+        self.latest: list[ReplicaScrape] = []
+        """The answers of the last ``refresh``, which the metrics export."""
 
-    async def refresh(self) -> list[ReplicaReport]:
+    async def refresh(self) -> list[ReplicaScrape]:
         started = time.time()
         try:
-            reports = await asyncio.wait_for(
-                self._coordinator.fresh_reports.remote(self._max_age_s, self._wait_s),
+            scrapes = await asyncio.wait_for(
+                self._coordinator.fresh_scrapes.remote(self._max_age_s, self._wait_s),
                 self._wait_s + 1.0,
             )
         except (RayError, RayServeException, TimeoutError) as exc:
             logger.warning("no fresh replica reports for this scrape (%s); using the last", exc)
-            reports = [
-                replace(report, stale=report.stale or report.reported_at < started)
+            scrapes = [
+                ReplicaScrape(replace(report, stale=report.stale or report.reported_at < started))
                 for report in await self._fallback()
             ]
-        self.latest = reports
-        return reports
+        self.latest = scrapes
+        return scrapes

@@ -73,6 +73,10 @@ async def admin(request: Request, authorization: AuthorizationHeader = None) -> 
     return services(request).auth.authenticate(authorization, admin=True)
 
 
+async def scraper(request: Request, authorization: AuthorizationHeader = None) -> None:
+    services(request).auth.authorize_metrics(authorization)
+
+
 STREAMED_MODELS = (ChatCompletionChunk,)
 """Models sent only inside server-sent events: the spec's components carry them too."""
 
@@ -274,12 +278,15 @@ async def readyz(request: Request) -> Response:
 
 @router.get(
     "/metrics",
+    dependencies=[Depends(scraper)],
     response_model=None,
     responses={
         200: {
-            "description": "Prometheus metrics in the text exposition format.",
+            "description": "Prometheus metrics in the text exposition format, every "
+            "replica's series labelled `replica`. Needs a metrics or an admin API key.",
             "content": {CONTENT_TYPE: {"schema": {"type": "string"}}},
-        }
+        },
+        **_errors(401, 403),
     },
 )
 async def metrics(request: Request) -> Response:

@@ -30,6 +30,7 @@ from mlflow.exceptions import MlflowException
 from ouro.errors import OuroError
 from ouro.ledger import LedgerReader, LedgerScan
 from ouro.registry import (
+    OUTCOME_REGISTERED,
     AdapterRegistry,
     PersonalRegistries,
     RegistrySnapshot,
@@ -62,8 +63,12 @@ class ConcurrentCycleError(OuroError):
     """A version was registered by someone else while this cycle ran: it registers nothing."""
 
 
+OUTCOME_FAILED = "failed"
+"""What the registry records for a cycle that raised (``AdapterRegistry.record_cycle``)."""
+
+
 class Outcome(enum.StrEnum):
-    REGISTERED = "registered"
+    REGISTERED = OUTCOME_REGISTERED
     NOTHING_TO_DO = "nothing_to_do"
     GATES_FAILED = "gates_failed"
 
@@ -130,7 +135,12 @@ def _run_locked(config: TrainJobConfig, settings: OuroSettings) -> CycleResult:
             )
         else:
             collected = collect(settings.ledger_dir, snapshot)
-    result = _cycle(config, settings, registry, snapshot, collected, timer, [])
+    try:
+        result = _cycle(config, settings, registry, snapshot, collected, timer, [])
+    except Exception:
+        _record_cycle(registry, OUTCOME_FAILED, failed=True)
+        raise
+    _record_cycle(registry, result.outcome.value, failed=result.outcome is Outcome.GATES_FAILED)
     if settings.personal_adapters:
         # Re-read: this cycle may have just promoted a shared version (the scopes' baseline).
         shared = (registry, registry.snapshot())
@@ -390,6 +400,16 @@ def _check_no_new_version(registry: AdapterRegistry, before: RegistrySnapshot) -
             f"v{newest_now} was registered while this cycle ran (another cycle without the "
             "data dir's lock?); registering nothing, the next cycle starts from it"
         )
+
+
+def _record_cycle(registry: AdapterRegistry, outcome: str, *, failed: bool) -> None:
+    """Record the shared cycle's outcome on the registered model, where Serve's metrics
+    read it (alerts on cycles failing in a row); a dead registry only costs the record."""
+    try:
+        registry.check_available()
+        registry.record_cycle(outcome, failed=failed, at=time.time())
+    except (RegistryUnavailableError, MlflowException) as exc:
+        logger.warning("could not record the cycle's outcome %s: %s", outcome, exc)
 
 
 def _end_run(registry: AdapterRegistry, run: CycleRun, status: str) -> None:

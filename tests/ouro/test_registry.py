@@ -19,6 +19,7 @@ from ouro.registry import (
     ALIAS_CANDIDATE,
     ALIAS_PRODUCTION,
     BASE_MODEL_NAME,
+    OUTCOME_REGISTERED,
     SERVED_MODEL_NAME,
     TAG_BASE_MODEL,
     TAG_CORRECTIONS,
@@ -33,6 +34,7 @@ from ouro.registry import (
     NothingToRollBackError,
     RegistrySnapshot,
     RegistryUnavailableError,
+    TrainingCycles,
     UnknownModelError,
     parse_model_name,
     version_label,
@@ -350,3 +352,28 @@ def test_an_unreachable_registry_fails_fast(tmp_path: Path) -> None:
                 assert time.monotonic() - started < 30
     # Other MLflow users in the process keep MLflow's retry settings.
     assert {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_HTTP")} == env_before
+
+
+def test_training_cycles_count_failures_in_a_row_until_one_registers() -> None:
+    cycles = TrainingCycles()
+    cycles = cycles.after("gates_failed", 10.0, failed=True)
+    cycles = cycles.after("nothing_to_do", 20.0, failed=False)  # changes no count
+    cycles = cycles.after("failed", 30.0, failed=True)
+    assert cycles.consecutive_failed == 2
+    assert cycles.last_at == {"gates_failed": 10.0, "nothing_to_do": 20.0, "failed": 30.0}
+    assert TrainingCycles.decode(cycles.encode()) == cycles
+    registered = cycles.after(OUTCOME_REGISTERED, 40.0, failed=False)
+    assert registered.consecutive_failed == 0
+    assert TrainingCycles.decode("not json") == TrainingCycles()
+
+
+@pytest.mark.integration
+def test_cycles_recorded_on_the_registered_model_appear_in_the_snapshot(
+    mlflow_server: str, mlflow_model_name: str
+) -> None:
+    registry = AdapterRegistry(mlflow_server, mlflow_model_name)
+    registry.record_cycle("gates_failed", failed=True, at=100.0)  # creates the model
+    registry.record_cycle("gates_failed", failed=True, at=200.0)
+    cycles = registry.snapshot().cycles
+    assert cycles.consecutive_failed == 2
+    assert cycles.last_at == {"gates_failed": 200.0}

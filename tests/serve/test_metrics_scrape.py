@@ -13,10 +13,13 @@ import time
 from dataclasses import replace
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from ouro.registry import TrainingCycles
 from serve.coordinator import RegistryCoordinator
-from serve.metrics import ServeMetrics
-from serve.replica_report import ReplicaReport, ScrapeAnswerer, ScrapedReports
+from serve.metrics import InstallState, ServeMetrics
+from serve.replica_report import ReplicaReport, ReplicaScrape, ScrapeAnswerer, ScrapedReports
+from serve.serving_feedback import answered_by
 
 WAIT_S = 0.3
 
@@ -69,8 +72,8 @@ class Replica:
         self.loads = 0
         self.answering = True
 
-    def make_report(self) -> ReplicaReport:
-        return report(self.replica_id, self.loads)
+    def make_scrape(self) -> ReplicaScrape:
+        return ReplicaScrape(report(self.replica_id, self.loads))
 
 
 class SlowCoordinator:
@@ -83,8 +86,8 @@ class SlowCoordinator:
     def __getattr__(self, name: str):
         return getattr(self._coordinator, name)
 
-    async def answer_scrape(self, fresh: ReplicaReport, generation: int) -> None:
-        while not self._replicas[fresh.replica_id].answering:
+    async def answer_scrape(self, fresh: ReplicaScrape, generation: int) -> None:
+        while not self._replicas[fresh.report.replica_id].answering:
             await asyncio.sleep(0.05)
         await self._coordinator.answer_scrape(fresh, generation)
 
@@ -97,9 +100,9 @@ async def _with_replicas(test, count: int = 2) -> None:
     coordinator = coordinator_class()()
     replicas = {f"r{i}": Replica(f"r{i}") for i in range(count)}
     handle = FakeHandle(SlowCoordinator(coordinator, replicas))
-    answerers = [ScrapeAnswerer(handle, replica.make_report) for replica in replicas.values()]
+    answerers = [ScrapeAnswerer(handle, replica.make_scrape) for replica in replicas.values()]
     for replica in replicas.values():  # their periodic reports (at start and each poll)
-        await coordinator.report(replica.make_report())
+        await coordinator.report(replica.make_scrape().report)
     for answerer in answerers:
         answerer.start()
     await asyncio.sleep(0.1)  # each is waiting for a scrape now
@@ -119,15 +122,15 @@ def test_a_scrape_gets_every_replicas_state_now_not_its_last_report() -> None:
         for replica in replicas.values():
             replica.loads = 3  # changed since their last periodic report
         started = time.monotonic()
-        reports = await coordinator.fresh_reports(600.0, 5.0)
+        reports = await coordinator.fresh_scrapes(600.0, 5.0)
         assert time.monotonic() - started < 1.0  # answered, not timed out
-        assert [(r.replica_id, r.adapter_loads, r.stale) for r in reports] == [
+        assert [(s.report.replica_id, s.report.adapter_loads, s.report.stale) for s in reports] == [
             ("r0", 3, False),
             ("r1", 3, False),
         ]
         replicas["r1"].loads = 5  # and a second scrape sees the next change
-        reports = await coordinator.fresh_reports(600.0, 5.0)
-        assert [r.adapter_loads for r in reports] == [3, 5]
+        reports = await coordinator.fresh_scrapes(600.0, 5.0)
+        assert [s.report.adapter_loads for s in reports] == [3, 5]
 
     run(test)
 
@@ -138,16 +141,19 @@ def test_a_replica_that_does_not_answer_in_time_keeps_its_last_report_marked_sta
         for replica in replicas.values():
             replica.loads = 2
         started = time.monotonic()
-        reports = await coordinator.fresh_reports(600.0, WAIT_S)
+        reports = await coordinator.fresh_scrapes(600.0, WAIT_S)
         elapsed = time.monotonic() - started
         assert WAIT_S <= elapsed < WAIT_S + 0.5  # the slow replica did not hold it up longer
-        assert [(r.replica_id, r.adapter_loads, r.stale) for r in reports] == [
+        assert [(s.report.replica_id, s.report.adapter_loads, s.report.stale) for s in reports] == [
             ("r0", 2, False),
             ("r1", 0, True),
         ]
         replicas["r1"].answering = True
-        reports = await coordinator.fresh_reports(600.0, 5.0)
-        assert [(r.adapter_loads, r.stale) for r in reports] == [(2, False), (2, False)]
+        reports = await coordinator.fresh_scrapes(600.0, 5.0)
+        assert [(s.report.adapter_loads, s.report.stale) for s in reports] == [
+            (2, False),
+            (2, False),
+        ]
 
     run(test)
 
@@ -156,9 +162,9 @@ def test_dead_replicas_reports_are_dropped_not_waited_for() -> None:
     async def test(coordinator, handle, replicas) -> None:
         await coordinator.report(replace(report("gone"), reported_at=time.time() - 100))
         started = time.monotonic()
-        reports = await coordinator.fresh_reports(50.0, 5.0)
+        reports = await coordinator.fresh_scrapes(50.0, 5.0)
         assert time.monotonic() - started < 1.0
-        assert [r.replica_id for r in reports] == ["r0", "r1"]
+        assert [s.report.replica_id for s in reports] == ["r0", "r1"]
 
     run(test)
 
@@ -167,9 +173,7 @@ def test_the_exposition_says_which_replicas_are_stale() -> None:
     async def test(coordinator, handle, replicas) -> None:
         replicas["r0"].answering = False
         scraped = ScrapedReports(handle, fallback=_no_fallback, max_age_s=600.0, wait_s=WAIT_S)
-        metrics = ServeMetrics(
-            replica_reports=lambda: scraped.latest, refresh_replica_reports=scraped.refresh
-        )
+        metrics = ServeMetrics("r1", scrapes=lambda: scraped.latest, refresh=scraped.refresh)
         await metrics.refresh()
         text = metrics.render().decode()
         assert 'ouro_replica_report_stale{replica="r0"} 1.0' in text
@@ -189,7 +193,7 @@ def test_without_the_coordinator_a_scrape_falls_back_to_the_last_reports_marked_
             raise TimeoutError("the coordinator is away")
 
     class DownCoordinator:
-        fresh_reports = Down()
+        fresh_scrapes = Down()
 
     old = replace(report("r0"), reported_at=time.time() - 30)
 
@@ -200,5 +204,71 @@ def test_without_the_coordinator_a_scrape_falls_back_to_the_last_reports_marked_
         await asyncio.sleep(0.01)  # r1's report is made after the scrape began
         return await ScrapedReports(DownCoordinator(), fallback, 600.0).refresh()
 
-    reports = asyncio.run(scrape())
-    assert [(r.replica_id, r.stale) for r in reports] == [("r0", True), ("r1", False)]
+    scrapes = asyncio.run(scrape())
+    assert [(s.report.replica_id, s.report.stale, s.metrics) for s in scrapes] == [
+        ("r0", True, ()),
+        ("r1", False, ()),
+    ]
+
+
+def test_any_replica_exports_every_replicas_own_series_labelled_by_replica() -> None:
+    """Each replica's front counts its own clients; whichever replica a scrape reaches
+    exports them all, each sample labelled with the replica it came from."""
+    r0, r1 = ServeMetrics("r0"), ServeMetrics("r1")
+    r0.requests.labels(route="/v1/models", method="GET", status="200").inc(3)
+    r1.requests.labels(route="/v1/models", method="GET", status="200").inc(2)
+    r1.feedback.labels(answered_by="adapter").inc()
+    answers = [
+        ReplicaScrape(report("r0"), ()),  # r0 answers with the live registry it owns
+        ReplicaScrape(report("r1"), r1.own_families()),
+    ]
+    exporter = ServeMetrics("r0", scrapes=lambda: answers)
+    exporter.requests.labels(route="/v1/models", method="GET", status="200").inc(3)
+    samples = {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(exporter.render().decode())
+        for sample in family.samples
+    }
+
+    def value(name: str, **labels: str) -> float:
+        return samples[name, frozenset(labels.items())]
+
+    route = {"route": "/v1/models", "method": "GET", "status": "200"}
+    assert value("ouro_requests_total", **route, replica="r0") == 3
+    assert value("ouro_requests_total", **route, replica="r1") == 2
+    assert value("ouro_feedback_records_total", answered_by="adapter", replica="r1") == 1
+    assert value("ouro_replica_ready", replica="r1") == 1
+    # Nothing exported without a replica label but the install's own gauges.
+    assert all(
+        dict(labels).get("replica") for (name, labels) in samples if name.startswith("ouro_")
+    )
+
+
+def test_the_install_state_is_exported_once_without_a_replica_label() -> None:
+    state = InstallState(
+        corrections_pending=7,
+        latest_version_at=1_700_000_000.0,
+        cycles=TrainingCycles().after("gates_failed", 1_700_000_100.0, failed=True),
+    )
+    text = ServeMetrics("r0", install_state=lambda: state).render().decode()
+    assert "ouro_corrections_pending 7.0" in text
+    assert "ouro_latest_version_timestamp_seconds 1.7e+09" in text
+    assert "ouro_training_consecutive_failed_cycles 1.0" in text
+    assert 'ouro_training_last_cycle_timestamp_seconds{outcome="gates_failed"}' in text
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("ouro@v3", "adapter"),
+        ("ouro@alice/v2", "adapter"),
+        ("ouro-base", "base"),
+        ("ouro", "unknown"),  # an alias does not say which version answered
+        (None, "unknown"),
+        ("gpt-4", "unknown"),
+    ],
+)
+def test_a_correction_is_counted_by_who_gave_the_corrected_answer(
+    model: str | None, expected: str
+) -> None:
+    assert answered_by(model) == expected

@@ -185,11 +185,20 @@ def test_a_personal_version_falls_back_to_shared_production_then_the_base(stack)
 
 def test_metrics_count_the_routes(stack) -> None:
     def counts() -> dict[str, float]:
-        text = httpx.get(f"{stack.base_url}/metrics", timeout=30).text
-        found = re.findall(r'^ouro_router_requests_total\{route="(\w+)"\} (\S+)$', text, re.M)
+        text = httpx.get(
+            f"{stack.base_url}/metrics",
+            headers={"Authorization": f"Bearer {ADMIN}"},
+            timeout=30,
+        ).text
+        found = re.findall(
+            r'^ouro_router_requests_total\{replica="[^"]+",route="(\w+)"\} (\S+)$', text, re.M
+        )
         assert "ouro_router_similarity_bucket" in text
         assert "ouro_router_cpu_seconds_count" in text
-        return {name: float(value) for name, value in found}
+        totals: dict[str, float] = {}
+        for name, value in found:  # summed over the replicas
+            totals[name] = totals.get(name, 0.0) + float(value)
+        return totals
 
     before = counts()
     assert set(before) == {"match", "no_match", "no_index", "forced"}
