@@ -17,21 +17,24 @@ export RAY_USAGE_STATS_ENABLED := 0
 # OpenMP threads that spin while waiting made torch 60-90x slower on busy shared cores.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: run test demo install install-test chart-check bench loadtest lint docs docs-build
+.PHONY: run test demo install install-test chart-check dashboards bench loadtest lint docs docs-build
 
-$(VENV)/.installed: requirements.txt requirements-embedded.txt
+$(VENV)/.installed: requirements.txt requirements-embedded.txt tools/install_torch.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip wheel
-	# torch first, or a dependency pulls the CUDA build (see ../shared/STACK_NOTES.md)
-	$(PIP) install -q torch==2.13.0
+	# torch first, its CPU build where pip can get one, else the default build with a note;
+	# after everything, say which build it is (a different version fails).
+	$(PY) -m tools.install_torch install
 	$(PIP) install -q -r requirements.txt
 	$(PIP) install -q --no-deps -r requirements-embedded.txt
-	$(PY) -c "import torch, sys; v = torch.__version__; print('torch', v); sys.exit(0 if v.endswith('+cpu') else 'torch is not the CPU build: ' + v)"
+	$(PY) -m tools.install_torch check
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
 	$(PIP) install -q -r requirements-test.txt
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+	# promtool checks and unit-tests the chart's alert rules (tests/charts/test_alert_rules.py)
+	command -v promtool >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null)
 	touch $@
 
 install: $(VENV)/.installed
@@ -47,6 +50,8 @@ test: install-test chart-check docs-build
 # Routed corrections measured on smollm2-135m (too long for `make test` on 2 shared cores,
 # about 25 minutes): three cycles of 10 corrections, then 20 DailyDialog pairs; reliability,
 # generality, locality and accumulation into loadtests/results/heal.json (docs/routing.md).
+# DailyDialog is not in the repository: without the file the demo says where to get it;
+# then `make demo DAILYDIALOG=path/to/dialogues_validation.txt`.
 DAILYDIALOG ?= ../shared/datasets/dailydialog/dialogues_validation.txt
 demo: install
 	$(PY) -m loadtests.bench_heal --cycles 3 --per-cycle 10 --unrelated 50 \
@@ -57,6 +62,13 @@ lint: install-test
 
 chart-check: install-test
 	$(PY) -m tools.chart_check
+
+# The Grafana dashboard, built as code (tools/dashboard.py) into charts/ouro/dashboards/,
+# and the kustomize objects rendered from the chart (they hold a copy of it);
+# tests/tools/test_dashboard.py fails when the committed JSON is not what it builds.
+dashboards: install-test
+	$(PY) -m tools.dashboard
+	$(PY) -m tools.kustomize_base
 
 # The documentation site (mkdocs.yml): served on 127.0.0.1:8001; built strictly (a broken
 # link or a missing page fails) into the ignored .site/ by `make test`.

@@ -3,7 +3,9 @@
 No cluster can run where this project is built, so every check uses a real tool that
 runs without one: helm and kubectl (pinned, sha256-checked, see tools.kube_tools),
 kubernetes-validate's schemas, KubeRay's RayService CRD schema (from ../shared/schemas,
-skipped with a message where absent), the project's own Serve entry point and hadolint.
+skipped with a message where absent), the Prometheus Operator's models (cloudcoil) for
+the monitoring objects, the project's own Serve entry point, hadolint, and the
+Dockerfiles' COPY sources against the .dockerignore'd build context (tools.docker_context).
 
     python -m tools.chart_check
 
@@ -20,27 +22,34 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tools import chart_docs, kustomize_base
+from tools import chart_docs, docker_context, kustomize_base
 from tools.kube_tools import KubeTools, ToolFetchError, ensure_kube_tools, hadolint_path
 from tools.manifests import RenderError, helm_lint, helm_template, kustomize_build
 from tools.paths import (
+    CHART_DIR,
     DOCKERFILES,
     KUSTOMIZE_OVERLAYS,
+    MONITORING_VALUES,
     RAYSERVICE_CRD,
     REPO_ROOT,
     VALUES_FILES,
 )
 from tools.validation import (
     KUBERNETES_VERSION,
+    PROMETHEUS_OPERATOR_KINDS,
     CrdValidator,
     ServeAppMissingError,
     kubernetes_errors,
+    prometheus_operator_errors,
     serve_config_errors,
 )
 
 logger = logging.getLogger(__name__)
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
+
+LINTED_VALUES = {**VALUES_FILES, "monitoring": MONITORING_VALUES}
+"""The shipped values files, and the one that turns every monitoring object on."""
 
 
 @dataclass
@@ -64,9 +73,14 @@ class ManifestChecker:
     def __call__(self, name: str, objects: Sequence[dict[str, Any]]) -> StepResult:
         problems, custom = kubernetes_errors(objects)
         rayservices = [obj for obj in objects if obj.get("kind") == "RayService"]
-        unexpected = [kind for kind in custom if "RayService/" not in kind]
+        monitoring = [obj for obj in objects if obj.get("kind") in PROMETHEUS_OPERATOR_KINDS]
+        checked = ["RayService/", *(f"{kind}/" for kind in PROMETHEUS_OPERATOR_KINDS)]
+        unexpected = [kind for kind in custom if not any(known in kind for known in checked)]
         problems += [f"no schema for {kind}" for kind in unexpected]
         notes = [f"{len(objects)} objects valid for Kubernetes {KUBERNETES_VERSION} (strict)"]
+        if monitoring:
+            problems += prometheus_operator_errors(monitoring)
+            notes.append(f"{len(monitoring)} Prometheus Operator objects match its models")
         if not rayservices:
             problems.append("no RayService rendered")
         if self.crd is None:
@@ -103,7 +117,7 @@ def check_docs() -> StepResult:
 
 def check_lint(tools: KubeTools) -> StepResult:
     problems = []
-    for name, values_file in VALUES_FILES.items():
+    for name, values_file in LINTED_VALUES.items():
         try:
             helm_lint(tools, values_file)
         except RenderError as error:
@@ -111,21 +125,27 @@ def check_lint(tools: KubeTools) -> StepResult:
     return StepResult(
         "helm lint --strict",
         FAIL if problems else PASS,
-        f"{len(VALUES_FILES)} values files",
+        f"{len(LINTED_VALUES)} values files",
         problems,
     )
 
 
 def check_helm_renderings(tools: KubeTools, checker: ManifestChecker) -> list[StepResult]:
     results = []
-    for values_file in VALUES_FILES.values():
-        step = f"helm template -f {values_file.name}"
+    for values_file in LINTED_VALUES.values():
+        step = f"helm template -f {values_file.relative_to(CHART_DIR)}"
         try:
             objects = helm_template(tools, values_files=[values_file])
         except RenderError as error:
             results.append(StepResult(step, FAIL, "render failed", [str(error)]))
             continue
-        results.append(_timed(lambda step=step, objects=objects: checker(step, objects)))
+        result = _timed(lambda step=step, objects=objects: checker(step, objects))
+        if values_file == MONITORING_VALUES:
+            kinds = {obj.get("kind") for obj in objects}
+            missing = [kind for kind in PROMETHEUS_OPERATOR_KINDS if kind not in kinds]
+            result.problems += [f"no {kind} rendered" for kind in missing]
+            result.status = FAIL if result.problems else result.status
+        results.append(result)
     return results
 
 
@@ -135,7 +155,7 @@ def check_kustomize(tools: KubeTools, checker: ManifestChecker) -> list[StepResu
         StepResult(
             "kustomize base",
             FAIL if stale else PASS,
-            "k8s/base matches the chart's default rendering",
+            "k8s/base and k8s/components/monitoring match the chart's renderings",
             stale,
         )
     ]
@@ -173,6 +193,16 @@ def check_dockerfiles() -> StepResult:
     return StepResult("hadolint", FAIL if problems else PASS, names, problems)
 
 
+def check_docker_context() -> StepResult:
+    problems = docker_context.check()
+    return StepResult(
+        "docker build context",
+        FAIL if problems else PASS,
+        "every COPY/ADD source passes .dockerignore",
+        problems,
+    )
+
+
 def run_checks() -> list[StepResult]:
     try:
         tools = ensure_kube_tools()
@@ -205,6 +235,7 @@ def run_checks() -> list[StepResult]:
         )
     )
     results.append(_timed(check_dockerfiles))
+    results.append(_timed(check_docker_context))
     return results
 
 

@@ -32,11 +32,18 @@ VALUES_FILES = {
 }
 """Every values file the chart ships, by name: each is linted, rendered and validated."""
 
+MONITORING_VALUES = CHART_DIR / "ci" / "monitoring-values.yaml"
+"""Every monitoring object on (off by default): linted, rendered and validated as well."""
+
 KUSTOMIZE_BASE = KUSTOMIZE_DIR / "base"
 """Generated from the chart (``python -m tools.kustomize_base``); do not edit by hand."""
+
+KUSTOMIZE_MONITORING = KUSTOMIZE_DIR / "components" / "monitoring"
+"""A kustomize Component: the chart's monitoring objects (generated like the base)."""
 
 KUSTOMIZE_OVERLAYS = {
     "dev-cpu": KUSTOMIZE_DIR / "overlays" / "dev-cpu",
     "t4": KUSTOMIZE_DIR / "overlays" / "t4",
+    "t4-monitoring": KUSTOMIZE_DIR / "overlays" / "t4-monitoring",
 }
 """Every kustomize overlay, by name: each is built and validated."""

@@ -1,4 +1,5 @@
-"""Offline validation of rendered objects: Kubernetes schemas, KubeRay's CRD, Serve's config."""
+"""Offline validation of rendered objects: Kubernetes schemas, KubeRay's CRD, the Prometheus
+Operator's kinds, Serve's config."""
 
 from __future__ import annotations
 
@@ -87,6 +88,70 @@ class CrdValidator:
             f"{label}: {'.'.join(str(part) for part in error.absolute_path)}: {error.message}"
             for error in self._validator.iter_errors(obj)
         ]
+
+
+PROMETHEUS_OPERATOR_KINDS = ("ServiceMonitor", "PodMonitor", "PrometheusRule")
+"""monitoring.coreos.com/v1 kinds the chart renders, checked by prometheus_operator_errors."""
+
+
+def _prometheus_operator_models() -> dict[str, type]:
+    # Imported on use: the generated module is large (about 2 s to import).
+    from cloudcoil.models.prometheus_operator import v1
+
+    return {kind: getattr(v1, kind) for kind in PROMETHEUS_OPERATOR_KINDS}
+
+
+def _dropped(given: Any, kept: Any, path: str = "") -> list[str]:
+    """Where ``kept`` (a model's dump) lost or changed what ``given`` (the object) had."""
+    if isinstance(given, dict) and isinstance(kept, dict):
+        problems = []
+        for key, value in given.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key not in kept:
+                problems.append(f"{where}: unknown field")
+            else:
+                problems += _dropped(value, kept[key], where)
+        return problems
+    if isinstance(given, list) and isinstance(kept, list) and len(given) == len(kept):
+        return [
+            problem
+            for index, (item, kept_item) in enumerate(zip(given, kept, strict=True))
+            for problem in _dropped(item, kept_item, f"{path}[{index}]")
+        ]
+    return [] if given == kept else [f"{path}: {given!r} became {kept!r}"]
+
+
+def _location(loc: Sequence[Any]) -> str:
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+
+
+def prometheus_operator_errors(objects: Sequence[dict[str, Any]]) -> list[str]:
+    """Errors of ServiceMonitor, PodMonitor and PrometheusRule objects against the pydantic
+    models generated from the Prometheus Operator's CRDs (cloudcoil).
+
+    The models ignore unknown keys, so an object must also survive the round trip through
+    its model unchanged: a typo'd key (which the API server would prune or refuse) fails.
+    """
+    import pydantic
+
+    models = _prometheus_operator_models()
+    errors: list[str] = []
+    for obj in objects:
+        model = models.get(obj.get("kind", ""))
+        if model is None:
+            continue
+        label = f"{obj['kind']}/{obj.get('metadata', {}).get('name')}"
+        try:
+            parsed = model.model_validate(obj)
+        except pydantic.ValidationError as error:
+            errors += [
+                f"{label}: {_location(problem['loc'])}: {problem['msg']}"
+                for problem in error.errors()
+            ]
+            continue
+        kept = parsed.model_dump(by_alias=True, exclude_unset=True, mode="json")
+        errors += [f"{label}: {problem}" for problem in _dropped(obj, kept)]
+    return errors
 
 
 class ServeAppMissingError(LookupError):

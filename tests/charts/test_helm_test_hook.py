@@ -93,3 +93,22 @@ def test_hook_fails_when_the_api_refuses(rendered, models_api):
     result = run_hook(hook_script(rendered, base_url, retries=False), "a-wrong-key")
     assert result.returncode != 0
     assert "401" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("entries", "sent"),
+    [
+        ("alice:sk-alice-1,bob:sk-bob-2", "sk-alice-1"),  # a named key: only the key part
+        ("sk-bare-key", "sk-bare-key"),
+        ("-odd:key", "-odd:key"),  # not a valid name before the colon: a bare key, as Ouro reads it
+    ],
+)
+def test_hook_sends_the_key_part_of_a_named_entry(rendered, models_api, entries, sent):
+    from ouro.apikeys import parse_key_entry
+
+    assert parse_key_entry(entries.split(",")[0]).key == sent  # what Ouro itself accepts
+    base_url, handler = models_api
+    handler.expected_key = sent
+    result = run_hook(hook_script(rendered, base_url, retries=False), entries)
+    assert result.returncode == 0, result.stderr
+    assert handler.seen[-1]["Authorization"] == f"Bearer {sent}"

@@ -6,12 +6,14 @@ the same text sits in a ConfigMap template.
 
 from __future__ import annotations
 
+import re
 import shutil
+import subprocess
 
 import pytest
 
 from tools.manifests import find
-from tools.paths import CHART_DIR, VALUES_FILES
+from tools.paths import CHART_DIR, MONITORING_VALUES, VALUES_FILES
 
 
 @pytest.fixture(scope="module")
@@ -52,3 +54,33 @@ def test_notes_follow_ingress_external_mlflow_and_open_servers(render_chart, not
     assert "port-forward svc/ouro-mlflow" not in notes
     open_notes = render_notes(render_chart, notes_chart, values_files=[VALUES_FILES["cpu-dev"]])
     assert "Authorization" not in open_notes and "create secret" not in open_notes
+
+
+def test_notes_list_the_monitoring_objects_only_when_enabled(render_chart, notes_chart):
+    assert "Monitoring" not in render_notes(render_chart, notes_chart)
+    notes = render_notes(render_chart, notes_chart, values_files=[MONITORING_VALUES])
+    assert 'through the Service ouro-metrics (key "metrics-api-key" of the Secret' in notes
+    assert '--from-literal=metrics-api-key="$(openssl rand -hex 24)"' in notes
+    assert "PrometheusRule ouro: Ouro's alerts, runbooks in docs/operations.md" in notes
+
+
+def test_notes_export_the_key_part_of_a_named_client_key(render_chart, notes_chart):
+    """The Secret holds "name:key" entries; the printed command keeps only the first key."""
+    notes = render_notes(render_chart, notes_chart)
+    pipeline = re.search(r"base64 -d \| (cut -d, -f1 \| .+)\)$", notes, re.M)
+    assert pipeline, notes
+    result = subprocess.run(
+        ["/bin/sh", "-c", f"printf '%s' 'alice:sk-alice-1,bob:sk-bob-2' | {pipeline.group(1)}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.strip() == "sk-alice-1"
+
+
+def test_notes_warn_when_the_gated_default_model_has_no_token(render_chart, notes_chart):
+    assert "is a gated model" in render_notes(render_chart, notes_chart)
+    with_token = render_notes(
+        render_chart, notes_chart, set_strings={"secrets.huggingface.name": "hf"}
+    )
+    assert "is a gated model" not in with_token

@@ -164,6 +164,7 @@ def test_trigger_client_calls_are_covered_by_the_role(rendered):
 
 def test_role_equals_the_rules_the_trigger_module_declares(rendered):
     from train_job import trigger  # an import error fails the test, never skips it
+
     declared: dict[tuple[str, str], set[str]] = {}
     for group, resource, verb in trigger.RBAC_RULES:
         declared.setdefault((group, resource), set()).add(verb)

@@ -128,7 +128,7 @@ def test_serve_config_runs_build_app_with_settings_fields_as_args(rendered, valu
 
 def test_serve_args_carry_the_model_and_the_registry(rendered):
     args = serve_config(rendered["default"])["applications"][0]["args"]
-    assert args["base_model"] == "Qwen/Qwen2.5-1.5B-Instruct"
+    assert args["base_model"] == "meta-llama/Llama-3.2-3B-Instruct"
     assert args["mlflow_tracking_uri"] == "http://ouro-mlflow:5000"
     assert args["registered_model_name"] == "ouro-adapter"
     external = serve_config(rendered["external-mlflow-s3"])["applications"][0]["args"]
@@ -537,3 +537,30 @@ def test_helm_test_pod_calls_v1_models_on_the_serve_service(rendered):
     assert (
         env_of(container)["OURO_API_KEYS"]["valueFrom"]["secretKeyRef"]["name"] == "ouro-api-keys"
     )
+
+
+def test_training_config_selects_the_recipe_the_cronjob_passes(render_chart):
+    recipe = "/app/train_job/configs/gpu-llama-3b.yaml"
+    objects = render_chart(set_strings={"training.config": recipe})
+    container = find(objects, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    assert container["args"][:3] == ["run", "--config", recipe]
+    default = find(render_chart(), "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert "--config" not in default["containers"][0]["args"]  # the base model's own recipe
+
+
+def test_the_dashboard_is_reachable_from_the_operators_namespace_only_by_default(render_chart):
+    (policy,) = [
+        o
+        for o in render_chart()
+        if o["kind"] == "NetworkPolicy" and o["metadata"]["name"].endswith("-ray")
+    ]
+    (dashboard,) = [
+        rule
+        for rule in policy["spec"]["ingress"]
+        if any(port["port"] == "dashboard" for port in rule.get("ports", []))
+    ]
+    assert dashboard["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kuberay-operator"}}}
+    ]

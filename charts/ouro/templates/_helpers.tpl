@@ -39,6 +39,11 @@
 {{- end }}
 {{/* KubeRay names the Serve Service of a RayService "<rayservice>-serve-svc". */}}
 
+{{/* A shell filter: the key part of a "name:key" entry (a bare key passes unchanged), as Ouro reads it (ouro.apikeys.parse_key_entry). */}}
+{{- define "ouro.keyOfEntry" -}}
+sed -E 's/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}:(.)/\1/'
+{{- end }}
+
 {{- define "ouro.mlflowName" -}}
 {{- printf "%s-mlflow" (include "ouro.fullname" .) }}
 {{- end }}
@@ -46,6 +51,11 @@
 {{- define "ouro.trainingName" -}}
 {{- printf "%s-train" (include "ouro.fullname" .) }}
 {{- end }}
+
+{{- define "ouro.metricsName" -}}
+{{- printf "%s-metrics" (include "ouro.fullname" .) }}
+{{- end }}
+{{/* The metrics Service; Prometheus names its job after it, which the alert rules select. */}}
 
 {{/* Labels ------------------------------------------------------------------ */}}
 
@@ -60,6 +70,13 @@ helm.sh/chart: {{ include "ouro.chart" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: ouro
+{{- end }}
+
+{{/* The Ray head pod only (KubeRay's own ray.io/node-type is not in the chart's template). */}}
+{{- define "ouro.rayHeadLabels" -}}
+{{ include "ouro.selectorLabels" . }}
+app.kubernetes.io/component: ray
+ouro/ray-node: head
 {{- end }}
 
 {{/* Images ------------------------------------------------------------------ */}}
@@ -156,6 +173,14 @@ code on each replica's own event loop (serve.local_ray.SERVE_ENV, as a local Ray
     secretKeyRef:
       name: {{ . }}
       key: {{ $.Values.secrets.apiKeys.adminKey }}
+      optional: true
+{{- end }}
+{{- if $.Values.secrets.apiKeys.metricsKey }}
+- name: OURO_METRICS_API_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.secrets.apiKeys.metricsKey }}
       optional: true
 {{- end }}
 {{- end }}
