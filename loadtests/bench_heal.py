@@ -54,6 +54,8 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = REPO_ROOT / "loadtests" / "fixtures" / "router_corrections.jsonl"
 DAILYDIALOG = REPO_ROOT.parent / "shared" / "datasets" / "dailydialog" / "dialogues_validation.txt"
+DAILYDIALOG_ZIP = "http://yanran.li/files/ijcnlp_dailydialog.zip"
+"""DailyDialog's original distribution (http://yanran.li/dailydialog)."""
 RESULTS = REPO_ROOT / "loadtests" / "results" / "heal.json"
 MATCH_F1 = 0.8
 MAX_NEW_TOKENS = 64
@@ -65,6 +67,29 @@ def user(text: str) -> list[dict]:
 
 def load_fixture(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def dailydialog_missing(path: Path) -> str | None:
+    """Where DailyDialog comes from and how to get it, when ``path`` does not exist; else None.
+
+    The dataset is not part of the repository (its licence is not the project's), so a
+    clone has no copy until its user fetches one.
+    """
+    if path.exists():
+        return None
+    extracted = "ijcnlp_dailydialog/validation/dialogues_validation.txt"
+    return (
+        f"DailyDialog not found at {path}.\n"
+        "The demo asks DailyDialog's validation openings as unrelated questions (and, with\n"
+        "--dailydialog-pairs, uses some as corrections). DailyDialog (Li et al., 2017,\n"
+        "https://arxiv.org/abs/1710.03957; licence CC BY-NC-SA 4.0) is not shipped with Ouro.\n"
+        "Get it from http://yanran.li/dailydialog:\n"
+        f"  curl -LO {DAILYDIALOG_ZIP}\n"
+        "  unzip ijcnlp_dailydialog.zip && unzip ijcnlp_dailydialog/validation.zip -d ijcnlp_dailydialog\n"
+        "then give the file (the __eou__ text; the Kaggle CSV is read too):\n"
+        f"  make demo DAILYDIALOG={extracted}\n"
+        f"  python -m loadtests.bench_heal --dailydialog {extracted} ..."
+    )
 
 
 def dailydialog_openers(path: Path, count: int, seed: int) -> list[tuple[str, str]]:
@@ -246,6 +271,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("train_args", nargs="*", help="extra `train_job run` flags (after --)")
     args = parser.parse_args(argv)
+    # Before any model loads: every run asks DailyDialog openers (--unrelated).
+    missing = dailydialog_missing(args.dailydialog)
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     items = load_fixture(args.fixture)[: args.cycles * args.per_cycle]

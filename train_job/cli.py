@@ -225,7 +225,7 @@ def load_command(
     settings = load_settings(OuroSettings, args, config_file, known=[TrainJobConfig])
     config = None
     if args.command == "run":
-        # No --config: the recipe the configured base model ships, if it ships one.
+        # No --config: the recipe for the configured base model (recipe_for logs which).
         recipe = config_file or recipe_for(settings.base_model)
         config = load_settings(TrainJobConfig, args, recipe, known=[OuroSettings])
         config.from_recipe(recipe)
@@ -233,7 +233,11 @@ def load_command(
             check_recipe_matches(
                 config_file, read_config_file(config_file).get("base_model"), settings.base_model
             )
-        logger.info("training recipe: %s (base model %s)", config.recipe, settings.base_model)
+            logger.info(
+                "training recipe: %s, from --config (base model %s)",
+                config.recipe,
+                settings.base_model,
+            )
     return args, settings, config
 
 

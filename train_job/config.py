@@ -24,7 +24,13 @@ EMBEDDED_RECIPES = {
     "smollm2-135m": RECIPES_DIR / "smollm2-135m.yaml",
     "ouro-tiny": RECIPES_DIR / "cpu-ouro-tiny.yaml",
 }
-"""The recipe each embedded base model ships; any other base model gets the defaults."""
+"""The recipe each embedded base model ships."""
+HUB_RECIPES = {
+    "meta-llama/llama-3.2-3b-instruct": RECIPES_DIR / "gpu-llama-3b.yaml",
+}
+"""Recipes made for a Hub model, by lower-case id (the Hub ignores case in ids)."""
+GENERIC_GPU_RECIPE = RECIPES_DIR / "gpu-generic.yaml"
+"""The recipe of any other Hub id or path: conservative settings for a 1-8B instruct model."""
 GENERIC_RECIPE = "defaults"
 
 CHATTERBOT_SOURCE = "chatterbot"
@@ -327,9 +333,22 @@ class TrainJobConfig(BaseSettings):
         return self
 
 
-def recipe_for(base_model: str) -> Path | None:
-    """The recipe an embedded base model ships (None: a path or Hub id, generic defaults)."""
-    return EMBEDDED_RECIPES.get(base_model)
+def recipe_for(base_model: str) -> Path:
+    """The recipe that trains ``base_model`` when no ``--config`` names one (logged, with why).
+
+    An embedded model's own recipe; a recipe made for that Hub id
+    (``meta-llama/Llama-3.2-3B-Instruct``: ``gpu-llama-3b.yaml``); else, for any other Hub id
+    or path, ``gpu-generic.yaml``.
+    """
+    if base_model in EMBEDDED_RECIPES:
+        recipe, why = EMBEDDED_RECIPES[base_model], "the embedded model's own recipe"
+    elif base_model.lower() in HUB_RECIPES:
+        recipe, why = HUB_RECIPES[base_model.lower()], "the recipe made for this model"
+    else:
+        recipe = GENERIC_GPU_RECIPE
+        why = "no recipe is made for this model: the generic GPU recipe; --config picks another"
+    logger.info("training recipe for base model %s: %s (%s)", base_model, recipe.name, why)
+    return recipe
 
 
 def check_recipe_matches(recipe: Path, recipe_base_model: str | None, base_model: str) -> None:

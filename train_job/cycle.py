@@ -266,6 +266,7 @@ def _train_gate_register(
                 settings.system_prompt,
                 self_answerer(settings, config.replay_max_new_tokens),
                 planner=_routing_planner(config, settings),
+                cycle=held_out_cycle(snapshot),
             )
             manifest = dataset.manifest(
                 watermark=collected.watermark.encode(), replay_source=config.replay_source
@@ -357,6 +358,15 @@ def _train_gate_register(
         timings=timings,
         registered_model=registry.model_name,
     )
+
+
+def held_out_cycle(snapshot: RegistrySnapshot) -> int:
+    """The held-out rotation's cycle number: the versions already registered in this model.
+
+    A cycle the gates refused is retried with the same split; each registered version moves
+    the rotation on by one (``train_job.dataset.split_held_out``).
+    """
+    return len(snapshot.versions)
 
 
 def _routing_planner(config: TrainJobConfig, settings: OuroSettings) -> RoutingPlanner | None:

@@ -11,11 +11,18 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from ouro.configuration import ConfigError, load_settings
+from ouro.configuration import ConfigError, load_settings, read_config_file
 from ouro.settings import OuroSettings
 from tests.fixtures.settings import settings_layers
 from train_job.cli import load_command, main
-from train_job.config import TrainJobConfig, recipe_for
+from train_job.config import (
+    CHATTERBOT_SOURCE,
+    GENERIC_GPU_RECIPE,
+    RECIPES_DIR,
+    TrainJobConfig,
+    recipe_for,
+)
+from train_job.dataset import load_conversations
 
 
 def parse(argv: list[str]) -> tuple[OuroSettings, TrainJobConfig]:
@@ -35,16 +42,75 @@ def test_defaults_when_nothing_is_set_are_the_default_base_models_recipe() -> No
     assert config.routing and config.lora_layers == 8
 
 
-def test_each_embedded_model_gets_its_own_recipe_and_a_path_the_defaults(
+def test_each_embedded_model_gets_its_own_recipe_and_a_path_the_generic_gpu_one(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("OURO_BASE_MODEL", "ouro-tiny")
     _, tiny = parse([])
     assert tiny.recipe == "cpu-ouro-tiny.yaml" and not tiny.routing
     monkeypatch.setenv("OURO_BASE_MODEL", str(tmp_path / "some-model"))
-    _, generic = parse([])
-    assert generic.recipe == "defaults"
-    assert generic.model_dump() == TrainJobConfig().model_dump()
+    settings, generic = parse([])
+    assert generic.recipe == "gpu-generic.yaml"
+    expected = load_settings(TrainJobConfig, config_file=GENERIC_GPU_RECIPE, known=[OuroSettings])
+    assert generic.model_dump() == expected.model_dump()
+    assert settings.base_model == str(tmp_path / "some-model")  # the recipe names none
+
+
+@pytest.mark.parametrize(
+    ("base_model", "recipe", "why"),
+    [
+        ("smollm2-135m", "smollm2-135m.yaml", "the embedded model's own recipe"),
+        ("ouro-tiny", "cpu-ouro-tiny.yaml", "the embedded model's own recipe"),
+        ("meta-llama/Llama-3.2-3B-Instruct", "gpu-llama-3b.yaml", "made for this model"),
+        ("meta-llama/llama-3.2-3b-instruct", "gpu-llama-3b.yaml", "made for this model"),
+        ("Qwen/Qwen2.5-1.5B-Instruct", "gpu-generic.yaml", "the generic GPU recipe"),
+        ("/models/Llama-3.2-3B-Instruct", "gpu-generic.yaml", "the generic GPU recipe"),
+        ("./models/my-model", "gpu-generic.yaml", "the generic GPU recipe"),
+    ],
+)
+def test_recipe_for_each_kind_of_base_model_logs_which_and_why(
+    base_model: str, recipe: str, why: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("INFO", logger="train_job.config"):
+        chosen = recipe_for(base_model)
+    assert chosen.name == recipe and chosen.is_file()
+    assert f"training recipe for base model {base_model}: {recipe} (" in caplog.text
+    assert why in caplog.text
+
+
+RECIPE_FILES = sorted(RECIPES_DIR.glob("*.yaml"))
+SOURCE_FIELDS = ("replay_source", "regression_source", "probe_source")
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in _strings(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in _strings(item)]
+    return []
+
+
+@pytest.mark.parametrize("recipe", RECIPE_FILES, ids=lambda path: path.name)
+def test_every_shipped_recipe_loads_and_needs_no_file_on_a_volume(recipe: Path) -> None:
+    config = load_settings(TrainJobConfig, config_file=recipe, known=[OuroSettings])
+    raw = read_config_file(recipe)
+    absolute = [text for text in _strings(raw) if text.startswith(("/", "~"))]
+    assert not absolute, f"{recipe.name} names paths that must pre-exist: {absolute}"
+    # Every conversation source ships in a package, and loads.
+    for name in SOURCE_FIELDS:
+        source = getattr(config, name)
+        assert source in (None, CHATTERBOT_SOURCE), f"{recipe.name}: {name}={source!r}"
+        if source is not None:
+            assert load_conversations(source)
+
+
+def test_the_generic_gpu_recipe_sets_what_the_llama_recipe_sets() -> None:
+    llama = read_config_file(RECIPES_DIR / "gpu-llama-3b.yaml")
+    generic = read_config_file(GENERIC_GPU_RECIPE)
+    assert "base_model" not in generic  # it serves any model
+    assert set(generic) == set(llama) - {"base_model"}
 
 
 def test_a_recipe_made_for_another_base_model_is_warned_about(
