@@ -108,7 +108,7 @@ class OuroSettings(BaseSettings):
     )
     admin_api_key: str | None = Field(
         None,
-        description="The admin key that commands calling Serve send (train_job --notify, "
+        description="The admin key that commands calling Serve send (train_job --notify-url, "
         "the training loop of python -m serve). Default: the first of admin_api_keys.",
     )
     allow_unauthenticated: bool = Field(

@@ -68,11 +68,24 @@ def build_context(dockerfile: Path, context: Path) -> set[str]:
     }
 
 
+def _instructions(dockerfile: Path) -> list[dict]:
+    return DockerfileParser(fileobj=io.BytesIO(dockerfile.read_bytes())).structure
+
+
+def exec_form(dockerfile: Path, instruction: str) -> list[str]:
+    """The last ENTRYPOINT or CMD of a Dockerfile, in exec form (what a pod's ``command``
+    and ``args`` replace)."""
+    (*_, last) = [i for i in _instructions(dockerfile) if i["instruction"] == instruction]
+    command = json.loads(last["value"])
+    if not (isinstance(command, list) and all(isinstance(part, str) for part in command)):
+        raise ValueError(f"{dockerfile.name}: {instruction} is not in exec form: {last['value']}")
+    return command
+
+
 def copy_sources(dockerfile: Path) -> list[CopySource]:
     """Every COPY/ADD source that is read from the build context."""
-    parser = DockerfileParser(fileobj=io.BytesIO(dockerfile.read_bytes()))
     sources = []
-    for instruction in parser.structure:
+    for instruction in _instructions(dockerfile):
         name = instruction["instruction"]
         if name not in ("COPY", "ADD"):
             continue

@@ -188,8 +188,11 @@ def _registry_options(parser: argparse.ArgumentParser, *, scoped: bool = True) -
 
 
 def _notify_option(parser: argparse.ArgumentParser) -> None:
+    # The same flag as `run --notify-url` (a TrainJobConfig setting); --notify is its old name.
     parser.add_argument(
+        "--notify-url",
         "--notify",
+        dest="notify",
         metavar="URL",
         help="Serve's base URL: ask it to re-read the registry now "
         "(sends the admin_api_key setting, OURO_ADMIN_API_KEY)",

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +10,7 @@ import yaml
 
 from ouro.settings import OuroSettings
 from serve.local_ray import SERVE_ENV
+from tools.docker_context import exec_form
 from tools.manifests import RenderError, containers, find, pod_specs
 from tools.paths import REPO_ROOT, VALUES_FILES
 
@@ -44,16 +43,6 @@ def train_pod(objects: list[dict[str, Any]]) -> dict[str, Any]:
 
 def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {entry["name"]: entry for entry in container.get("env", [])}
-
-
-def dockerfile_instruction(dockerfile: Path, instruction: str) -> list[str]:
-    """The JSON (exec) form of the last ENTRYPOINT/CMD of a Dockerfile."""
-    lines = [
-        line
-        for line in dockerfile.read_text(encoding="utf-8").splitlines()
-        if line.startswith(f"{instruction} ")
-    ]
-    return json.loads(lines[-1][len(instruction) + 1 :])
 
 
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -216,9 +205,10 @@ def test_training_values_reach_the_cronjob(render_chart):
 
 
 def test_auto_promote_is_off_by_default_and_a_flag_when_on(rendered, render_chart):
-    assert train_pod(rendered["default"])["containers"][0]["args"] == ["run"]
+    base = ["run", "--base-model", "meta-llama/Llama-3.2-3B-Instruct"]
+    assert train_pod(rendered["default"])["containers"][0]["args"] == base
     promoted = render_chart(set_values={"training.autoPromote": "true"})
-    assert train_pod(promoted)["containers"][0]["args"] == ["run", "--auto-promote"]
+    assert train_pod(promoted)["containers"][0]["args"] == [*base, "--auto-promote"]
 
 
 def test_training_gets_the_model_settings_as_environment(rendered):
@@ -278,9 +268,9 @@ def test_personal_adapter_values_of_the_wrong_kind_are_refused(render_chart, val
 
 
 def test_cronjob_relies_on_the_train_image_entrypoint(rendered):
-    entrypoint = dockerfile_instruction(REPO_ROOT / "Dockerfile.train", "ENTRYPOINT")
+    entrypoint = exec_form(REPO_ROOT / "Dockerfile.train", "ENTRYPOINT")
     assert entrypoint == ["python", "-m", "train_job"]
-    assert dockerfile_instruction(REPO_ROOT / "Dockerfile.train", "CMD") == ["run"]
+    assert exec_form(REPO_ROOT / "Dockerfile.train", "CMD") == ["run"]
     container = train_pod(rendered["default"])["containers"][0]
     assert "command" not in container  # the ENTRYPOINT runs; args replace CMD
     assert container["args"][0] == "run"
@@ -305,7 +295,7 @@ def test_ray_containers_use_the_serve_image_that_matches_ray_version(rendered):
     requirements = (REPO_ROOT / "requirements.txt").read_text(encoding="utf-8")
     assert f"ray[serve]=={cluster['rayVersion']}" in requirements
     assert "ENV PYTHONUNBUFFERED" in dockerfile and "PYTHONPATH=/app" in dockerfile
-    assert dockerfile_instruction(REPO_ROOT / "Dockerfile.serve", "ENTRYPOINT") == [
+    assert exec_form(REPO_ROOT / "Dockerfile.serve", "ENTRYPOINT") == [
         "python",
         "-m",
         "serve",
@@ -545,7 +535,14 @@ def test_training_config_selects_the_recipe_the_cronjob_passes(render_chart):
     container = find(objects, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"][
         "containers"
     ][0]
-    assert container["args"][:3] == ["run", "--config", recipe]
+    # The served model is what trains, whatever base model the recipe names.
+    assert container["args"][:5] == [
+        "run",
+        "--base-model",
+        "meta-llama/Llama-3.2-3B-Instruct",
+        "--config",
+        recipe,
+    ]
     default = find(render_chart(), "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert "--config" not in default["containers"][0]["args"]  # the base model's own recipe
 
@@ -564,3 +561,9 @@ def test_the_dashboard_is_reachable_from_the_operators_namespace_only_by_default
     assert dashboard["from"] == [
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kuberay-operator"}}}
     ]
+
+
+@pytest.mark.parametrize("strategy", ["NewCluster", "None"])
+def test_the_upgrade_strategy_is_the_operators_choice(render_chart, strategy):
+    service = find(render_chart(set_strings={"serve.upgradeStrategy": strategy}), "RayService")
+    assert service["spec"]["upgradeStrategy"] == {"type": strategy}

@@ -196,7 +196,7 @@ def test_corrections_heal_the_running_bot_and_rollback_restores_it(
 
     # The operator rolls back; the original answers return, again with no failure.
     with BackgroundChatter(stack.client(CLIENT_KEY), unrelated[0]) as chatter:
-        rolled = stack.train_job("rollback", "--notify", stack.base_url)
+        rolled = stack.train_job("rollback", "--notify-url", stack.base_url)
         assert rolled.returncode == 0, rolled.stdout + rolled.stderr
         _wait_for_version(stack, questions[0], BASE_MODEL_NAME)
         restored = _ask_all(client, questions)

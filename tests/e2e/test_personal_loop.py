@@ -56,7 +56,7 @@ def stack(
         "OURO_REGISTRY_POLL_INTERVAL_S": str(POLL_INTERVAL_S),
         "OURO_API_KEYS": ",".join(f"{name}:{key}" for name, key in KEYS.items()),
         "OURO_ADMIN_API_KEYS": f"ops:{ADMIN_KEY}",
-        "OURO_ADMIN_API_KEY": ADMIN_KEY,  # what train_job --notify sends
+        "OURO_ADMIN_API_KEY": ADMIN_KEY,  # what train_job --notify-url sends
     }
     with start_local_serve(tmp_path_factory.mktemp("personal-loop"), env) as local:
         yield local
@@ -186,7 +186,7 @@ def test_personal_adapters_isolate_roll_back_and_forget_per_scope(
     assert not any("@alice/" in name for name in listed["bob"])
 
     # 3. Rolling alice back leaves bob (and carol) as they were.
-    rolled = stack.train_job("rollback", "--scope", "alice", "--notify", stack.base_url)
+    rolled = stack.train_job("rollback", "--scope", "alice", "--notify-url", stack.base_url)
     assert rolled.returncode == 0, rolled.stdout + rolled.stderr
     wait_for_version(alice, BASE_MODEL_NAME)
     assert ask(alice) == shared_before
@@ -194,7 +194,7 @@ def test_personal_adapters_isolate_roll_back_and_forget_per_scope(
     assert ask(carol) == shared_before
 
     # 4. Forgetting bob: his adapter leaves serving, he falls back to shared production.
-    forgot = stack.train_job("forget", "bob", "--reason", "e2e", "--notify", stack.base_url)
+    forgot = stack.train_job("forget", "bob", "--reason", "e2e", "--notify-url", stack.base_url)
     assert forgot.returncode == 0, forgot.stdout + forgot.stderr
     wait_for_version(bob, BASE_MODEL_NAME)
     assert ask(bob) == shared_before

@@ -27,6 +27,7 @@ import yaml
 from ouro.registry import BASE_MODEL_NAME, version_label
 from tests.fixtures.charts import RenderChart
 from tests.fixtures.mlflow import free_port
+from tests.fixtures.serve import wait_until_ready
 from tests.fixtures.serve_cli import LocalServe, start_local_serve
 from tests.fixtures.train_job import CORRECTION_PAIRS
 from tools.dashboard import DASHBOARD_FILE, concrete_query, panel_queries
@@ -114,16 +115,7 @@ def prometheus(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise AssertionError((work / "prometheus.log").read_text()[-3000:])
+        wait_until_ready(url, 60, path="/-/ready")
         yield url
     finally:
         process.terminate()

@@ -94,7 +94,7 @@ def test_corrections_heal_their_questions_and_leave_the_rest_alone(stack: LocalS
             "--base-model",
             stack.env["OURO_BASE_MODEL"],
             "--auto-promote",
-            "--notify",
+            "--notify-url",
             stack.base_url,
         )
         assert trained.returncode == 0, trained.stdout + trained.stderr[-4000:]

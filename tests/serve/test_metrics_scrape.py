@@ -15,11 +15,15 @@ from dataclasses import replace
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ouro.ledger import LedgerUnavailableError
 from ouro.registry import TrainingCycles
+from ouro.settings import OuroSettings
+from serve.auth import Caller
 from serve.coordinator import RegistryCoordinator
 from serve.metrics import InstallState, ServeMetrics
+from serve.protocol import FeedbackRequest
 from serve.replica_report import ReplicaReport, ReplicaScrape, ScrapeAnswerer, ScrapedReports
-from serve.serving_feedback import answered_by
+from serve.serving_feedback import Feedback, answered_by
 
 WAIT_S = 0.3
 
@@ -272,3 +276,34 @@ def test_a_correction_is_counted_by_who_gave_the_corrected_answer(
     model: str | None, expected: str
 ) -> None:
     assert answered_by(model) == expected
+
+
+def test_feedback_counts_a_ledger_that_cannot_write_but_not_a_bad_request(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OuroLedgerWriteFailures reads this counter: the volume failing, never bad input."""
+    metrics = ServeMetrics("r0")
+    settings = OuroSettings(data_dir=tmp_path, allow_unauthenticated=True)
+    feedback = Feedback(settings, "r0", metrics, lambda: None)
+    body = FeedbackRequest(
+        messages=[{"role": "user", "content": "Who wrote Hamlet?"}],
+        completion="Marlowe.",
+        correction="Shakespeare wrote Hamlet.",
+        model="ouro@v1",
+    )
+    caller = Caller(key_hash=None, admin=True)
+
+    def create(request: FeedbackRequest = body) -> int:
+        return asyncio.run(feedback.create(request, caller)).status_code
+
+    assert create() == 201
+    assert create(body.model_copy(update={"correction": "Marlowe."})) == 400  # no change
+
+    def disk_full(**_: object) -> None:
+        raise LedgerUnavailableError("No space left on device")
+
+    monkeypatch.setattr(feedback._ledger, "append", disk_full)
+    assert create() == 503
+    text = metrics.render().decode()
+    assert 'ouro_feedback_records_total{answered_by="adapter",replica="r0"} 1.0' in text
+    assert 'ouro_ledger_write_failures_total{replica="r0"} 1.0' in text

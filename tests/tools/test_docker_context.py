@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tools.docker_context import check, copy_sources, missing_sources
-from tools.paths import DOCKERFILES
+from tools.docker_context import check, copy_sources, exec_form, missing_sources
+from tools.paths import DOCKERFILES, REPO_ROOT
 
 
 def make_context(root: Path, dockerignore: str, dockerfile: str, files: list[str]) -> Path:
@@ -90,3 +90,7 @@ def test_a_dockerfile_s_own_ignore_file_wins(tmp_path: Path) -> None:
 
 def test_a_missing_dockerfile_is_reported(tmp_path: Path) -> None:
     assert check([tmp_path / "Dockerfile.gone"], tmp_path) == ["Dockerfile.gone missing"]
+
+
+def test_the_training_image_runs_python_m_train_job() -> None:
+    assert exec_form(REPO_ROOT / "Dockerfile.train", "ENTRYPOINT") == ["python", "-m", "train_job"]

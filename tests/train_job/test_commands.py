@@ -199,7 +199,7 @@ def test_promote_notifies_serve_with_the_admin_key(
 ) -> None:
     monkeypatch.setenv("OURO_ADMIN_API_KEY", "admin-secret")
     version = register(1, gates_passed=True)
-    assert cli(registry, tmp_path, "promote", str(version), "--notify", admin_endpoint) == 0
+    assert cli(registry, tmp_path, "promote", str(version), "--notify-url", admin_endpoint) == 0
     ((path, authorization),) = _RecordingHandler.requests
     assert path.startswith("/admin/registry/refresh")
     assert authorization == "Bearer admin-secret"
@@ -213,7 +213,7 @@ def test_notify_is_best_effort(
 ) -> None:
     version = register(1, gates_passed=True)
     nobody = "http://127.0.0.1:9"  # discard port: nothing listens
-    assert cli(registry, tmp_path, "promote", str(version), "--notify", nobody) == 0
+    assert cli(registry, tmp_path, "promote", str(version), "--notify-url", nobody) == 0
     assert registry.alias_version(ALIAS_PRODUCTION) == version
     assert "could not notify Serve" in caplog.text
 
