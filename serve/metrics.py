@@ -61,7 +61,7 @@ class ReplicaReportCollector(Collector):
         samples = {scrape.report.replica_id: scrape.metrics for scrape in scrapes}
         samples[own_id] = own_samples
         yield from _labelled_by_replica(samples)
-        yield from _report_families(scrapes)
+        yield from report_families(scrapes)
 
 
 def _labelled_by_replica(samples: dict[str, Iterable[Metric]]) -> Iterator[Metric]:
@@ -85,7 +85,8 @@ def _labelled_by_replica(samples: dict[str, Iterable[Metric]]) -> Iterator[Metri
     yield from merged.values()
 
 
-def _report_families(scrapes: list[ReplicaScrape]) -> Iterator[Metric]:
+def report_families(scrapes: list[ReplicaScrape]) -> Iterator[Metric]:
+    """The replicas' reports as metric families, each sample labelled ``replica``."""
     loads = CounterMetricFamily(
         "ouro_adapter_loads", "Adapter versions loaded into an engine.", labels=["replica"]
     )

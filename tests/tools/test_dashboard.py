@@ -13,6 +13,9 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.cog.plugins import register_default_plugins
 from grafana_foundation_sdk.models.dashboard import Dashboard
 
+from ouro.engine import EngineStats
+from serve.metrics import InstallCollector, InstallState, ServeMetrics, report_families
+from serve.replica_report import ReplicaReport, ReplicaScrape
 from tools.dashboard import (
     DASHBOARD_FILE,
     build_dashboard,
@@ -22,45 +25,37 @@ from tools.dashboard import (
     render,
 )
 
-# Issue #34's metrics contract: family name (as prometheus_client names it) -> kind.
-PER_REPLICA = {
-    "ouro_requests_total": "counter",
-    "ouro_errors_total": "counter",
-    "ouro_stream_errors_total": "counter",
-    "ouro_request_duration_seconds": "histogram",
-    "ouro_time_to_first_token_seconds": "histogram",
-    "ouro_prompt_tokens_total": "counter",
-    "ouro_generated_tokens_total": "counter",
-    "ouro_completions_total": "counter",
-    "ouro_model_version": "gauge",
-    "ouro_registry_reachable": "gauge",
-    "ouro_feedback_records_total": "counter",
-    "ouro_ledger_write_failures_total": "counter",
-    "ouro_router_requests_total": "counter",
-    "ouro_router_similarity": "histogram",
-    "ouro_router_cpu_seconds": "histogram",
-    "ouro_replica_ready": "gauge",
-    "ouro_adapter_loads_total": "counter",
-    "ouro_adapter_evictions_total": "counter",
-    "ouro_adapter_load_failures_total": "counter",
-    "ouro_adapters_loaded": "gauge",
-    "ouro_replica_production_version": "gauge",
-    "ouro_replica_report_stale": "gauge",
-    "ouro_replica_report_age_seconds": "gauge",
-    "ouro_engine_running_requests": "gauge",
-    "ouro_engine_waiting_requests": "gauge",
-    "ouro_engine_kv_cache_usage": "gauge",
-    "ouro_engine_aborted_requests_total": "counter",
-    "ouro_engine_failed_requests_total": "counter",
-    "ouro_engine_step_seconds": "histogram",
-    "ouro_engine_batch_size": "histogram",
-}
-INSTALL_WIDE = {
-    "ouro_corrections_pending": "gauge",
-    "ouro_training_consecutive_failed_cycles": "gauge",
-    "ouro_training_last_cycle_timestamp_seconds": "gauge",
-    "ouro_latest_version_timestamp_seconds": "gauge",
-}
+
+def exported_families() -> tuple[dict[str, str], dict[str, str]]:
+    """What /metrics exports, from Ouro's own exporter (serve.metrics): per-replica and
+    install-wide families, each name (a counter's with ``_total``) -> its kind."""
+    report = ReplicaReport(
+        replica_id="r0",
+        reported_at=0.0,
+        production_version=1,
+        production_known=True,
+        refresh_generation=0,
+        adapters_loaded=(),
+        adapter_loads=0,
+        adapter_evictions=0,
+        adapter_load_failures=0,
+        registry_reachable=True,
+        registry_error=None,
+        engine=EngineStats(0, 0, 0.0, 0, 0, 0, 0, 0.0, (0,), 0, (0,)),
+    )
+    install = InstallCollector(lambda: InstallState(corrections_pending=0))
+    per_replica = [*ServeMetrics("r0").own_families(), *report_families([ReplicaScrape(report)])]
+
+    def names(families) -> dict[str, str]:
+        return {
+            f"{family.name}_total" if family.type == "counter" else family.name: family.type
+            for family in families
+        }
+
+    return names(per_replica), names(install.collect())
+
+
+PER_REPLICA, INSTALL_WIDE = exported_families()
 REPLICA = 'replica=~"$replica"'
 METRIC = re.compile(r"\bouro_[a-z0-9_]+")
 SELECTOR = re.compile(r"\b(?P<name>ouro_[a-z0-9_]+)(?:\{(?P<matchers>[^}]*)\})?")
