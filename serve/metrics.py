@@ -32,7 +32,7 @@ from ouro.engine.types import BATCH_SIZE_BUCKETS, STEP_SECONDS_BUCKETS
 from ouro.registry import TrainingCycles
 from ouro.routing import FORCED, MATCH, NO_INDEX, NO_MATCH
 from serve.llm_calls import ROUTE_BASE, ServedModel
-from serve.replica_report import ReplicaScrape
+from serve.replica_report import ReplicaReport, ReplicaScrape
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -85,61 +85,75 @@ def _labelled_by_replica(samples: dict[str, Iterable[Metric]]) -> Iterator[Metri
     yield from merged.values()
 
 
-def report_families(scrapes: list[ReplicaScrape]) -> Iterator[Metric]:
-    """The replicas' reports as metric families, each sample labelled ``replica``."""
-    loads = CounterMetricFamily(
-        "ouro_adapter_loads", "Adapter versions loaded into an engine.", labels=["replica"]
-    )
-    evictions = CounterMetricFamily(
+_REPORT_SERIES: tuple[tuple[type, str, str, Callable[[ReplicaReport, float], float]], ...] = (
+    (
+        CounterMetricFamily,
+        "ouro_adapter_loads",
+        "Adapter versions loaded into an engine.",
+        lambda report, now: report.adapter_loads,
+    ),
+    (
+        CounterMetricFamily,
         "ouro_adapter_evictions",
         "Adapter versions removed from an engine.",
-        labels=["replica"],
-    )
-    failures = CounterMetricFamily(
+        lambda report, now: report.adapter_evictions,
+    ),
+    (
+        CounterMetricFamily,
         "ouro_adapter_load_failures",
         "Adapter versions that could not be loaded.",
-        labels=["replica"],
-    )
-    loaded = GaugeMetricFamily(
-        "ouro_adapters_loaded", "Adapter versions in an engine now.", labels=["replica"]
-    )
-    production = GaugeMetricFamily(
+        lambda report, now: report.adapter_load_failures,
+    ),
+    (
+        GaugeMetricFamily,
+        "ouro_adapters_loaded",
+        "Adapter versions in an engine now.",
+        lambda report, now: len(report.adapters_loaded),
+    ),
+    (
+        GaugeMetricFamily,
         "ouro_replica_production_version",
         "Version an LLM server replica answers 'ouro' with (0: the base model).",
-        labels=["replica"],
-    )
-    ready = GaugeMetricFamily(
+        lambda report, now: report.production_version or 0,
+    ),
+    (
+        GaugeMetricFamily,
         "ouro_replica_ready",
         "1 when a replica has loaded the production version and answered this scrape.",
-        labels=["replica"],
-    )
-    stale = GaugeMetricFamily(
+        lambda report, now: 1 if report.production_known and not report.stale else 0,
+    ),
+    (
+        GaugeMetricFamily,
         "ouro_replica_report_stale",
         "1 when an LLM server replica did not answer this scrape in time: its samples "
         "are from its last report.",
-        labels=["replica"],
-    )
-    age = GaugeMetricFamily(
+        lambda report, now: 1 if report.stale else 0,
+    ),
+    (
+        GaugeMetricFamily,
         "ouro_replica_report_age_seconds",
         "Age of the report an LLM server replica's samples come from.",
-        labels=["replica"],
-    )
+        lambda report, now: max(0.0, now - report.reported_at),
+    ),
+)
+"""The series each replica's report gives: (family kind, name, help, value)."""
+
+
+def report_families(scrapes: list[ReplicaScrape]) -> Iterator[Metric]:
+    """The replicas' reports as metric families, each sample labelled ``replica``."""
+    families = [
+        (kind(name, documentation, labels=["replica"]), value)
+        for kind, name, documentation, value in _REPORT_SERIES
+    ]
     engine = _EngineFamilies()
     now = time.time()
     for scrape in scrapes:
         report = scrape.report
-        replica = report.replica_id
-        loads.add_metric([replica], report.adapter_loads)
-        evictions.add_metric([replica], report.adapter_evictions)
-        failures.add_metric([replica], report.adapter_load_failures)
-        loaded.add_metric([replica], len(report.adapters_loaded))
-        production.add_metric([replica], report.production_version or 0)
-        ready.add_metric([replica], 1 if report.production_known and not report.stale else 0)
-        stale.add_metric([replica], 1 if report.stale else 0)
-        age.add_metric([replica], max(0.0, now - report.reported_at))
+        for family, value in families:
+            family.add_metric([report.replica_id], value(report, now))
         if report.engine is not None:
-            engine.add(replica, report.engine)
-    yield from (loads, evictions, failures, loaded, production, ready, stale, age)
+            engine.add(report.replica_id, report.engine)
+    yield from (family for family, _ in families)
     yield from engine.families()
 
 
