@@ -11,9 +11,9 @@ environment variable or value then fails here instead of in a pod.
 
 What is changed, and only that: paths of the pods' volumes become folders of the test,
 and the HTTP host loopback on a free port. Through the chart's own values: the base model
-is the embedded ouro-tiny (``model.baseModel``), MLflow the test's server
-(``mlflow.externalTrackingUri``), and the training recipe the tiny one (``training.config``
-and ``training.extraArgs``). Ray Serve's HAProxy ingress (``RAY_SERVE_ENABLE_HA_PROXY``)
+is the embedded ouro-tiny, put on the cache volume (``model.baseModel``, a path there), MLflow
+the test's server (``mlflow.externalTrackingUri``), and the training recipe the tiny one
+(``training.config`` and ``training.extraArgs``). Ray Serve's HAProxy ingress (``RAY_SERVE_ENABLE_HA_PROXY``)
 is left out: on one machine it needs a network namespace of its own, and
 tests/serve/test_haproxy_ingress.py covers it.
 """
@@ -59,17 +59,19 @@ IMAGE_CODE_DIR = "/app"
 SWAP_TIMEOUT_S = 180.0
 
 
+MODEL = "/data/models/ouro-tiny"
+"""The base model, as a path on the cache volume (a form model.baseModel takes)."""
 DATASET = "/data/datasets/conversations.jsonl"
 """Where the replay and regression conversations sit on the cache volume (as an operator
 puts a dataset there)."""
 
 
-def rendered(render_chart: RenderChart, base_model: Path, mlflow: str) -> list[dict[str, Any]]:
+def rendered(render_chart: RenderChart, mlflow: str) -> list[dict[str, Any]]:
     return render_chart(
         values_files=(CPU_VALUES,),
         set_strings={
             "secrets.apiKeys.name": SECRET,
-            "model.baseModel": str(base_model),
+            "model.baseModel": MODEL,
             "mlflow.externalTrackingUri": mlflow,
             "training.config": f"{IMAGE_CODE_DIR}/{TINY_CONFIG_FILE.relative_to(REPO_ROOT)}",
             # What the small build knows: replayed and measured, so forgetting shows.
@@ -144,7 +146,7 @@ def cluster(
     small_model_chat_jsonl: Path,
 ) -> Iterator[Rehearsal]:
     """The RayService's Serve app running, and the CronJob's command ready to run."""
-    objects = rendered(render_chart, ouro_tiny_small_dir, mlflow_server)
+    objects = rendered(render_chart, mlflow_server)
     root = tmp_path_factory.mktemp("cluster")
     pods = Pods(
         root,
@@ -156,6 +158,9 @@ def cluster(
     dataset = Path(pods.path(DATASET))
     dataset.parent.mkdir(parents=True)
     shutil.copyfile(small_model_chat_jsonl, dataset)
+    model = Path(pods.path(MODEL))
+    model.parent.mkdir(parents=True)
+    model.symlink_to(ouro_tiny_small_dir, target_is_directory=True)
 
     service = find(objects, "RayService")
     serve_config = yaml.safe_load(service["spec"]["serveConfigV2"])
@@ -163,6 +168,7 @@ def cluster(
     (llm,) = [d for d in app["deployments"] if d["name"] == "LLMServer"]
     replicas = llm.get("num_replicas") or llm["autoscaling_config"]["min_replicas"]
     assert replicas >= 2, "the CPU values run more than one replica"
+    app["args"] = {k: pods.path(v) if isinstance(v, str) else v for k, v in app["args"].items()}
     port = free_port()
     serve_config["http_options"].update(host="127.0.0.1", port=port)
 
