@@ -23,7 +23,8 @@ TORCH_VERSION = "2.13.0"
 """The torch every CPU install pins (requirements.txt)."""
 
 CPU_INDEX_HINT = (
-    "rm -r .venv && PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu make install"
+    "rm -r .venv && PIP_EXTRA_INDEX_URL=<PyTorch's CPU wheel index, as PyTorch's install page "
+    "names it> make install"
 )
 """How to get the CPU build from PyTorch's own index, for a user who can reach it."""
 
