@@ -34,6 +34,7 @@ between the probe and the call still gets MLflow's own retries.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import json
 import logging
 import os
@@ -275,6 +276,21 @@ class AdapterVersion:
         )
 
 
+class CycleOutcome(enum.StrEnum):
+    """How a training cycle ended (``train_job.cycle``; recorded in ``TrainingCycles``)."""
+
+    REGISTERED = "registered"
+    NOTHING_TO_DO = "nothing_to_do"
+    GATES_FAILED = "gates_failed"
+    FAILED = "failed"
+    """It raised: no result, nothing registered."""
+
+    @property
+    def failing(self) -> bool:
+        """Whether it counts towards cycles failing in a row."""
+        return self in (CycleOutcome.GATES_FAILED, CycleOutcome.FAILED)
+
+
 @dataclass(frozen=True)
 class TrainingCycles:
     """The outcomes of a registered model's training cycles, as the training job records
@@ -286,12 +302,13 @@ class TrainingCycles:
     last_at: dict[str, float] = field(default_factory=dict)
     """Per outcome, when its newest cycle ended (Unix seconds)."""
 
-    def after(self, outcome: str, at: float, failed: bool) -> TrainingCycles:
-        """These cycles with one more, ended at ``at`` (``failed``: it counts as failing)."""
-        consecutive = self.consecutive_failed + 1 if failed else self.consecutive_failed
-        if outcome == OUTCOME_REGISTERED:
+    def after(self, outcome: CycleOutcome, at: float) -> TrainingCycles:
+        """These cycles with one more, ended at ``at``."""
+        if outcome is CycleOutcome.REGISTERED:
             consecutive = 0
-        return TrainingCycles(consecutive, {**self.last_at, outcome: at})
+        else:
+            consecutive = self.consecutive_failed + int(outcome.failing)
+        return TrainingCycles(consecutive, {**self.last_at, outcome.value: at})
 
     def encode(self) -> str:
         return json.dumps(
@@ -313,10 +330,6 @@ class TrainingCycles:
         except (ValueError, TypeError, KeyError):
             logger.warning("unreadable %s tag %r", TRAINING_CYCLES_TAG, text)
             return cls()
-
-
-OUTCOME_REGISTERED = "registered"
-"""The outcome of a cycle that registered a version (``train_job.cycle.Outcome``)."""
 
 
 @dataclass(frozen=True)
@@ -586,7 +599,7 @@ class AdapterRegistry:
         logger.info("alias %s rolled back: %s -> %s", alias, current, target)
         return target
 
-    def record_cycle(self, outcome: str, *, failed: bool, at: float) -> TrainingCycles:
+    def record_cycle(self, outcome: CycleOutcome, *, at: float) -> TrainingCycles:
         """Record a training cycle's outcome on the registered model (created if needed)."""
         with self._calling(f"recording a training cycle on {self.model_name!r}"):
             registered = self._registered_model()
@@ -596,7 +609,7 @@ class AdapterRegistry:
             recorded = TrainingCycles.decode(
                 registered.tags.get(TRAINING_CYCLES_TAG) if registered else None
             )
-            cycles = recorded.after(outcome, at, failed)
+            cycles = recorded.after(outcome, at)
             self._client.set_registered_model_tag(
                 self.model_name, TRAINING_CYCLES_TAG, cycles.encode()
             )

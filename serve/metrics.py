@@ -3,11 +3,11 @@
 Each replica counts what its clients see (status, tokens, time to first token, which
 version answered, the router's decisions) on a prometheus_client registry of its own (no
 process-global state). A scrape reaches one replica through the load balancer, and that
-replica exports EVERY replica's series, each labelled ``replica``: it first asks every
-replica for a fresh report and its own samples (``refresh_replica_reports``; a replica
-that does not answer within a second keeps its last ones, exported with
-``ouro_replica_report_stale`` 1), then ``ReplicaReportCollector`` exports them, with the
-reports' adapter counters and engine state. So Prometheus scrapes exactly one target per
+replica exports EVERY replica's series, each labelled ``replica``: ``ServeMetrics.refresh``
+first asks every replica for a fresh report and its own samples (a replica that does not
+answer within a second keeps its last ones, exported with ``ouro_replica_report_stale``
+1), then ``ReplicaReportCollector`` exports them, with the reports' adapter counters and
+engine state. So Prometheus scrapes exactly one target per
 install, and sums over ``replica`` are right whichever replica answered. What no replica
 owns (the ledger's backlog, the training cycles, the newest version) is exported once,
 without a replica label, from the answering replica's view (``InstallState``).

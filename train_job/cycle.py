@@ -15,7 +15,6 @@ at once (see ``lock.py``).
 
 from __future__ import annotations
 
-import enum
 import logging
 import tempfile
 import time
@@ -30,8 +29,8 @@ from mlflow.exceptions import MlflowException
 from ouro.errors import OuroError
 from ouro.ledger import LedgerReader, LedgerScan
 from ouro.registry import (
-    OUTCOME_REGISTERED,
     AdapterRegistry,
+    CycleOutcome,
     PersonalRegistries,
     RegistrySnapshot,
     RegistryUnavailableError,
@@ -63,14 +62,8 @@ class ConcurrentCycleError(OuroError):
     """A version was registered by someone else while this cycle ran: it registers nothing."""
 
 
-OUTCOME_FAILED = "failed"
-"""What the registry records for a cycle that raised (``AdapterRegistry.record_cycle``)."""
-
-
-class Outcome(enum.StrEnum):
-    REGISTERED = OUTCOME_REGISTERED
-    NOTHING_TO_DO = "nothing_to_do"
-    GATES_FAILED = "gates_failed"
+Outcome = CycleOutcome
+"""How a cycle ended; the registry records it (``AdapterRegistry.record_cycle``)."""
 
 
 @dataclass
@@ -138,9 +131,9 @@ def _run_locked(config: TrainJobConfig, settings: OuroSettings) -> CycleResult:
     try:
         result = _cycle(config, settings, registry, snapshot, collected, timer, [])
     except Exception:
-        _record_cycle(registry, OUTCOME_FAILED, failed=True)
+        _record_cycle(registry, Outcome.FAILED)
         raise
-    _record_cycle(registry, result.outcome.value, failed=result.outcome is Outcome.GATES_FAILED)
+    _record_cycle(registry, result.outcome)
     if settings.personal_adapters:
         # Re-read: this cycle may have just promoted a shared version (the scopes' baseline).
         shared = (registry, registry.snapshot())
@@ -412,12 +405,12 @@ def _check_no_new_version(registry: AdapterRegistry, before: RegistrySnapshot) -
         )
 
 
-def _record_cycle(registry: AdapterRegistry, outcome: str, *, failed: bool) -> None:
+def _record_cycle(registry: AdapterRegistry, outcome: Outcome) -> None:
     """Record the shared cycle's outcome on the registered model, where Serve's metrics
     read it (alerts on cycles failing in a row); a dead registry only costs the record."""
     try:
         registry.check_available()
-        registry.record_cycle(outcome, failed=failed, at=time.time())
+        registry.record_cycle(outcome, at=time.time())
     except (RegistryUnavailableError, MlflowException) as exc:
         logger.warning("could not record the cycle's outcome %s: %s", outcome, exc)
 

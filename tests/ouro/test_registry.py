@@ -19,7 +19,6 @@ from ouro.registry import (
     ALIAS_CANDIDATE,
     ALIAS_PRODUCTION,
     BASE_MODEL_NAME,
-    OUTCOME_REGISTERED,
     SERVED_MODEL_NAME,
     TAG_BASE_MODEL,
     TAG_CORRECTIONS,
@@ -30,6 +29,7 @@ from ouro.registry import (
     AdapterArtifactError,
     AdapterRegistry,
     AdapterVersion,
+    CycleOutcome,
     ModelRef,
     NothingToRollBackError,
     RegistrySnapshot,
@@ -356,13 +356,13 @@ def test_an_unreachable_registry_fails_fast(tmp_path: Path) -> None:
 
 def test_training_cycles_count_failures_in_a_row_until_one_registers() -> None:
     cycles = TrainingCycles()
-    cycles = cycles.after("gates_failed", 10.0, failed=True)
-    cycles = cycles.after("nothing_to_do", 20.0, failed=False)  # changes no count
-    cycles = cycles.after("failed", 30.0, failed=True)
+    cycles = cycles.after(CycleOutcome.GATES_FAILED, 10.0)
+    cycles = cycles.after(CycleOutcome.NOTHING_TO_DO, 20.0)  # changes no count
+    cycles = cycles.after(CycleOutcome.FAILED, 30.0)
     assert cycles.consecutive_failed == 2
     assert cycles.last_at == {"gates_failed": 10.0, "nothing_to_do": 20.0, "failed": 30.0}
     assert TrainingCycles.decode(cycles.encode()) == cycles
-    registered = cycles.after(OUTCOME_REGISTERED, 40.0, failed=False)
+    registered = cycles.after(CycleOutcome.REGISTERED, 40.0)
     assert registered.consecutive_failed == 0
     assert TrainingCycles.decode("not json") == TrainingCycles()
 
@@ -372,8 +372,8 @@ def test_cycles_recorded_on_the_registered_model_appear_in_the_snapshot(
     mlflow_server: str, mlflow_model_name: str
 ) -> None:
     registry = AdapterRegistry(mlflow_server, mlflow_model_name)
-    registry.record_cycle("gates_failed", failed=True, at=100.0)  # creates the model
-    registry.record_cycle("gates_failed", failed=True, at=200.0)
+    registry.record_cycle(CycleOutcome.GATES_FAILED, at=100.0)  # creates the model
+    registry.record_cycle(CycleOutcome.GATES_FAILED, at=200.0)
     cycles = registry.snapshot().cycles
     assert cycles.consecutive_failed == 2
     assert cycles.last_at == {"gates_failed": 200.0}

@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ouro.ledger import LedgerUnavailableError
-from ouro.registry import TrainingCycles
+from ouro.registry import CycleOutcome, TrainingCycles
 from ouro.settings import OuroSettings
 from serve.auth import Caller
 from serve.coordinator import RegistryCoordinator
@@ -252,7 +252,7 @@ def test_the_install_state_is_exported_once_without_a_replica_label() -> None:
     state = InstallState(
         corrections_pending=7,
         latest_version_at=1_700_000_000.0,
-        cycles=TrainingCycles().after("gates_failed", 1_700_000_100.0, failed=True),
+        cycles=TrainingCycles().after(CycleOutcome.GATES_FAILED, 1_700_000_100.0),
     )
     text = ServeMetrics("r0", install_state=lambda: state).render().decode()
     assert "ouro_corrections_pending 7.0" in text
