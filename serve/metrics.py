@@ -29,7 +29,8 @@ from prometheus_client.registry import Collector
 
 from ouro.engine import EngineStats
 from ouro.engine.types import BATCH_SIZE_BUCKETS, STEP_SECONDS_BUCKETS
-from ouro.registry import TrainingCycles
+from ouro.ledger import FeedbackRecord
+from ouro.registry import BASE_MODEL_NAME, TrainingCycles, UnknownModelError, parse_model_name
 from ouro.routing import FORCED, MATCH, NO_INDEX, NO_MATCH
 from serve.llm_calls import ROUTE_BASE, ServedModel
 from serve.replica_report import ReplicaReport, ReplicaScrape
@@ -271,6 +272,19 @@ def _buckets(bounds: tuple[float, ...], cumulative: tuple[int, ...]) -> list[tup
     ]
 
 
+def answered_by(model: str | None) -> str:
+    """Who gave a corrected answer, from the ``model`` its response named: ``adapter`` (a
+    pinned version, which the router chose), ``base``, or ``unknown`` (no name, or an alias
+    such as ``ouro`` that does not say which version answered)."""
+    if model == BASE_MODEL_NAME:
+        return "base"
+    try:
+        ref = parse_model_name(model or "")
+    except UnknownModelError:
+        return "unknown"
+    return "adapter" if ref.version is not None else "unknown"
+
+
 class ServeMetrics:
     """A replica's own series (``registry``), and the export of every replica's."""
 
@@ -396,6 +410,11 @@ class ServeMetrics:
         self.version_served.clear()
         for name, version in versions.items():
             self.version_served.labels(name=name).set(version or 0)
+
+    def count_feedback(self, record: FeedbackRecord) -> None:
+        """Count one durable feedback record: a correction by who gave the corrected answer."""
+        if record.kind == "correction":
+            self.feedback.labels(answered_by=answered_by(record.model)).inc()
 
     def observe_route(self, served: ServedModel) -> None:
         """Count how the router chose the version that answers (nothing for 'ouro-base')."""

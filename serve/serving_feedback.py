@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 
 from ouro.ledger import FeedbackLedger, InvalidFeedbackError, Watermark
 from ouro.personal import forget_scope, share_correction
-from ouro.registry import PersonalRegistries, UnknownModelError, parse_model_name
+from ouro.registry import PersonalRegistries
 from ouro.settings import OuroSettings
 from serve.auth import Caller
 from serve.errors import error_response
@@ -35,19 +35,6 @@ def ledger_writer_id(replica_id: str) -> str:
     """A writer id unique per replica (the ledger names a directory after it)."""
     host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:60] or "host"
     return f"{host}-{re.sub(r'[^A-Za-z0-9._-]', '-', replica_id)}"[:128]
-
-
-def answered_by(model: str | None) -> str:
-    """Who gave a corrected answer, from the ``model`` its response named: ``adapter`` (a
-    pinned version, which the router chose), ``base``, or ``unknown`` (no name, or an alias
-    such as ``ouro`` that does not say which version answered)."""
-    try:
-        ref = parse_model_name(model or "")
-    except UnknownModelError:
-        return "unknown"
-    if ref.is_base:
-        return "base"
-    return "adapter" if ref.version is not None else "unknown"
 
 
 class Feedback:
@@ -88,7 +75,7 @@ class Feedback:
             if not isinstance(exc, InvalidFeedbackError):
                 self._metrics.ledger_write_failures.inc()
             return error_response(exc)
-        self._metrics.feedback.labels(answered_by=answered_by(body.model)).inc()
+        self._metrics.count_feedback(record)
         created = FeedbackCreated(id=record.id, created_at=record.created_at.isoformat())
         return JSONResponse(created.model_dump(), status_code=201)
 

@@ -20,10 +20,10 @@ from ouro.registry import CycleOutcome, TrainingCycles
 from ouro.settings import OuroSettings
 from serve.auth import Caller
 from serve.coordinator import RegistryCoordinator
-from serve.metrics import InstallState, ServeMetrics
+from serve.metrics import InstallState, ServeMetrics, answered_by
 from serve.protocol import FeedbackRequest
 from serve.replica_report import ReplicaReport, ReplicaScrape, ScrapeAnswerer, ScrapedReports
-from serve.serving_feedback import Feedback, answered_by
+from serve.serving_feedback import Feedback
 
 WAIT_S = 0.3
 
