@@ -1,4 +1,4 @@
-"""The feedback ledger: corrections kept durably in append-only JSONL segments.
+"""The feedback ledger: corrections and ratings kept durably in append-only JSONL segments.
 
 Layout (the directory is a ReadWriteMany volume in a cluster)::
 
@@ -9,6 +9,14 @@ line; no file is ever rewritten. ``append`` returns after the line is written an
 fsync'd, so a crash leaves at most one torn last line, which readers skip and count
 (the writer ends it with a newline before its next append, so nothing merges into it).
 Readers merge all segments, deduplicate by id, and skip bad lines without failing.
+
+Two kinds of record are written: a ``correction`` (what the answer should have been: the
+training data) and a ``rating`` (thumbs ``up`` or ``down`` on an answer, no correction: a
+signal for rollout, never a training row). :attr:`LedgerScan.corrections` is what training
+and "corrections pending" read; :attr:`LedgerScan.ratings` is what rollout reads. Both are
+schema version 1: a rating has a correction's layout with ``rating`` set and ``correction``
+null, so every line written before ratings existed still parses. (A reader older than
+ratings skips a rating line as a bad line.)
 
 Control records (``<ledger>/_control/<writer-id>/<YYYY-MM-DD>.jsonl``, same append-only
 rules): ``forget`` tombstones and ``share`` marks. Every scan reads them whole (they are
@@ -41,9 +49,17 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
 
 from ouro.errors import OuroError
 from ouro.scopes import InvalidScopeError, covers, validate_scope
@@ -60,7 +76,12 @@ CONTROL_DIR = "_control"
 """Holds the control records; not a writer id (those start with a letter or digit)."""
 
 FeedbackKind = Literal["correction", "rating", "retraction"]
-"""Only ``correction`` is written today; the others are reserved for later schema use."""
+"""``correction`` and ``rating`` are written; ``retraction`` is reserved for later use."""
+
+Rating = Literal["up", "down"]
+"""A rating's verdict on an answer: thumbs up or thumbs down."""
+
+RATINGS: tuple[Rating, ...] = get_args(Rating)
 
 ControlKind = Literal["forget", "share"]
 """``forget``: a tombstone for a scope; ``share``: a correction marked for the shared adapter."""
@@ -113,7 +134,8 @@ class FeedbackMessage(BaseModel):
 
 
 class FeedbackRecord(BaseModel):
-    """One line of the ledger."""
+    """One line of the ledger: a correction (``correction`` set, no ``rating``) or a rating
+    (``rating`` set, no ``correction``); a line that mixes them is invalid."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -123,7 +145,12 @@ class FeedbackRecord(BaseModel):
     kind: FeedbackKind = Field("correction", description="What the record is.")
     messages: list[FeedbackMessage] = Field(description="The conversation that was answered.")
     completion: str = Field(description="What the model answered.")
-    correction: str = Field(description="What it should have answered.")
+    correction: str | None = Field(
+        None, description="What it should have answered; set on a correction, null on a rating."
+    )
+    rating: Rating | None = Field(
+        None, description="'up' or 'down' on the answer; set on a rating, null on a correction."
+    )
     model: str | None = Field(None, description="Version that answered, e.g. 'ouro@v7'.")
     completion_id: str | None = Field(None, description="Id of the chat completion, if known.")
     reason: str | None = Field(None, description="Why the answer was wrong, free text.")
@@ -137,12 +164,22 @@ class FeedbackRecord(BaseModel):
     )
     admin: bool = Field(False, description="Sent with an admin key: trains the shared adapter.")
 
+    @model_validator(mode="after")
+    def _fields_match_kind(self) -> FeedbackRecord:
+        if self.kind == "correction" and (self.correction is None or self.rating is not None):
+            raise ValueError("a correction carries a correction and no rating")
+        if self.kind == "rating" and (self.rating is None or self.correction is not None):
+            raise ValueError("a rating carries a rating and no correction")
+        return self
+
     def message_dicts(self) -> list[dict[str, str]]:
         """The conversation as OpenAI-style ``{"role", "content"}`` dicts."""
         return [message.model_dump() for message in self.messages]
 
     def corrected_conversation(self) -> list[dict[str, str]]:
-        """The conversation followed by the assistant turn it should have had."""
+        """The conversation followed by the assistant turn it should have had (corrections only)."""
+        if self.correction is None:
+            raise ValueError(f"{self.id} is a {self.kind}, not a correction")
         return [*self.message_dicts(), {"role": "assistant", "content": self.correction}]
 
 
@@ -281,15 +318,32 @@ class LedgerScan:
         default_factory=ControlState, metadata={"help": "Tombstones and share marks applied."}
     )
 
+    @property
+    def corrections(self) -> list[FeedbackRecord]:
+        """The corrections among ``records``, oldest first: what training reads."""
+        return [record for record in self.records if record.kind == "correction"]
+
+    @property
+    def ratings(self) -> list[FeedbackRecord]:
+        """The ratings among ``records``, oldest first: signals, never training rows."""
+        return [record for record in self.records if record.kind == "rating"]
+
 
 @dataclass(frozen=True)
 class FeedbackStats:
-    """The body of ``GET /v1/feedback/stats``."""
+    """The body of ``GET /v1/feedback/stats``: corrections, then ratings, counted apart."""
 
-    total: int = field(metadata={"help": "Unique records in the ledger."})
-    by_model: dict[str, int] = field(metadata={"help": "Records per answering version."})
-    since_last_training: int = field(metadata={"help": "Records after the given watermark."})
+    total: int = field(metadata={"help": "Unique corrections in the ledger."})
+    by_model: dict[str, int] = field(metadata={"help": "Corrections per answering version."})
+    since_last_training: int = field(metadata={"help": "Corrections after the given watermark."})
     bad_lines: int = field(metadata={"help": "Lines readers skip."})
+    ratings: dict[str, int] = field(
+        default_factory=dict, metadata={"help": "Ratings by verdict: 'up' and 'down'."}
+    )
+    ratings_by_model: dict[str, dict[str, int]] = field(
+        default_factory=dict,
+        metadata={"help": "Ratings per answering version, by verdict."},
+    )
 
 
 UNKNOWN_MODEL = "unknown"
@@ -391,20 +445,32 @@ class LedgerReader:
         )
 
     def count_since(self, since: Watermark | None) -> int:
-        """Records after ``since`` (the newest training's watermark; None: every record).
-        Reads only what was written after it."""
-        return len(self.scan(after=since).records)
+        """Corrections after ``since`` (the newest training's watermark; None: every one);
+        ratings are not counted. Reads only what was written after it."""
+        return len(self.scan(after=since).corrections)
 
     def stats(self, since: Watermark | None = None) -> FeedbackStats:
         """Counts for the stats endpoint; ``since`` is the newest training's watermark."""
         everything = self.scan()
-        by_model = Counter(record.model or UNKNOWN_MODEL for record in everything.records)
-        since_count = len(everything.records) if since is None else self.count_since(since)
+        corrections = everything.corrections
+        by_model = Counter(record.model or UNKNOWN_MODEL for record in corrections)
+        since_count = len(corrections) if since is None else self.count_since(since)
+        ratings_by_model: dict[str, dict[str, int]] = {}
+        for record in everything.ratings:
+            verdicts = ratings_by_model.setdefault(
+                record.model or UNKNOWN_MODEL, dict.fromkeys(RATINGS, 0)
+            )
+            verdicts[record.rating] += 1
         return FeedbackStats(
-            total=len(everything.records),
+            total=len(corrections),
             by_model=dict(sorted(by_model.items())),
             since_last_training=since_count,
             bad_lines=everything.bad_lines,
+            ratings={
+                verdict: sum(counts[verdict] for counts in ratings_by_model.values())
+                for verdict in RATINGS
+            },
+            ratings_by_model=dict(sorted(ratings_by_model.items())),
         )
 
 
@@ -563,7 +629,8 @@ class FeedbackLedger:
         *,
         messages: Sequence[Mapping[str, Any] | FeedbackMessage],
         completion: str,
-        correction: str,
+        correction: str | None = None,
+        rating: Rating | None = None,
         model: str | None = None,
         completion_id: str | None = None,
         reason: str | None = None,
@@ -574,6 +641,8 @@ class FeedbackLedger:
     ) -> FeedbackRecord:
         """Validate, write and fsync one record; returns it once it is durable.
 
+        ``kind="correction"`` needs ``correction`` (non-empty, not the completion) and no
+        ``rating``; ``kind="rating"`` needs ``rating`` ('up' or 'down') and no ``correction``.
         Raises InvalidFeedbackError / FeedbackTooLargeError (with ``param``) for bad
         input, LedgerUnavailableError when the disk refuses the write.
         """
@@ -581,6 +650,7 @@ class FeedbackLedger:
             messages=messages,
             completion=completion,
             correction=correction,
+            rating=rating,
             model=model,
             completion_id=completion_id,
             reason=reason,
@@ -607,7 +677,8 @@ class FeedbackLedger:
         *,
         messages: Sequence[Mapping[str, Any] | FeedbackMessage],
         completion: str,
-        correction: str,
+        correction: str | None,
+        rating: Rating | None,
         model: str | None,
         completion_id: str | None,
         reason: str | None,
@@ -621,9 +692,9 @@ class FeedbackLedger:
                 validate_scope(scope)
             except InvalidScopeError as exc:
                 raise InvalidFeedbackError(str(exc), "scope") from exc
-        for name, value in (("completion", completion), ("correction", correction)):
-            if not isinstance(value, str):
-                raise InvalidFeedbackError(f"{name} must be a string", name)
+        if not isinstance(completion, str):
+            raise InvalidFeedbackError("completion must be a string", "completion")
+        _check_kind(kind, completion, correction, rating)
         if not messages:
             raise InvalidFeedbackError("messages must not be empty", "messages")
         try:
@@ -633,12 +704,6 @@ class FeedbackLedger:
         if turns[-1].role != "user":
             raise InvalidFeedbackError(
                 "the conversation must end with the user turn that was answered", "messages"
-            )
-        if not correction.strip():
-            raise InvalidFeedbackError("correction must not be empty", "correction")
-        if correction.strip() == completion.strip():
-            raise InvalidFeedbackError(
-                "correction must differ from the completion it corrects", "correction"
             )
         texts: list[tuple[str, str | None]] = [
             *((f"messages[{i}].content", turn.content) for i, turn in enumerate(turns)),
@@ -658,6 +723,7 @@ class FeedbackLedger:
                 messages=turns,
                 completion=completion,
                 correction=correction,
+                rating=rating,
                 model=model,
                 completion_id=completion_id,
                 reason=reason,
@@ -783,6 +849,31 @@ class FeedbackLedger:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _check_kind(
+    kind: FeedbackKind, completion: str, correction: str | None, rating: Rating | None
+) -> None:
+    """A correction carries a correction that changes the answer and no rating; a rating
+    carries a verdict and no correction (InvalidFeedbackError naming the field if not)."""
+    if kind == "rating":
+        if correction is not None:
+            raise InvalidFeedbackError("a rating carries no correction", "correction")
+        if rating not in RATINGS:
+            raise InvalidFeedbackError("rating must be 'up' or 'down'", "rating")
+        return
+    if kind != "correction":
+        raise InvalidFeedbackError(f"{kind!r} records are not written", "kind")
+    if rating is not None:
+        raise InvalidFeedbackError("a correction carries no rating", "rating")
+    if not isinstance(correction, str):
+        raise InvalidFeedbackError("correction must be a string", "correction")
+    if not correction.strip():
+        raise InvalidFeedbackError("correction must not be empty", "correction")
+    if correction.strip() == completion.strip():
+        raise InvalidFeedbackError(
+            "correction must differ from the completion it corrects", "correction"
+        )
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -60,6 +60,18 @@ def add(ledger: FeedbackLedger, n: int = 0, **fields):
     return ledger.append(**values)
 
 
+def rate(ledger: FeedbackLedger, verdict: str = "down", **fields):
+    values = {
+        "messages": QUESTION,
+        "completion": "Berlin.",
+        "rating": verdict,
+        "kind": "rating",
+        "model": "ouro@v1",
+        **fields,
+    }
+    return ledger.append(**values)
+
+
 def subprocess_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
 
@@ -107,6 +119,46 @@ def test_append_is_readable_with_every_field_and_utf8_kept_as_given(tmp_path: Pa
     assert "Oui, un café ☕".encode() in raw  # stored as UTF-8 text, not escaped
     assert b"<script>alert(1)</script>" in raw  # stored as given, nothing rendered
     assert json.loads(raw)["id"] == record.id
+
+
+def test_a_rating_is_kept_apart_from_the_corrections(tmp_path: Path) -> None:
+    ledger = make_ledger(tmp_path)
+    correction = add(ledger, 1)
+    rating = rate(
+        ledger,
+        "down",
+        completion_id="chatcmpl-9",
+        reason="wrong city",
+        api_key_hash="sha256:abc",
+        scope="alice/u1",
+    )
+    up = rate(ledger, "up", model="ouro@v2")
+
+    scan = ledger.scan()
+    assert [r.id for r in scan.records] == [correction.id, rating.id, up.id]
+    assert scan.corrections == [correction]
+    assert scan.ratings == [rating, up]
+    assert scan.bad_lines == 0
+    read = scan.ratings[0]
+    assert (read.kind, read.rating, read.correction) == ("rating", "down", None)
+    assert (read.completion, read.model, read.completion_id, read.reason, read.scope) == (
+        "Berlin.",
+        "ouro@v1",
+        "chatcmpl-9",
+        "wrong city",
+        "alice/u1",
+    )
+    assert read.message_dicts() == QUESTION
+    with pytest.raises(ValueError, match="not a correction"):
+        read.corrected_conversation()
+
+    line = json.loads(next(tmp_path.glob("writer-a/*.jsonl")).read_bytes().splitlines()[1])
+    assert (line["schema_version"], line["kind"], line["rating"], line["correction"]) == (
+        SCHEMA_VERSION,
+        "rating",
+        "down",
+        None,
+    )
 
 
 def test_ledger_from_settings_uses_the_configured_directory_and_limits(tmp_path: Path) -> None:
@@ -262,6 +314,11 @@ def test_reader_skips_and_counts_bad_lines_without_failing(tmp_path: Path) -> No
         b'{"id": "fb-no-version", "completion": "x"}\n',
         valid_line("fb-missing-fields", messages="not a list"),
         valid_line("fb-bad-kind", kind="praise"),
+        valid_line("fb-correction-with-rating", rating="up"),
+        valid_line("fb-correction-without-correction", correction=None),
+        valid_line("fb-rating-with-correction", kind="rating", rating="down"),
+        valid_line("fb-rating-without-verdict", kind="rating", correction=None),
+        valid_line("fb-rating-bad-verdict", kind="rating", correction=None, rating="meh"),
         b"\xff\xfe invalid utf-8 \xff\n",
     ]
     segment.write_bytes(
@@ -269,11 +326,13 @@ def test_reader_skips_and_counts_bad_lines_without_failing(tmp_path: Path) -> No
         + b"".join(bad)
         + b"\n"  # a blank line is not a record and not an error
         + valid_line("fb-good-2")
+        + valid_line("fb-rating", kind="rating", correction=None, rating="up")
         + valid_line("fb-torn")[:40]  # the torn last line of a crashed writer
     )
 
     scan = LedgerReader(tmp_path).scan()
-    assert [r.id for r in scan.records] == ["fb-good-1", "fb-good-2"]
+    assert [r.id for r in scan.records] == ["fb-good-1", "fb-good-2", "fb-rating"]
+    assert [r.id for r in scan.corrections] == ["fb-good-1", "fb-good-2"]
     assert scan.bad_lines == len(bad) + 1
 
 
@@ -424,6 +483,30 @@ def test_bad_feedback_is_refused_with_a_typed_error_and_nothing_written(
     assert ledger.scan().records == []
 
 
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"correction": "Paris."}, "correction"),
+        ({"correction": ""}, "correction"),
+        ({"rating": None}, "rating"),
+        ({"rating": "meh"}, "rating"),
+        ({"rating": ["up"]}, "rating"),
+        ({"kind": "correction"}, "rating"),  # a correction with a verdict and no text
+        ({"kind": "retraction"}, "kind"),
+        ({"messages": [*QUESTION, {"role": "assistant", "content": "Berlin."}]}, "messages"),
+        ({"completion": None}, "completion"),
+    ],
+)
+def test_bad_ratings_are_refused_with_a_typed_error_and_nothing_written(
+    tmp_path: Path, fields: dict, param: str
+) -> None:
+    ledger = make_ledger(tmp_path)
+    with pytest.raises(InvalidFeedbackError) as raised:
+        rate(ledger, **fields)
+    assert raised.value.param == param
+    assert ledger.scan().records == []
+
+
 def test_a_record_at_the_size_limit_is_accepted(tmp_path: Path) -> None:
     ledger = make_ledger(tmp_path, max_record_bytes=2_000)
     record = add(ledger, correction="é" * 200)  # characters, not bytes, count for fields
@@ -530,9 +613,19 @@ def test_stats_count_totals_models_news_and_bad_lines(tmp_path: Path) -> None:
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "2025-01-01.jsonl").write_bytes(b"{torn")
 
+    rate(ledger, "down", model="ouro@v1")
+    rate(ledger, "down", model="ouro@v1")
+    rate(ledger, "up", model=None)
+
     stats = ledger.stats(since=mark)
-    assert stats.total == 4
+    assert stats.total == 4  # corrections: the ratings are counted apart
     assert stats.by_model == {"ouro-base": 1, "ouro@v1": 2, "unknown": 1}
     assert stats.since_last_training == 1
     assert stats.bad_lines == 1
+    assert stats.ratings == {"up": 1, "down": 2}
+    assert stats.ratings_by_model == {
+        "ouro@v1": {"up": 0, "down": 2},
+        "unknown": {"up": 1, "down": 0},
+    }
     assert ledger.stats().since_last_training == 4
+    assert ledger.count_since(mark) == 1 and ledger.count_since(None) == 4
