@@ -66,6 +66,7 @@ __all__ = [
     "SamplingParams",
     "StreamDelta",
     "TokenConstraint",
+    "TokenDecoder",
     "TokenLogprob",
     "merge_deltas",
 ]
@@ -76,6 +77,7 @@ _LAZY = {
     "GenerationEngine": "ouro.engine.core",
     "RequestSink": "ouro.engine.core",
     "IncrementalDetokenizer": "ouro.engine.detokenizer",
+    "TokenDecoder": "ouro.engine.detokenizer",
     "BASE_ADAPTER": "ouro.engine.lora_bank",
 }
 

@@ -51,7 +51,7 @@ import torch
 
 from ouro.chat import ChatFormatter
 from ouro.engine import sampling
-from ouro.engine.detokenizer import IncrementalDetokenizer
+from ouro.engine.detokenizer import IncrementalDetokenizer, TokenDecoder
 from ouro.engine.kv_batch import KVBatch, RowSelection
 from ouro.engine.model_runner import ModelRunner
 from ouro.engine.types import (
@@ -229,6 +229,8 @@ class GenerationEngine:
         # Ids a logit_bias may name: those the model scores and the tokenizer can decode.
         self.vocab_size = min(len(tokenizer), model.get_output_embeddings().weight.shape[0])
         self.token_texts = sampling.TokenTexts(tokenizer)
+        self.token_decoder = TokenDecoder(tokenizer)
+        """Answers' decoding, private to the driver thread (no lock shared with prompts)."""
         pad_id = tokenizer.pad_token_id
         self.pad_id = pad_id if pad_id is not None else min(self.end_ids)
         # Fast tokenizers fail with "Already borrowed" when used from several threads at once.
@@ -344,7 +346,7 @@ class GenerationEngine:
                 request,
                 prompt_ids,
                 max_new,
-                IncrementalDetokenizer(self.tokenizer, request.params.stop),
+                IncrementalDetokenizer(self.token_decoder, request.params.stop),
                 sink,
                 seq_id,
                 index,
@@ -588,13 +590,13 @@ class GenerationEngine:
                     token = greedy[row]
                 else:
                     token = sampling.sample(logits[row], seq.params, seq.generator)
-                with self._tokenizer_lock:
-                    logprobs = None
-                    if row in raw:
+                logprobs = None
+                if row in raw:
+                    with self._tokenizer_lock:
                         logprobs = sampling.position_logprobs(
                             raw[row], token, seq.params.top_logprobs, self.token_texts
                         )
-                    delta = seq.advance(token, self.end_ids, logprobs)
+                delta = seq.advance(token, self.end_ids, logprobs)
             except (RuntimeError, ValueError, TypeError, OverflowError) as error:
                 logger.warning("request %s failed: %s", seq.request.request_id, error)
                 self._fail(seq, error)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -491,7 +492,7 @@ def test_bad_sampling_params_are_rejected():
 def test_detokenizer_never_emits_half_a_character(engine):
     text = "Héllo 🙂 wörld ✓ done"
     ids = engine.tokenizer(text, add_special_tokens=False)["input_ids"]
-    detokenizer = IncrementalDetokenizer(engine.tokenizer)
+    detokenizer = IncrementalDetokenizer(engine.token_decoder)
     pieces = [detokenizer.add(token) for token in ids]
     assert all("\ufffd" not in piece for piece in pieces)
     assert "".join(pieces) + detokenizer.flush() == text
@@ -499,7 +500,7 @@ def test_detokenizer_never_emits_half_a_character(engine):
 
 
 def test_detokenizer_holds_back_a_possible_stop_string(engine):
-    detokenizer = IncrementalDetokenizer(engine.tokenizer, stop=("END!",))
+    detokenizer = IncrementalDetokenizer(engine.token_decoder, stop=("END!",))
     pieces = [
         detokenizer.add(token)
         for token in engine.tokenizer("one two EN three END! four", add_special_tokens=False)[
@@ -508,6 +509,75 @@ def test_detokenizer_holds_back_a_possible_stop_string(engine):
     ]
     assert "".join(pieces) == "one two EN three "
     assert detokenizer.stopped
+
+
+LONG_TEXT = "Héllo 🙂 wörld ✓ 日本語のテキスト 👩‍👩‍👧 naïve café — «quotes» 🚀🔥 " * 40
+"""Thousands of tokens, many characters split over several byte-level tokens."""
+
+
+def full_decode(engine, ids: list[int]) -> str:
+    return engine.tokenizer.decode(
+        ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+    )
+
+
+def test_detokenizer_streams_the_full_decode_of_long_answers(engine):
+    ids = engine.tokenizer(LONG_TEXT, add_special_tokens=False)["input_ids"]
+    assert len(ids) > 2000
+    detokenizer = IncrementalDetokenizer(engine.token_decoder)
+    pieces = [detokenizer.add(token) for token in ids]
+    assert all("\ufffd" not in piece for piece in pieces)
+    assert "".join(pieces) + detokenizer.flush() == full_decode(engine, ids) == LONG_TEXT
+
+    # Any token sequence, special tokens and stray bytes of broken characters included.
+    rng = random.Random(0)
+    for _ in range(20):
+        ids = [rng.randrange(len(engine.tokenizer)) for _ in range(rng.randrange(1, 1500))]
+        detokenizer = IncrementalDetokenizer(engine.token_decoder)
+        streamed = "".join(detokenizer.add(token) for token in ids) + detokenizer.flush()
+        assert streamed == full_decode(engine, ids)
+
+    # A stop string at the end of a long answer still cuts it exactly.
+    ids = engine.tokenizer(LONG_TEXT + "END! more", add_special_tokens=False)["input_ids"]
+    detokenizer = IncrementalDetokenizer(engine.token_decoder, stop=("END!", "never"))
+    pieces = [detokenizer.add(token) for token in ids]
+    assert "".join(pieces) == LONG_TEXT
+    assert detokenizer.stopped
+
+
+def test_detokenizer_work_per_token_does_not_grow_with_length(engine):
+    decoded: list[int] = []
+    """How many tokens each decode call was given."""
+
+    class CountingDecoder:
+        special_ids = engine.token_decoder.special_ids
+
+        def decode(self, ids: list[int]) -> str:
+            decoded.append(len(ids))
+            return engine.token_decoder.decode(ids)
+
+    ids = engine.tokenizer(LONG_TEXT, add_special_tokens=False)["input_ids"]
+    detokenizer = IncrementalDetokenizer(CountingDecoder(), stop=("END!",))
+    work = []
+    for token in ids:
+        calls, tokens = len(decoded), sum(decoded)
+        detokenizer.add(token)
+        work.append((len(decoded) - calls, sum(decoded) - tokens))
+    assert max(calls for calls, _ in work) <= 2
+    assert max(tokens for _, tokens in work) <= 16  # a window of a few tokens, never the list
+    first, last = work[:500], work[-500:]  # the text repeats: the same work at either end
+    assert sum(tokens for _, tokens in last) <= sum(tokens for _, tokens in first) * 1.05
+
+
+def test_streamed_answer_is_the_decode_of_its_tokens(engine):
+    """Random tokens from a random model, through the engine: text equals the ids' decode."""
+    params = {"max_tokens": 120, "temperature": 2.0, "logprobs": True}
+    outputs = engine.generate([request(index, seed=index, **params) for index in range(4)])
+    for output in outputs:
+        ids = [position.chosen.token_id for position in output.logprobs]
+        assert output.completion_tokens == len(ids) > 0
+        assert output.text == full_decode(engine, ids)
+    assert max(output.completion_tokens for output in outputs) > 60
 
 
 def test_peft_forward_honours_adapter_names_per_row(tiny_random_model_dir, adapters):
