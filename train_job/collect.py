@@ -1,9 +1,13 @@
 """Collect: every accepted correction in the ledger, and how many are new.
 
+Only corrections train (``LedgerScan.corrections``); ratings are signals for rollout and
+never become training rows.
+
 A cycle trains on all corrections so far (deduplicated), not only the new ones: each
 version starts from the base model. "New" is measured against the ledger watermark
-recorded on the newest registered version, so the watermark only advances when a version
-is registered; a cycle that failed or died leaves the next one the same work.
+recorded on the newest registered version (``RegistrySnapshot.last_trained``: one whose
+canary was rolled back does not count), so the watermark only advances when a version is
+registered; a cycle that failed or died leaves the next one the same work.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ouro.ledger import FeedbackRecord, LedgerReader, LedgerScan, Watermark
-from ouro.registry import AdapterVersion, RegistrySnapshot
+from ouro.registry import RegistrySnapshot
 from train_job.dataset import Correction
 
 logger = logging.getLogger(__name__)
@@ -42,15 +46,6 @@ class Collected:
     """Ids of the new corrections among ``corrections``."""
 
 
-def last_trained(snapshot: RegistrySnapshot) -> AdapterVersion | None:
-    """The newest version that records a ledger watermark (what was trained up to)."""
-    for number in sorted(snapshot.versions, reverse=True):
-        version = snapshot.versions[number]
-        if version.watermark is not None:
-            return version
-    return None
-
-
 def collect(
     ledger_dir: Path,
     snapshot: RegistrySnapshot,
@@ -69,16 +64,16 @@ def collect(
     """
     reader = LedgerReader(ledger_dir)
     scan = scan if scan is not None else reader.scan()
-    corrections, skipped = usable_corrections(scan.records)
+    corrections, skipped = usable_corrections(scan.corrections)
     corrections = select(corrections, scan) if select is not None else distinct(corrections)
-    previous = last_trained(snapshot)
+    previous = snapshot.last_trained()
     since = previous.watermark if previous is not None else None
     if since is None:
         new_ids = frozenset(correction.id for correction in corrections)
         new = len(corrections)
     else:
         # Records appended between the two scans are not in ``corrections``: next cycle's.
-        after = {record.id for record in reader.scan(after=since).records}
+        after = {record.id for record in reader.scan(after=since).corrections}
         new_ids = frozenset(c.id for c in corrections if c.id in after)
         new = len(new_ids)
         if control_counts and previous.created_at is not None:
@@ -107,7 +102,8 @@ def collect(
 def usable_corrections(records: list[FeedbackRecord]) -> tuple[list[Correction], int]:
     """Corrections that can be trained on, first occurrence of each (conversation, correction).
 
-    Contradicting corrections of the same question are all kept: the gates are what
+    Records of any other kind (ratings) are skipped and counted: pass
+    ``LedgerScan.corrections`` for a count of skipped corrections alone. Contradicting corrections of the same question are all kept: the gates are what
     decide whether the model can learn them.
     """
     seen: set[tuple] = set()  # per scope: K scopes sending the same text is agreement
@@ -117,6 +113,7 @@ def usable_corrections(records: list[FeedbackRecord]) -> tuple[list[Correction],
         messages = tuple(record.message_dicts())
         if (
             record.kind != "correction"
+            or record.correction is None
             or not record.correction.strip()
             or not messages
             or messages[-1]["role"] != "user"

@@ -20,7 +20,7 @@ from ouro.registry import (
     version_label,
 )
 from ouro.settings import OuroSettings
-from train_job.collect import last_trained, usable_corrections
+from train_job.collect import usable_corrections
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +48,11 @@ def pending_corrections(
         corrections, _ = usable_corrections(records)
         return [c for c in corrections if scope is None or c.scope == scope]
 
-    corrections = usable(reader.scan().records)
-    previous = last_trained(snapshot)
+    corrections = usable(reader.scan().corrections)
+    previous = snapshot.last_trained()
     if previous is None or previous.watermark is None:
         return PendingCorrections(len(corrections), len(corrections), None)
-    after = usable(reader.scan(after=previous.watermark).records)
+    after = usable(reader.scan(after=previous.watermark).corrections)
     return PendingCorrections(len(corrections), len(after), previous.version)
 
 

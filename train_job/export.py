@@ -58,7 +58,7 @@ def export_records(corrections: Iterable[Correction], fmt: ExportFormat) -> list
 
 def export_ledger(ledger_dir: Path, fmt: ExportFormat, out: str) -> int:
     """Write the ledger's corrections to ``out`` ('-' for stdout); returns how many."""
-    corrections, skipped = usable_corrections(LedgerReader(ledger_dir).scan().records)
+    corrections, skipped = usable_corrections(LedgerReader(ledger_dir).scan().corrections)
     records = export_records(corrections, fmt)
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     if out == "-":

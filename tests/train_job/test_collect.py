@@ -1,4 +1,5 @@
-"""Collecting corrections: dedup, unusable records skipped, "new" measured from the watermark."""
+"""Collecting corrections: dedup, unusable records skipped, "new" measured from the watermark,
+ratings never trained on."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from pathlib import Path
 
 from ouro.ledger import FeedbackLedger, LedgerReader
 from ouro.registry import TAG_WATERMARK, AdapterVersion, RegistrySnapshot
-from tests.fixtures.train_job import CORRECTION_PAIRS, seed_ledger
-from train_job.collect import collect, last_trained, usable_corrections
+from tests.fixtures.train_job import CORRECTION_PAIRS, seed_ledger, seed_ratings
+from train_job.collect import collect, usable_corrections
 
 
 def snapshot_with(versions: dict[int, dict[str, str]]) -> RegistrySnapshot:
@@ -38,7 +39,7 @@ def test_new_counts_only_what_came_after_the_newest_trained_version(tmp_path: Pa
         {1: {TAG_WATERMARK: "1;20000101"}, 2: {TAG_WATERMARK: watermark}, 3: {}}
     )
 
-    assert last_trained(snapshot).version == 2  # v3 has no watermark: its cycle did not finish
+    assert snapshot.last_trained().version == 2  # v3 has no watermark: its cycle did not finish
     collected = collect(tmp_path, snapshot)
     assert len(collected.corrections) == 8  # trains on everything
     assert collected.new == 3
@@ -58,15 +59,30 @@ def test_duplicates_and_unusable_records_are_skipped(tmp_path: Path) -> None:
     ledger.append(messages=question, completion="5", correction="4")
     ledger.append(messages=question, completion="five", correction="4")  # same lesson again
     ledger.append(messages=question, completion="4", correction="Four.")  # contradicts: kept
-    ledger.append(messages=question, completion="x", correction="y", kind="rating")
+    ledger.append(messages=question, completion="x", rating="down", kind="rating")
     ledger.close()
     (tmp_path / "w" / "2000-01-01.jsonl").write_text("{torn", encoding="utf-8")
 
     scan = LedgerReader(tmp_path).scan()
     corrections, skipped = usable_corrections(scan.records)
     assert [c.correction for c in corrections] == ["4", "Four."]
-    assert skipped == 2
-    assert collect(tmp_path, snapshot_with({})).bad_lines == 1
+    assert skipped == 2  # the repeat, and the rating (not a correction)
+    collected = collect(tmp_path, snapshot_with({}))
+    assert collected.bad_lines == 1
+    assert collected.skipped == 1  # collect reads corrections only: the repeat
+
+
+def test_ratings_never_train_nor_count_as_new(tmp_path: Path) -> None:
+    seed_ledger(tmp_path, CORRECTION_PAIRS[:3])
+    seed_ratings(tmp_path, CORRECTION_PAIRS[3:6], rating="down")
+    watermark = LedgerReader(tmp_path).scan().watermark.encode()
+    seed_ratings(tmp_path, CORRECTION_PAIRS[:4], rating="up", writer_id="later-rater")
+
+    everything = collect(tmp_path, snapshot_with({}))
+    assert [c.correction for c in everything.corrections] == [a for _, a in CORRECTION_PAIRS[:3]]
+    assert everything.new == 3 and everything.skipped == 0
+    after = collect(tmp_path, snapshot_with({1: {TAG_WATERMARK: watermark}}))
+    assert len(after.corrections) == 3 and after.new == 0 and after.new_ids == frozenset()
 
 
 def test_a_missing_ledger_is_empty(tmp_path: Path) -> None:

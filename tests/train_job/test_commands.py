@@ -19,7 +19,7 @@ from ouro.registry import (
     TAG_WATERMARK,
     AdapterRegistry,
 )
-from tests.fixtures.train_job import CORRECTION_PAIRS, seed_ledger
+from tests.fixtures.train_job import CORRECTION_PAIRS, seed_ledger, seed_ratings
 from train_job.cli import main
 from train_job.register import version_tags
 
@@ -90,6 +90,7 @@ def test_status_lists_versions_aliases_gates_and_pending_corrections(
     seed_ledger(ledger, CORRECTION_PAIRS[:4])
     trained_up_to = LedgerReader(ledger).scan().watermark.encode()
     seed_ledger(ledger, CORRECTION_PAIRS[4:7], writer_id="later")
+    seed_ratings(ledger, CORRECTION_PAIRS[:5])  # ratings: neither in the ledger's count nor pending
     first = register(1, gates_passed=True, watermark=trained_up_to)
     registry.set_alias(ALIAS_CANDIDATE, first)
     registry.set_alias(ALIAS_PRODUCTION, first)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.train_job import CORRECTION_PAIRS, seed_ledger
+from tests.fixtures.train_job import CORRECTION_PAIRS, seed_ledger, seed_ratings
 from train_job.cli import main
 
 
@@ -17,6 +17,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def test_sft_export(tmp_path: Path) -> None:
     seed_ledger(tmp_path / "feedback", CORRECTION_PAIRS[:3], completion="Wrong answer.")
+    seed_ratings(tmp_path / "feedback", CORRECTION_PAIRS[3:5], rating="up")  # never exported
     out = tmp_path / "out" / "sft.jsonl"
 
     assert main(["export", "--format", "sft", "--out", str(out), "--data-dir", str(tmp_path)]) == 0
@@ -34,6 +35,7 @@ def test_sft_export(tmp_path: Path) -> None:
 
 def test_dpo_export_makes_the_bad_answer_the_rejected_one(tmp_path: Path) -> None:
     seed_ledger(tmp_path / "feedback", CORRECTION_PAIRS[:2], completion="Wrong answer.")
+    seed_ratings(tmp_path / "feedback", CORRECTION_PAIRS[2:4], rating="down")  # never exported
     out = tmp_path / "dpo.jsonl"
 
     assert main(["export", "--format", "dpo", "--out", str(out), "--data-dir", str(tmp_path)]) == 0
