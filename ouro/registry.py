@@ -72,6 +72,7 @@ BASE_MODEL_NAME = "ouro-base"
 SHARED_MODEL_NAME = "ouro-shared"
 ALIAS_PRODUCTION = "production"
 ALIAS_CANDIDATE = "candidate"
+ALIAS_CANARY = "canary"
 DEFAULT_REGISTERED_MODEL = "ouro-adapter"
 ADAPTER_ARTIFACT_PATH = "adapter"
 """Run artifact folder holding the adapter; a version's source is ``<artifact_uri>/adapter``."""
@@ -83,6 +84,8 @@ TAG_GATE_RESULTS = "gate_results"  # JSON: the gate report's checks
 TAG_CORRECTIONS = "corrections"  # number of corrections trained on
 TAG_WATERMARK = "ledger_watermark"  # Watermark.encode() of the ledger scan trained on
 TAG_DATASET_HASH = "dataset_hash"
+# Written by the canary rollout (ouro.rollout) when a version's canary ends.
+TAG_ROLLOUT_DECISION = "ouro.rollout.decision"  # "promote" / "rollback"
 
 # Registered-model tags of a personal adapter's model.
 TAG_SCOPE = "ouro.scope"
@@ -248,6 +251,11 @@ class AdapterVersion:
         return self.tags.get(TAG_DATASET_HASH)
 
     @property
+    def rolled_back(self) -> bool:
+        """Whether users' signals (or an operator) rolled back its canary."""
+        return self.tags.get(TAG_ROLLOUT_DECISION) == "rollback"
+
+    @property
     def watermark(self) -> Watermark | None:
         """The ledger position this version was trained up to (None if not recorded)."""
         value = self.tags.get(TAG_WATERMARK)
@@ -340,6 +348,8 @@ class RegistrySnapshot:
     aliases: dict[str, int] = field(default_factory=dict)
     versions: dict[int, AdapterVersion] = field(default_factory=dict)
     cycles: TrainingCycles = field(default_factory=TrainingCycles)
+    model_tags: dict[str, str] = field(default_factory=dict)
+    """The registered model's own tags (alias histories, cycles, the canary's state)."""
 
     @property
     def production(self) -> int | None:
@@ -348,6 +358,15 @@ class RegistrySnapshot:
     def latest(self) -> AdapterVersion | None:
         """The newest version (highest number), or None when there is none."""
         return self.versions[max(self.versions)] if self.versions else None
+
+    def last_trained(self) -> AdapterVersion | None:
+        """The newest version that records a ledger watermark (what was trained up to) and
+        was not rolled back: a rolled-back version's corrections are still pending."""
+        for number in sorted(self.versions, reverse=True):
+            version = self.versions[number]
+            if version.watermark is not None and not version.rolled_back:
+                return version
+        return None
 
     def resolve(self, ref: ModelRef) -> int | None:
         """The version a name means now; None means the base model with no adapter.
@@ -464,7 +483,13 @@ class AdapterRegistry:
                 number = int(mv.version)
                 versions[number] = AdapterVersion.from_mlflow(mv, tuple(by_version.get(number, ())))
         cycles = TrainingCycles.decode(registered.tags.get(TRAINING_CYCLES_TAG))
-        return RegistrySnapshot(self.model_name, aliases, dict(sorted(versions.items())), cycles)
+        return RegistrySnapshot(
+            self.model_name,
+            aliases,
+            dict(sorted(versions.items())),
+            cycles,
+            dict(registered.tags or {}),
+        )
 
     def _all_versions(self) -> Iterator[ModelVersion]:
         token = None
@@ -570,6 +595,37 @@ class AdapterRegistry:
             self._client.set_registered_model_alias(self.model_name, alias, str(version))
             self._write_history(alias, history)
         logger.info("alias %s: %s -> %s", alias, current, version)
+
+    def delete_alias(self, alias: str) -> None:
+        """Unset ``alias`` (recorded in its history like a move); nothing when it is unset."""
+        with self._calling(f"deleting alias {alias!r}"):
+            current, history = self._alias_state(alias)
+            if current is None:
+                return
+            if not history or history[-1] != current:
+                history.append(current)
+            history.append(None)
+            self._client.delete_registered_model_alias(self.model_name, alias)
+            self._write_history(alias, history)
+        logger.info("alias %s: %s -> unset", alias, current)
+
+    def set_model_tag(self, key: str, value: str) -> None:
+        """Set a tag of the registered model (created if needed)."""
+        with self._calling(f"tagging {self.model_name!r}"):
+            self._ensure_registered_model()
+            self._client.set_registered_model_tag(self.model_name, key, value)
+
+    def delete_model_tag(self, key: str) -> None:
+        """Remove a tag of the registered model; nothing when it is not set."""
+        with self._calling(f"untagging {self.model_name!r}"):
+            registered = self._registered_model()
+            if registered is not None and key in (registered.tags or {}):
+                self._client.delete_registered_model_tag(self.model_name, key)
+
+    def set_version_tag(self, version: int, key: str, value: str) -> None:
+        """Set a tag of one version."""
+        with self._calling(f"tagging {version_label(version)}"):
+            self._client.set_model_version_tag(self.model_name, str(version), key, value)
 
     def rollback(self, alias: str = ALIAS_PRODUCTION) -> int | None:
         """Move ``alias`` back to the value it had before its current one.

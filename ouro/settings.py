@@ -182,6 +182,67 @@ class OuroSettings(BaseSettings):
         "(compared case- and punctuation-blind) count as agreeing.",
     )
 
+    # -- canary rollout (ouro.rollout) ---------------------------------------------------
+    canary_steps: Annotated[list[float], NoDecode, BeforeValidator(split_commas)] = Field(
+        [10.0],
+        min_length=1,
+        description="Shares (percent) of the traffic asking for 'ouro' that a canary answers, "
+        "one step per healthy evaluation, e.g. '10,25,50'.",
+    )
+    canary_interval_s: float = Field(
+        60.0, gt=0, description="How often the canary's signals are evaluated."
+    )
+    canary_min_requests: int = Field(
+        200,
+        gt=0,
+        description="Requests the canary must answer before the sequential test may promote it.",
+    )
+    canary_health_min_requests: int = Field(
+        50,
+        gt=0,
+        description="Requests each side must answer before the error and latency checks apply.",
+    )
+    canary_max_error_rate: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Rollback at once when the canary's share of failed requests exceeds "
+        "production's by more than this.",
+    )
+    canary_max_ttft_ratio: float = Field(
+        2.0,
+        gt=1,
+        description="Rollback at once when the canary's p99 time to first token exceeds "
+        "production's by this factor.",
+    )
+    canary_relative_risk: float = Field(
+        2.0,
+        gt=1,
+        description="The sequential test's alternative: the canary's rate of bad outcomes "
+        "(a correction or a thumbs-down per answer) is this many times production's.",
+    )
+    canary_alpha: float = Field(
+        0.05, gt=0, lt=0.5, description="Chance of rolling back a canary as good as production."
+    )
+    canary_beta: float = Field(
+        0.10, gt=0, lt=0.5, description="Chance of promoting a canary that bad (relative risk)."
+    )
+    canary_max_duration_s: float = Field(
+        86_400.0, gt=0, description="A canary undecided after this long gets the default decision."
+    )
+    canary_default_decision: Literal["promote", "rollback"] = Field(
+        "promote",
+        description="What ends a canary still undecided at its maximum duration (it passed "
+        "the offline gates and users found nothing worse).",
+    )
+
+    @field_validator("canary_steps")
+    @classmethod
+    def _check_steps(cls, steps: list[float]) -> list[float]:
+        if any(not 0 < step <= 100 for step in steps) or steps != sorted(steps):
+            raise ValueError("canary steps are increasing percentages in (0, 100]")
+        return steps
+
     # -- feedback ledger -----------------------------------------------------------------
     max_feedback_bytes: int = Field(
         256_000, gt=0, description="Largest feedback record, in bytes of JSON."

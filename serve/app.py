@@ -78,5 +78,5 @@ def create_app(
         + settings.max_queued_requests
         + NON_ENGINE_REQUESTS,
     )
-    coordinator = RegistryCoordinator.bind()
+    coordinator = RegistryCoordinator.bind(settings, registry_factory)
     return llm.bind(args, engine_factory, registry_factory, coordinator)

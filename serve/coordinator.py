@@ -12,6 +12,15 @@ LLM replica long-polls (``wait_for_scrape``), and waits a moment for their answe
 (``answer_scrape``: a report and the replica's own metric samples); see
 :mod:`serve.replica_report`.
 
+The coordinator also runs the canary controller (``ouro.rollout.CanaryController``),
+because it is the one component that lives as long as serving, once per install, the same
+on one machine and in a cluster, and it already gathers every replica's series: every
+``canary_interval_s`` it takes a fresh scrape, hands the replicas' rollout counts to the
+controller (which reads and writes the registry), and asks every watcher to re-read the
+registry so a new share or a decision reaches all replicas at once. The controller's
+progress is saved in the registry at each evaluation, so a restart loses at most one
+interval's counts.
+
 Limits: the state is soft. If this replica restarts, the generation starts again at 0
 (watchers then see a generation lower than theirs and resynchronise) and reports
 reappear within one poll interval. Replicas that died leave reports that go stale and
@@ -21,14 +30,23 @@ are dropped after ``max_age_s``. Watchers fall back to plain polling while it is
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import replace
 
 from ray import serve
 
-from serve.replica_report import ReplicaReport, ReplicaScrape
+from ouro.rollout import CanaryController, CanaryPolicy, Rollout
+from ouro.settings import OuroSettings
+from serve.metrics import rollout_counts
+from serve.registry_watcher import RegistryFactory, build_registry
+from serve.replica_report import ReplicaReport, ReplicaScrape, report_max_age_s
+
+logger = logging.getLogger(__name__)
 
 COORDINATOR_NAME = "RegistryCoordinator"
+CANARY_SCRAPE_WAIT_S = 2.0
+"""How long an evaluation waits for the replicas' fresh counts (slow ones give their last)."""
 
 
 @serve.deployment(
@@ -45,7 +63,12 @@ COORDINATOR_NAME = "RegistryCoordinator"
 class RegistryCoordinator:
     """Refresh generations and replica reports; state in memory only."""
 
-    def __init__(self) -> None:
+    async def __init__(
+        self,
+        settings: OuroSettings | None = None,
+        registry_factory: RegistryFactory | None = None,
+    ) -> None:
+        """With ``settings``, the canary controller runs (see the module docstring)."""
         self._generation = 0
         self._changed = asyncio.Condition()
         self._reports: dict[str, ReplicaReport] = {}
@@ -56,6 +79,32 @@ class RegistryCoordinator:
         self._answered: dict[str, int] = {}
         """Per replica, the newest scrape generation it has answered."""
         self._answers = asyncio.Condition()
+        self._canary_task: asyncio.Task | None = None
+        if settings is not None:
+            registry = (registry_factory or build_registry)(settings)
+            controller = CanaryController(Rollout(registry, CanaryPolicy.from_settings(settings)))
+            self._canary_task = asyncio.create_task(
+                self._run_canary(
+                    controller,
+                    settings.canary_interval_s,
+                    report_max_age_s(settings.registry_poll_interval_s),
+                )
+            )
+
+    async def _run_canary(
+        self, controller: CanaryController, interval_s: float, report_max_age: float
+    ) -> None:
+        """Evaluate the running canary every ``interval_s`` (nothing while none runs)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                scrapes = await self.fresh_scrapes(report_max_age, CANARY_SCRAPE_WAIT_S)
+                verdict = await asyncio.to_thread(controller.evaluate, rollout_counts(scrapes))
+            except Exception as exc:  # noqa: BLE001 - a registry outage waits for the next interval
+                logger.warning("canary evaluation failed, trying again in %ss: %s", interval_s, exc)
+                continue
+            if verdict is not None:
+                await self.request_refresh()
 
     async def request_refresh(self) -> int:
         """Ask every watcher to re-read the registry now; returns the new generation."""

@@ -180,7 +180,7 @@ class HttpFront:
             names=names,
             base_model_name=settings.base_model,
             metrics=self.metrics,
-            chat=ChatCompletions(settings, llm_server, self.metrics, self.personal),
+            chat=ChatCompletions(settings, llm_server, self.metrics, self.personal, names),
             feedback=Feedback(
                 settings, ledger_writer_id(replica_id), self.metrics, self._last_training_watermark
             ),
@@ -218,7 +218,7 @@ class HttpFront:
         )
 
     def _last_training_watermark(self) -> Watermark | None:
-        """The ledger watermark of the newest registered version, if it recorded one."""
+        """The ledger watermark of the newest version trained (``RegistrySnapshot.last_trained``)."""
         snapshot = self.watcher.state.snapshot
-        latest = snapshot.latest() if snapshot is not None else None
-        return latest.watermark if latest is not None else None
+        trained = snapshot.last_trained() if snapshot is not None else None
+        return trained.watermark if trained is not None else None

@@ -18,6 +18,7 @@ cluster's Prometheus may scrape as well.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from ouro.engine import EngineStats
 from ouro.engine.types import BATCH_SIZE_BUCKETS, STEP_SECONDS_BUCKETS
 from ouro.ledger import FeedbackRecord
 from ouro.registry import BASE_MODEL_NAME, TrainingCycles, UnknownModelError, parse_model_name
+from ouro.rollout import TTFT_BUCKETS, ArmCounts, CounterKey, assigned_version
 from ouro.routing import FORCED, MATCH, NO_INDEX, NO_MATCH
 from serve.llm_calls import ROUTE_BASE, ServedModel
 from serve.replica_report import ReplicaReport, ReplicaScrape
@@ -38,7 +40,6 @@ from serve.replica_report import ReplicaReport, ReplicaScrape
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
-_TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _SIMILARITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
 _ROUTER_CPU_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1)
 
@@ -272,6 +273,56 @@ def _buckets(bounds: tuple[float, ...], cumulative: tuple[int, ...]) -> list[tup
     ]
 
 
+_FEEDBACK_SIGNALS = {
+    ("correction", None): "correction",
+    ("rating", "up"): "thumbs_up",
+    ("rating", "down"): "thumbs_down",
+}
+"""(record kind, rating) -> the rollout signal it is."""
+
+
+def rollout_counts(scrapes: Iterable[ReplicaScrape]) -> dict[CounterKey, ArmCounts]:
+    """Each replica's cumulative rollout counts per assigned version, from its scrape answer."""
+    fields: dict[CounterKey, dict] = {}
+
+    def entry(replica: str, version: str) -> dict:
+        return fields.setdefault((replica, version), {"ttft": [0] * (len(TTFT_BUCKETS) + 1)})
+
+    for scrape in scrapes:
+        replica = scrape.report.replica_id
+        for family in scrape.metrics:
+            for sample in family.samples:
+                version = sample.labels.get("version")
+                if version is None:
+                    continue
+                value = int(sample.value)
+                if sample.name == "ouro_rollout_requests_total":
+                    counts = entry(replica, version)
+                    counts["requests"] = counts.get("requests", 0) + value
+                    if sample.labels.get("outcome") == "error":
+                        counts["errors"] = counts.get("errors", 0) + value
+                elif sample.name == "ouro_rollout_feedback_total":
+                    signal = sample.labels.get("signal")
+                    if signal in ("correction", "thumbs_up", "thumbs_down"):
+                        counts = entry(replica, version)
+                        key = "corrections" if signal == "correction" else signal
+                        counts[key] = counts.get(key, 0) + value
+                elif sample.name == "ouro_rollout_time_to_first_token_seconds_bucket":
+                    _add_bucket(entry(replica, version)["ttft"], sample.labels["le"], value)
+    result = {}
+    for key, counts in fields.items():
+        cumulative = counts.pop("ttft")
+        per_bucket = [cumulative[0]] + [b - a for a, b in itertools.pairwise(cumulative)]
+        result[key] = ArmCounts(**counts, ttft=tuple(per_bucket))
+    return result
+
+
+def _add_bucket(cumulative: list[int], le: str, value: int) -> None:
+    """Place a histogram's cumulative ``le`` sample at its bound's index."""
+    bounds = [*(float(b) for b in TTFT_BUCKETS), float("inf")]
+    cumulative[bounds.index(float(le))] = value
+
+
 def answered_by(model: str | None) -> str:
     """Who gave a corrected answer, from the ``model`` its response named: ``adapter`` (a
     pinned version, which the router chose), ``base``, or ``unknown`` (no name, or an alias
@@ -327,7 +378,7 @@ class ServeMetrics:
             "ouro_time_to_first_token_seconds",
             "Time from a chat request reaching the server to its first generated token.",
             ["model"],
-            buckets=_TTFT_BUCKETS,
+            buckets=TTFT_BUCKETS,
             registry=self.registry,
         )
         self.prompt_tokens = Counter(
@@ -394,6 +445,35 @@ class ServeMetrics:
             buckets=_ROUTER_CPU_BUCKETS,
             registry=self.registry,
         )
+        # The canary's signals (ouro.rollout): traffic asking for 'ouro', labelled by the
+        # version the split assigned it to (what answered may be that version's parent).
+        self.rollout_requests = Counter(
+            "ouro_rollout_requests",
+            "Chat completions for 'ouro', by the version the rollout assigned them to and "
+            "outcome (ok, or error: failed by the server).",
+            ["version", "outcome"],
+            registry=self.registry,
+        )
+        self.rollout_ttft = Histogram(
+            "ouro_rollout_time_to_first_token_seconds",
+            "Time to first token of chat completions for 'ouro', by assigned version.",
+            ["version"],
+            buckets=TTFT_BUCKETS,
+            registry=self.registry,
+        )
+        self.rollout_routes = Counter(
+            "ouro_rollout_route_decisions",
+            "Router decisions for 'ouro', by assigned version and route.",
+            ["version", "route"],
+            registry=self.registry,
+        )
+        self.rollout_feedback = Counter(
+            "ouro_rollout_feedback",
+            "Feedback on answers to 'ouro', by the version they were assigned to (from the "
+            "completion id) and signal: correction, thumbs_up or thumbs_down.",
+            ["version", "signal"],
+            registry=self.registry,
+        )
         self._export = CollectorRegistry(auto_describe=False)
         self._export.register(
             ReplicaReportCollector(scrapes, own=lambda: (replica_id, self.own_families()))
@@ -412,9 +492,24 @@ class ServeMetrics:
             self.version_served.labels(name=name).set(version or 0)
 
     def count_feedback(self, record: FeedbackRecord) -> None:
-        """Count one durable feedback record: a correction by who gave the corrected answer."""
+        """Count one durable feedback record: a correction by who gave the corrected answer,
+        and any feedback on an answer to 'ouro' by the version it was assigned to."""
         if record.kind == "correction":
             self.feedback.labels(answered_by=answered_by(record.model)).inc()
+        version = assigned_version(record.completion_id)
+        signal = _FEEDBACK_SIGNALS.get((record.kind, getattr(record, "rating", None)))
+        if version is not None and signal is not None:
+            self.rollout_feedback.labels(version=version, signal=signal).inc()
+
+    def count_rollout(
+        self, version: str, served: ServedModel | None, first_token_s: float | None, ok: bool
+    ) -> None:
+        """One chat completion for 'ouro' the rollout assigned to ``version``."""
+        self.rollout_requests.labels(version=version, outcome="ok" if ok else "error").inc()
+        if first_token_s is not None:
+            self.rollout_ttft.labels(version=version).observe(first_token_s)
+        if served is not None and served.route is not None:
+            self.rollout_routes.labels(version=version, route=served.route).inc()
 
     def observe_route(self, served: ServedModel) -> None:
         """Count how the router chose the version that answers (nothing for 'ouro-base')."""

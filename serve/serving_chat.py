@@ -14,6 +14,8 @@ from dataclasses import replace
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ouro.engine import PositionLogprobs, SamplingParams, TokenLogprob
+from ouro.registry import SERVED_MODEL_NAME, version_label
+from ouro.rollout import assigned_completion_id, canary_state, first_user_turn, serves_canary
 from ouro.settings import OuroSettings
 from ouro.structured import ToolFormat
 from serve.auth import Caller
@@ -22,6 +24,7 @@ from serve.exceptions import InvalidRequestError, PermissionDeniedError
 from serve.llm_calls import Finished, LLMBackend, LLMCall, LLMResult, ServedModel, TextDelta
 from serve.logs import current_request_id
 from serve.metrics import ServeMetrics
+from serve.model_names import ModelNames, served_model
 from serve.personal_names import PersonalNames
 from serve.protocol import (
     SSE_DONE,
@@ -59,11 +62,15 @@ class ChatCompletions:
         llm_server: LLMBackend,
         metrics: ServeMetrics,
         personal: PersonalNames | None = None,
+        names: ModelNames | None = None,
     ) -> None:
+        """``names``: the replica's model names, whose snapshot says whether a canary runs
+        (without them nothing is split)."""
         self._settings = settings
         self._llm = llm_server
         self._metrics = metrics
         self._personal = personal
+        self._names = names
 
     async def create(
         self, request: ChatCompletionRequest, caller: Caller | None = None, unrouted: bool = False
@@ -82,17 +89,20 @@ class ChatCompletions:
                 scope = caller.scope(request.user) if caller is not None else None
                 forwarded = await self._personal.forwarded_name(call.model, scope)
                 call = replace(call, model=forwarded)
+            call, assigned = self._assign(call, caller, request.user)
         except Exception as exc:  # noqa: BLE001 - every failure becomes its envelope
             return error_response(exc)
         if request.stream:
-            return await self._stream(call, request)
+            return await self._stream(call, request, assigned)
         try:
             result: LLMResult = await self._llm.generate(call)
         except Exception as exc:  # noqa: BLE001 - mapped by serve.errors (logged there if unexpected)
-            return error_response(exc)
+            return self._failed(exc, assigned)
         finished = [choice.finished for choice in result.choices]
         self._metrics.observe_route(result.served)
         self._count(request.model, result.served, finished)
+        if assigned is not None:
+            self._metrics.count_rollout(assigned, result.served, _first_token_s(finished), ok=True)
         choices = []
         for choice in result.choices:
             message = AssistantMessage(content=choice.text)
@@ -108,11 +118,37 @@ class ChatCompletions:
                 )
             )
         body = ChatCompletionResponse(
+            id=_answer_id(assigned),
             model=result.served.label,
             choices=choices,
             usage=_usage(finished),
         )
         return JSONResponse(body.model_dump(), headers=served_headers(result.served))
+
+    # -- canary rollout (ouro.rollout) ----------------------------------------------------
+    def _assign(
+        self, call: LLMCall, caller: Caller | None, user: str | None
+    ) -> tuple[LLMCall, str | None]:
+        """The call as the rollout assigns it, and the version label assigned (None: the
+        call does not ask for 'ouro', so it is not part of the rollout). While a canary
+        runs, a sticky share of conversations is sent to it pinned."""
+        if call.model != SERVED_MODEL_NAME or self._names is None:
+            return call, None
+        canary = canary_state(self._names.snapshot) if self._names.snapshot else None
+        key_name = caller.key_name if caller is not None else None
+        if canary is not None and serves_canary(
+            canary, key_name, user, first_user_turn(call.messages)
+        ):
+            label = version_label(canary.version)
+            return replace(call, model=label), label
+        return call, served_model(self._names.production).label
+
+    def _failed(self, exc: Exception, assigned: str | None) -> Response:
+        """The error response; a server-side failure counts against the assigned version."""
+        response = error_response(exc)
+        if assigned is not None and response.status_code >= 500:
+            self._metrics.count_rollout(assigned, None, None, ok=False)
+        return response
 
     # -- request checks -------------------------------------------------------------------
     def _to_call(self, request: ChatCompletionRequest) -> LLMCall:
@@ -167,13 +203,15 @@ class ChatCompletions:
         )
 
     # -- streaming --------------------------------------------------------------------------
-    async def _stream(self, call: LLMCall, request: ChatCompletionRequest) -> Response:
+    async def _stream(
+        self, call: LLMCall, request: ChatCompletionRequest, assigned: str | None
+    ) -> Response:
         events = self._llm.generate_stream(call)
         try:
             served: ServedModel = await anext(events)
         except Exception as exc:  # noqa: BLE001 - before the first byte: a normal error status
             await events.aclose()
-            return error_response(exc)
+            return self._failed(exc, assigned)
         self._metrics.observe_route(served)
         return StreamingResponse(
             self._sse(
@@ -183,6 +221,7 @@ class ChatCompletions:
                 call.params,
                 request.include_usage(),
                 tool_calls=isinstance(call.output, ToolFormat),
+                assigned=assigned,
             ),
             media_type="text/event-stream",
             headers={**served_headers(served), "Cache-Control": "no-cache"},
@@ -196,10 +235,11 @@ class ChatCompletions:
         params: SamplingParams,
         include_usage: bool,
         tool_calls: bool = False,
+        assigned: str | None = None,
     ) -> AsyncIterator[str]:
         """The answer's chunks, choice by choice; with ``tool_calls`` each choice's text
-        is read for a tool call (``ToolCallText``)."""
-        chunk_id, created = completion_id(), now_s()
+        is read for a tool call (``ToolCallText``); ``assigned``: the rollout's version."""
+        chunk_id, created = _answer_id(assigned), now_s()
         tool_texts = [ToolCallText() for _ in range(params.n)] if tool_calls else []
 
         def chunk(choices: list[ChunkChoice], usage=None) -> str:
@@ -244,10 +284,15 @@ class ChatCompletions:
                     if len(finished) < params.n:
                         continue
                     self._count(requested, served, finished)
+                    if assigned is not None:
+                        first_token_s = _first_token_s(finished)
+                        self._metrics.count_rollout(assigned, served, first_token_s, ok=True)
                     if include_usage:
                         yield chunk([], usage=_usage(finished))
         except Exception as exc:  # noqa: BLE001 - the status line is sent: report in-stream
             self._metrics.stream_errors.inc()
+            if assigned is not None:
+                self._metrics.count_rollout(assigned, None, None, ok=False)
             yield stream_error_event(exc)
         finally:
             # A client gone mid-stream cancels this generator: closing the LLM server's
@@ -266,8 +311,18 @@ class ChatCompletions:
         usage = _usage(finished)
         metrics.prompt_tokens.labels(model=model).inc(usage.prompt_tokens)
         metrics.generated_tokens.labels(model=model).inc(usage.completion_tokens)
-        first_token_s = min(choice.first_token_s for choice in finished)
-        metrics.time_to_first_token.labels(model=model).observe(first_token_s)
+        metrics.time_to_first_token.labels(model=model).observe(_first_token_s(finished))
+
+
+def _first_token_s(finished: list[Finished]) -> float:
+    return min(choice.first_token_s for choice in finished)
+
+
+def _answer_id(assigned: str | None) -> str:
+    """A new completion id; one the rollout assigned carries its version (feedback citing
+    it counts for that version)."""
+    base = completion_id()
+    return base if assigned is None else assigned_completion_id(base, assigned)
 
 
 def served_headers(served: ServedModel) -> dict[str, str]:

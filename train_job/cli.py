@@ -5,6 +5,7 @@ Commands:
   status    versions, aliases, gate results, corrections pending
   promote   point an alias (default: production) at a version
   rollback  move production back to the version it had before
+  canary    the running canary: status, promote, abort, pause, resume
   scopes    personal adapters: every scope with a registered model, and its aliases
   forget    forget a scope: ledger tombstone, registry versions and artifacts deleted
   share     mark a correction for the shared adapter
@@ -120,6 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--alias", type=_alias, default=ALIAS_PRODUCTION, help="alias to move back"
     )
     _notify_option(rollback)
+
+    canary = commands.add_parser("canary", help="the canary: status, promote, abort, pause, resume")
+    _registry_options(canary, scoped=False)
+    canary.add_argument(
+        "action",
+        choices=("status", "promote", "abort", "pause", "resume"),
+        help="status: its share and both sides' signals; promote: production <- canary; "
+        "abort: roll it back; pause/resume: hold its share and every decision",
+    )
+    canary.add_argument("--reason", help="a note kept on the version (promote, abort)")
+    canary.add_argument("--json", action="store_true", help="print JSON (status)")
+    _notify_option(canary)
 
     scopes = commands.add_parser("scopes", help="scopes with a personal adapter, and aliases")
     _registry_options(scopes, scoped=False)
@@ -281,6 +294,7 @@ def _registry(settings: OuroSettings, scope: str | None = None) -> AdapterRegist
 def _run(args: argparse.Namespace, settings: OuroSettings, config: TrainJobConfig) -> int:
     from train_job.cycle import CycleInterrupted, Outcome, run_cycle
     from train_job.lock import CycleBusyError
+    from train_job.register import Release
 
     def interrupted(signum, frame):
         raise CycleInterrupted(f"signal {signum}")
@@ -300,7 +314,7 @@ def _run(args: argparse.Namespace, settings: OuroSettings, config: TrainJobConfi
     finally:
         signal.signal(signal.SIGTERM, previous)
 
-    if result.outcome is Outcome.REGISTERED and result.promoted and config.notify_url:
+    if result.release in (Release.PRODUCTION, Release.CANARY) and config.notify_url:
         notify_serve(config.notify_url, settings.first_admin_key())
     if args.json:
         print(json.dumps(_result_dict(result), indent=2))
@@ -321,7 +335,8 @@ def _result_dict(result) -> dict:
         "message": result.message,
         "version": result.version,
         "run_id": result.run_id,
-        "promoted": result.promoted,
+        "promoted": result.release == "production",
+        "release": None if result.release is None else result.release.value,
         "gates": None if result.report is None else json.loads(result.report.checks_json()),
         "gates_passed": None if result.report is None else result.report.passed,
         "timings_s": {k: round(v, 2) for k, v in result.timings.items()},
@@ -383,6 +398,34 @@ def _rollback(args: argparse.Namespace, settings: OuroSettings) -> int:
         logger.error("%s", exc)
         return EXIT_ERROR
     print(f"{args.alias} -> " + (f"v{version}" if version is not None else "unset (base model)"))
+    if args.notify:
+        notify_serve(args.notify, settings.first_admin_key())
+    return EXIT_OK
+
+
+def _canary(args: argparse.Namespace, settings: OuroSettings) -> int:
+    from ouro.rollout import CanaryPolicy, NoCanaryError, Rollout, format_canary
+
+    rollout = Rollout(_registry(settings, None), CanaryPolicy.from_settings(settings))
+    by = f"operator (python -m train_job canary {args.action})"
+    try:
+        if args.action == "status":
+            state = rollout.state()
+            if args.json:
+                print(json.dumps(None if state is None else state.model_dump(), indent=2))
+            else:
+                print(format_canary(state, rollout.policy))
+            return EXIT_OK
+        if args.action in ("pause", "resume"):
+            state = rollout.set_paused(args.action == "pause")
+            print(f"canary v{state.version} {args.action}d at {state.share}%")
+        else:
+            end = rollout.promote if args.action == "promote" else rollout.abort
+            record = end(by, args.reason) if args.reason else end(by)
+            print(f"canary {args.action}: {record.decision} ({record.reason})")
+    except NoCanaryError as exc:
+        logger.error("%s", exc)
+        return EXIT_ERROR
     if args.notify:
         notify_serve(args.notify, settings.first_admin_key())
     return EXIT_OK
@@ -488,6 +531,7 @@ _COMMANDS = {
     "status": _status,
     "promote": _promote,
     "rollback": _rollback,
+    "canary": _canary,
     "scopes": _scopes,
     "forget": _forget,
     "share": _share,

@@ -45,7 +45,7 @@ class TrainJobConfig(BaseSettings):
     """Configuration of one training cycle (``python -m train_job run``).
 
     Groups:
-        Registry: experiment_name, auto_promote, notify_url.
+        Registry: experiment_name, auto_promote, canary, notify_url.
         Data: replay_source, replay_answers, replay_max_new_tokens, replay_size,
             correction_share, held_out_share, regression_source, regression_size,
             probe_source, probe_size, min_corrections.
@@ -78,9 +78,15 @@ class TrainJobConfig(BaseSettings):
     auto_promote: bool = Field(
         False, description="Also move alias 'production' to a version that passed the gates."
     )
+    canary: bool = Field(
+        False,
+        description="Start a canary with a shared version that passed the gates: alias "
+        "'canary' answers a share of 'ouro' traffic until users' signals promote or roll it "
+        "back (ouro.rollout; Serve's OURO_CANARY_* settings). --auto-promote wins.",
+    )
     notify_url: str | None = Field(
         None,
-        description="Serve's base URL: after moving 'production', ask it to re-read the "
+        description="Serve's base URL: after moving 'production' or starting a canary, ask it to re-read the "
         "registry now (POST /admin/registry/refresh with the admin key, OURO_ADMIN_API_KEY).",
     )
 

@@ -42,7 +42,7 @@ from train_job.config import TrainJobConfig
 from train_job.dataset import Correction, RoutingPlanner, build_dataset
 from train_job.gates import GateReport, evaluate_gates
 from train_job.lock import CycleLock
-from train_job.register import CycleRun, register_version, version_tags
+from train_job.register import CycleRun, Release, register_version, version_tags
 from train_job.replay import self_answerer
 from train_job.routed import plan_routing
 from train_job.sharing import SharingPolicy, scopes_with_corrections
@@ -74,7 +74,8 @@ class CycleResult:
     message: str
     version: int | None = None
     run_id: str | None = None
-    promoted: bool = False
+    release: Release | None = None
+    """What the registered version became besides ``candidate`` (None: nothing registered)."""
     report: GateReport | None = None
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds per stage (collect, train, gates, register) and in total."""
@@ -311,6 +312,11 @@ def _train_gate_register(
                 }
             )
             version = None
+            release = Release.of(
+                auto_promote=config.auto_promote,
+                canary=config.canary,
+                personal=registry.scope is not None,
+            )
             if report.passed:
                 _check_no_new_version(registry, snapshot)
                 version = register_version(
@@ -324,7 +330,7 @@ def _train_gate_register(
                         gate_results=report.checks_json(),
                     ),
                     collected.watermark.encode(),
-                    auto_promote=config.auto_promote,
+                    release=release,
                 )
                 run.set_tags({OUTCOME_TAG: Outcome.REGISTERED.value, "ouro.version": str(version)})
             else:
@@ -339,14 +345,13 @@ def _train_gate_register(
             report=report,
             timings=timings,
         )
-    aliases = "candidate, production" if config.auto_promote else "candidate"
     whose = f" for scope {registry.scope}" if registry.scope else ""
     return CycleResult(
         Outcome.REGISTERED,
-        f"registered {registry.model_name} v{version}{whose} (aliases: {aliases})",
+        f"registered {registry.model_name} v{version}{whose} (aliases: {release.aliases})",
         version=version,
         run_id=run.run_id,
-        promoted=config.auto_promote,
+        release=release,
         report=report,
         timings=timings,
         registered_model=registry.model_name,

@@ -8,6 +8,7 @@ whose process was SIGKILLed stays RUNNING. None of them registers anything.
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import tempfile
@@ -30,6 +31,7 @@ from ouro.registry import (
     TAG_WATERMARK,
     AdapterRegistry,
 )
+from ouro.rollout import Rollout
 
 logger = logging.getLogger(__name__)
 
@@ -117,20 +119,46 @@ def register_version(
     tags: Mapping[str, str],
     watermark: str,
     *,
-    auto_promote: bool,
+    release: Release,
 ) -> int:
-    """Create the version, move ``candidate`` (and ``production``), then record the watermark.
+    """Create the version, move ``candidate`` and release it as asked, then record the watermark.
 
-    The ledger watermark is what tells the next cycle "trained up to here", so it is written
-    last: a cycle killed between these calls leaves a version without it, and the next
-    cycle redoes the work instead of skipping it.
+    ``release``: ``production`` promotes at once; ``canary`` starts a canary
+    (``ouro.rollout.Rollout.start``: the shared model only, personal versions are judged by
+    their gates alone); ``candidate`` waits for an operator. The ledger watermark is what
+    tells the next cycle "trained up to here", so it is written last: a cycle killed
+    between these calls leaves a version without it, and the next cycle redoes the work
+    instead of skipping it.
     """
     version = registry.register_adapter(
         run.run_id, f"{run.artifact_uri}/{ADAPTER_ARTIFACT_PATH}", tags
     )
     registry.set_alias(ALIAS_CANDIDATE, version)
-    if auto_promote:
+    if release is Release.PRODUCTION:
         registry.set_alias(ALIAS_PRODUCTION, version)
+    elif release is Release.CANARY:
+        Rollout(registry).start(version)
     registry.check_available()
     run.client.set_model_version_tag(registry.model_name, str(version), TAG_WATERMARK, watermark)
     return version
+
+
+class Release(enum.StrEnum):
+    """What a version that passed its gates becomes (besides ``candidate``)."""
+
+    CANDIDATE = "candidate"
+    CANARY = "canary"
+    PRODUCTION = "production"
+
+    @classmethod
+    def of(cls, *, auto_promote: bool, canary: bool, personal: bool) -> Release:
+        """--auto-promote wins; a canary is for the shared model (its traffic is split)."""
+        if auto_promote:
+            return cls.PRODUCTION
+        return cls.CANARY if canary and not personal else cls.CANDIDATE
+
+    @property
+    def aliases(self) -> str:
+        return {"candidate": "candidate", "canary": "candidate, canary"}.get(
+            self.value, "candidate, production"
+        )

@@ -96,12 +96,16 @@ class SlowCoordinator:
         await self._coordinator.answer_scrape(fresh, generation)
 
 
-def coordinator_class():
-    return RegistryCoordinator.func_or_class
+async def new_coordinator(*args):
+    """A RegistryCoordinator outside Serve (its constructor is async, as Serve allows)."""
+    cls = RegistryCoordinator.func_or_class
+    coordinator = cls.__new__(cls)
+    await coordinator.__init__(*args)
+    return coordinator
 
 
 async def _with_replicas(test, count: int = 2) -> None:
-    coordinator = coordinator_class()()
+    coordinator = await new_coordinator()
     replicas = {f"r{i}": Replica(f"r{i}") for i in range(count)}
     handle = FakeHandle(SlowCoordinator(coordinator, replicas))
     answerers = [ScrapeAnswerer(handle, replica.make_scrape) for replica in replicas.values()]
