@@ -497,7 +497,7 @@ class ServeMetrics:
         if record.kind == "correction":
             self.feedback.labels(answered_by=answered_by(record.model)).inc()
         version = assigned_version(record.completion_id)
-        signal = _FEEDBACK_SIGNALS.get((record.kind, getattr(record, "rating", None)))
+        signal = _FEEDBACK_SIGNALS.get((record.kind, record.rating))
         if version is not None and signal is not None:
             self.rollout_feedback.labels(version=version, signal=signal).inc()
 

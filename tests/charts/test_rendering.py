@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
+from ouro.rollout import CanaryPolicy
 from ouro.settings import OuroSettings
 from serve.local_ray import SERVE_ENV
 from tools.docker_context import exec_form
@@ -204,11 +205,33 @@ def test_training_values_reach_the_cronjob(render_chart):
     assert spec["jobTemplate"]["spec"]["activeDeadlineSeconds"] == 600
 
 
-def test_auto_promote_is_off_by_default_and_a_flag_when_on(rendered, render_chart):
+def test_a_canary_by_default_auto_promote_when_asked_or_only_a_candidate(rendered, render_chart):
     base = ["run", "--base-model", "meta-llama/Llama-3.2-3B-Instruct"]
-    assert train_pod(rendered["default"])["containers"][0]["args"] == base
+    assert train_pod(rendered["default"])["containers"][0]["args"] == [*base, "--canary"]
     promoted = render_chart(set_values={"training.autoPromote": "true"})
     assert train_pod(promoted)["containers"][0]["args"] == [*base, "--auto-promote"]
+    by_hand = render_chart(set_values={"canary.enabled": "false"})
+    assert train_pod(by_hand)["containers"][0]["args"] == base
+
+
+def test_the_canary_rules_reach_serve_and_training_alike(rendered, render_chart):
+    objects = render_chart(set_values={"canary.steps": "{5,25,50}", "canary.minRequests": "400"})
+    args = serve_config(objects)["applications"][0]["args"]
+    env = env_of(train_pod(objects)["containers"][0])
+    assert args["canary_steps"] == env["OURO_CANARY_STEPS"]["value"] == "5,25,50"
+    assert args["canary_min_requests"] == int(env["OURO_CANARY_MIN_REQUESTS"]["value"]) == 400
+    for field in [name for name in args if name.startswith("canary_")]:
+        assert field in OuroSettings.model_fields
+    serve_side = OuroSettings(**args)
+    train_side = OuroSettings(
+        **{
+            k.removeprefix("OURO_").lower(): v["value"]
+            for k, v in env.items()
+            if k.startswith("OURO_CANARY_")
+        }
+    )
+    assert CanaryPolicy.from_settings(serve_side) == CanaryPolicy.from_settings(train_side)
+    assert CanaryPolicy.from_settings(serve_side).steps == (5.0, 25.0, 50.0)
 
 
 def test_training_gets_the_model_settings_as_environment(rendered):

@@ -102,7 +102,8 @@ ouro/ray-node: head
 
 {{/*
 OuroSettings fields (snake_case) shared by serving and training (personal adapters too:
-Serve resolves names per scope, training trains per scope). Serve receives them as
+Serve resolves names per scope, training trains per scope; the canary's rules: Serve's
+controller applies them, `python -m train_job canary status` shows them). Serve receives them as
 serveConfigV2 application args; the training Job as OURO_<FIELD> environment variables.
 */}}
 {{- define "ouro.modelSettings" -}}
@@ -118,6 +119,19 @@ mlflow_tracking_uri: {{ include "ouro.mlflowTrackingUri" . | quote }}
 personal_adapters: {{ .Values.personalAdapters.enabled }}
 consensus_scopes: {{ int .Values.personalAdapters.consensusScopes }}
 consensus_similarity: {{ .Values.personalAdapters.consensusSimilarity }}
+{{- with .Values.canary }}
+canary_steps: {{ join "," .steps | quote }}
+canary_interval_s: {{ .intervalS }}
+canary_min_requests: {{ int .minRequests }}
+canary_health_min_requests: {{ int .healthMinRequests }}
+canary_max_error_rate: {{ .maxErrorRate }}
+canary_max_ttft_ratio: {{ .maxTtftRatio }}
+canary_relative_risk: {{ .relativeRisk }}
+canary_alpha: {{ .alpha }}
+canary_beta: {{ .beta }}
+canary_max_duration_s: {{ .maxDurationS }}
+canary_default_decision: {{ .defaultDecision | quote }}
+{{- end }}
 {{- end }}
 
 {{/* Ray Serve's settings in the Ray containers: the ingress (serve.ingress), and the app's
