@@ -89,9 +89,10 @@ def share_correction(
     reason: str | None = None,
     api_key_hash: str | None = None,
 ) -> ControlRecord:
-    """Mark a correction for the shared adapter; UnknownCorrectionError if it is not there."""
-    records = LedgerReader(ledger.directory).scan().records
-    if not any(record.id == record_id for record in records):
+    """Mark a correction for the shared adapter; UnknownCorrectionError if it is not there
+    (a rating is no correction: it never trains)."""
+    corrections = LedgerReader(ledger.directory).scan().corrections
+    if not any(record.id == record_id for record in corrections):
         raise UnknownCorrectionError(f"no correction {record_id!r} in the ledger")
     return ledger.append_control(
         "share", record_id=record_id, reason=reason, api_key_hash=api_key_hash

@@ -480,11 +480,13 @@ class FeedbackMessage(BaseModel):
 
 
 class FeedbackRequest(BaseModel):
-    """Body of ``POST /v1/feedback``: a correction of one answer.
+    """Body of ``POST /v1/feedback``: a correction of one answer, or a rating of it.
 
-    The ledger checks the rest (the conversation ends with the user turn that was
-    answered; the correction is non-empty and differs from the completion; the text
-    can be encoded; sizes).
+    Exactly one of ``correction`` (what the answer should have been: it trains the next
+    version) and ``rating`` (thumbs up or down: a signal for rollout, never a training
+    row); both or neither is a 400. The ledger checks the rest (the conversation ends with
+    the user turn that was answered; a correction is non-empty and differs from the
+    completion; the text can be encoded; sizes).
     """
 
     model_config = ConfigDict(extra="allow")
@@ -492,11 +494,18 @@ class FeedbackRequest(BaseModel):
     messages: list[FeedbackMessage] = Field(
         min_length=1, description="The conversation the model answered."
     )
-    completion: str = Field(description="What the model answered.")
-    correction: str = Field(description="What it should have answered.")
+    completion: str = Field(description="What the model answered (the answer corrected or rated).")
+    correction: str | None = Field(
+        None, description="What it should have answered. Sent without ``rating``."
+    )
+    rating: Literal["up", "down"] | None = Field(
+        None,
+        description="Thumbs 'up' or 'down' on the answer, sent without ``correction``: a "
+        "signal for rollout, never a training row.",
+    )
     completion_id: str | None = Field(None, description="The chat completion's id.")
     model: str | None = Field(None, description="The version that answered, e.g. 'ouro@v7'.")
-    reason: str | None = Field(None, description="Why the answer was wrong, free text.")
+    reason: str | None = Field(None, description="Why the answer was wrong (or right), free text.")
     user: str | None = Field(
         None, description="End-user id; with personal adapters it narrows the key's scope."
     )
@@ -670,15 +679,19 @@ class FeedbackCreated(BaseModel):
 
 
 class FeedbackStats(BaseModel):
-    """Answer of ``GET /v1/feedback/stats``."""
+    """Answer of ``GET /v1/feedback/stats``: corrections, and ratings counted apart."""
 
     object: Literal["feedback.stats"] = "feedback.stats"
-    total: int = Field(description="Feedback records in the ledger.")
-    by_model: dict[str, int] = Field(description="Records per version that answered.")
+    total: int = Field(description="Corrections in the ledger (ratings are not counted).")
+    by_model: dict[str, int] = Field(description="Corrections per version that answered.")
     since_last_training: int = Field(
-        description="Records newer than the newest registered version's training data."
+        description="Corrections newer than the newest registered version's training data."
     )
     bad_lines: int = Field(description="Ledger lines that could not be read.")
+    ratings: dict[str, int] = Field(description="Ratings by verdict: 'up' and 'down'.")
+    ratings_by_model: dict[str, dict[str, int]] = Field(
+        description="Ratings per version that answered, by verdict."
+    )
 
 
 class RegistryState(BaseModel):

@@ -196,6 +196,10 @@ async def retrieve_model(model_id: str, request: Request) -> Response:
 async def create_feedback(
     body: FeedbackRequest, request: Request, caller: Annotated[Caller, Depends(client)]
 ) -> Response:
+    """Correct an answer (``correction``) or rate it (``rating``: 'up' or 'down'); exactly
+    one of the two. Answers 201 with the record's id once it is durable on disk.
+    Corrections train the next version; ratings are signals for rollout, never training rows.
+    """
     return await services(request).feedback.create(body, caller)
 
 
@@ -206,6 +210,8 @@ async def create_feedback(
     responses={200: {"model": FeedbackStats}, **_errors(401, 403, 503)},
 )
 async def feedback_stats(request: Request) -> Response:
+    """Counts of the ledger (admin key): corrections in total, per version and since the
+    last training; ratings by verdict, and per version."""
     return await services(request).feedback.stats()
 
 

@@ -1,9 +1,11 @@
-"""Feedback: corrections written durably to the ledger, and the admin's counts.
+"""Feedback: corrections and ratings written durably to the ledger, and the admin's counts.
 
-The ledger validates what it stores (the conversation ends with the user turn that was
-answered; the correction is non-empty and differs from the completion; sizes within
-the configured limits) and returns only once the record is fsync'd, so a 201 means the
-correction is on disk. Each record carries its author's scope (``Caller.scope``) and
+A body carries exactly one of a correction (what the answer should have been: training
+data) or a rating (thumbs up or down: a signal for rollout, never a training row). The
+ledger validates what it stores (the conversation ends with the user turn that was
+answered; a correction is non-empty and differs from the completion; a rating is 'up' or
+'down'; sizes within the configured limits) and returns only once the record is fsync'd,
+so a 201 means the record is on disk. Each record carries its author's scope (``Caller.scope``) and
 whether an admin key sent it; the admin routes forget a scope and mark a correction
 shared (``ouro.personal``). Writes run in a worker thread; the event loop never waits on
 the disk.
@@ -19,12 +21,13 @@ from collections.abc import Callable
 
 from fastapi.responses import JSONResponse, Response
 
-from ouro.ledger import FeedbackLedger, InvalidFeedbackError, Watermark
+from ouro.ledger import FeedbackKind, FeedbackLedger, InvalidFeedbackError, Watermark
 from ouro.personal import forget_scope, share_correction
 from ouro.registry import PersonalRegistries
 from ouro.settings import OuroSettings
 from serve.auth import Caller
 from serve.errors import error_response
+from serve.exceptions import InvalidRequestError
 from serve.metrics import ServeMetrics
 from serve.protocol import FeedbackCreated, FeedbackRequest
 
@@ -35,6 +38,24 @@ def ledger_writer_id(replica_id: str) -> str:
     """A writer id unique per replica (the ledger names a directory after it)."""
     host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:60] or "host"
     return f"{host}-{re.sub(r'[^A-Za-z0-9._-]', '-', replica_id)}"[:128]
+
+
+def feedback_kind(body: FeedbackRequest) -> FeedbackKind:
+    """``correction`` or ``rating``: InvalidRequestError unless exactly one of them is given."""
+    if body.correction is not None and body.rating is not None:
+        raise InvalidRequestError(
+            "send either a correction or a rating, not both: a rating carries no correction",
+            "rating",
+        )
+    if body.rating is not None:
+        return "rating"
+    if body.correction is None:
+        raise InvalidRequestError(
+            "a feedback body needs a correction (what the answer should have been) "
+            "or a rating ('up' or 'down')",
+            "correction",
+        )
+    return "correction"
 
 
 class Feedback:
@@ -57,6 +78,11 @@ class Feedback:
         if body.model_extra:
             logger.info("ignoring unsupported feedback fields: %s", sorted(body.model_extra))
         try:
+            kind = feedback_kind(body)
+            scope = caller.scope(body.user)
+        except InvalidRequestError as exc:  # bad input: not a ledger failure
+            return error_response(exc)
+        try:
             record = await asyncio.to_thread(
                 self._ledger.append,
                 messages=[
@@ -64,11 +90,13 @@ class Feedback:
                 ],
                 completion=body.completion,
                 correction=body.correction,
+                rating=body.rating,
+                kind=kind,
                 model=body.model,
                 completion_id=body.completion_id,
                 reason=body.reason,
                 api_key_hash=caller.key_hash,
-                scope=caller.scope(body.user),
+                scope=scope,
                 admin=caller.admin and caller.key_hash is not None,
             )
         except Exception as exc:  # noqa: BLE001 - every failure becomes its envelope
@@ -80,7 +108,8 @@ class Feedback:
         return JSONResponse(created.model_dump(), status_code=201)
 
     async def corrections_pending(self) -> int | None:
-        """Records after the newest version's watermark; None when the ledger cannot be read."""
+        """Corrections (not ratings) after the newest version's watermark; None when the
+        ledger cannot be read."""
         try:
             return await asyncio.to_thread(
                 self._ledger.count_since, self._last_training_watermark()
@@ -101,6 +130,8 @@ class Feedback:
                 "by_model": stats.by_model,
                 "since_last_training": stats.since_last_training,
                 "bad_lines": stats.bad_lines,
+                "ratings": stats.ratings,
+                "ratings_by_model": stats.ratings_by_model,
             }
         )
 

@@ -562,6 +562,50 @@ def feedback_body(**changes) -> dict:
     }
 
 
+def rating_body(**changes) -> dict:
+    body = {**feedback_body(rating="down"), **changes}
+    del body["correction"]
+    return body
+
+
+def test_a_rating_is_kept_durably_and_never_counts_as_a_correction(
+    stack: ServeStack, http: httpx.Client
+) -> None:
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    created = http.post(
+        "/v1/feedback",
+        json=rating_body(rating="down", completion_id=completion_id, user="u7", model="ouro@v2"),
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["object"] == "feedback"
+    scan = LedgerReader(stack.settings.ledger_dir).scan()
+    (record,) = [r for r in scan.records if r.id == created.json()["id"]]
+    assert (record.kind, record.rating, record.correction) == ("rating", "down", None)
+    assert record.message_dicts() == ANSWERED
+    assert (record.completion, record.model, record.completion_id, record.reason) == (
+        "Lyon.",
+        "ouro@v2",
+        completion_id,
+        "wrong city",
+    )
+    assert record.api_key_hash and CLIENT_KEY not in record.api_key_hash
+    assert record.id not in {r.id for r in scan.corrections}
+
+    up = http.post("/v1/feedback", json=rating_body(rating="up", completion_id=completion_id))
+    assert up.status_code == 201, up.text  # a second rating of an answer is a new record
+    assert up.json()["id"] != record.id
+
+
+@pytest.mark.parametrize("key", [None, "sk-not-a-key"])
+def test_a_rating_needs_a_key_like_a_correction(stack: ServeStack, key: str | None) -> None:
+    before = len(LedgerReader(stack.settings.ledger_dir).scan().records)
+    with stack.http(key) as session:
+        response = session.post("/v1/feedback", json=rating_body())
+    assert response.status_code == 401, response.text
+    assert response.json()["error"]["type"] == "authentication_error"
+    assert len(LedgerReader(stack.settings.ledger_dir).scan().records) == before
+
+
 def test_a_thousand_concurrent_corrections_are_all_kept_once(stack: ServeStack) -> None:
     marker = uuid.uuid4().hex
 
@@ -579,7 +623,7 @@ def test_a_thousand_concurrent_corrections_are_all_kept_once(stack: ServeStack) 
     assert len(set(ids)) == 1000
     records = [
         record
-        for record in LedgerReader(stack.settings.ledger_dir).scan().records
+        for record in LedgerReader(stack.settings.ledger_dir).scan().corrections
         if marker in record.correction
     ]
     assert len(records) == 1000
@@ -615,11 +659,24 @@ BAD_FEEDBACK = [
     ("correction same as completion", feedback_body(correction=" Lyon. "), 400, "correction"),
     ("completion not a string", feedback_body(completion=42), 400, "completion"),
     (
-        "correction missing",
+        "neither correction nor rating",
         {k: v for k, v in feedback_body().items() if k != "correction"},
         400,
         "correction",
     ),
+    ("both correction and rating", feedback_body(rating="up"), 400, "rating"),
+    ("rating not up or down", rating_body(rating="meh"), 400, "rating"),
+    ("rating upper case", rating_body(rating="UP"), 400, "rating"),
+    ("rating a number", rating_body(rating=1), 400, "rating"),
+    ("rating null", rating_body(rating=None), 400, "correction"),
+    (
+        "rating of no user turn",
+        rating_body(messages=[*ANSWERED, {"role": "assistant", "content": "Lyon."}]),
+        400,
+        "messages",
+    ),
+    ("rating without completion", rating_body(completion=None), 400, "completion"),
+    ("rating reason too long", rating_body(reason="r" * (MAX_FIELD_CHARS + 1)), 413, "reason"),
     (
         "correction too long",
         feedback_body(correction="P" * (MAX_FIELD_CHARS + 1)),
@@ -651,13 +708,22 @@ def test_bad_feedback_is_refused_and_nothing_is_written(
 def test_feedback_stats_count_what_the_ledger_holds(stack: ServeStack, http: httpx.Client) -> None:
     created = http.post("/v1/feedback", json=feedback_body(model="ouro@v1", correction="Paris!"))
     assert created.status_code == 201
+    for verdict in ("up", "down", "down"):
+        rated = http.post("/v1/feedback", json=rating_body(model="ouro@v9", rating=verdict))
+        assert rated.status_code == 201
     with stack.http(ADMIN_KEY) as admin:
         stats = admin.get("/v1/feedback/stats").json()
     scan = LedgerReader(stack.settings.ledger_dir).scan()
-    assert stats["total"] == len(scan.records)
-    assert stats["by_model"]["ouro@v1"] == sum(r.model == "ouro@v1" for r in scan.records)
+    # The existing keys count corrections; ratings are counted apart.
+    assert stats["total"] == len(scan.corrections) < len(scan.records)
+    assert stats["by_model"]["ouro@v1"] == sum(r.model == "ouro@v1" for r in scan.corrections)
+    assert "ouro@v9" not in stats["by_model"]
     assert stats["since_last_training"] == stats["total"]  # nothing trained yet
     assert stats["bad_lines"] == 0
+    assert stats["ratings"] == {
+        verdict: sum(r.rating == verdict for r in scan.ratings) for verdict in ("up", "down")
+    }
+    assert stats["ratings_by_model"]["ouro@v9"] == {"up": 1, "down": 2}
 
 
 # -- observability ------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ One real Serve app (``OURO_PERSONAL_ADAPTERS=true``) following a real ``mlflow s
 with named keys for alice, bob and carol and an admin key. Personal versions are random
 LoRAs registered in each scope's own registered model, as the training job does. Checked:
 names, listings, 404s, generation with each caller's adapter (equal to the engine's own
-text with that adapter, also when the callers' requests share a batch), the scope
-feedback records, and the admin forget/share routes.
+text with that adapter, also when the callers' requests share a batch), the scope of
+feedback records (corrections and ratings), and the admin forget/share routes.
 """
 
 from __future__ import annotations
@@ -194,7 +194,12 @@ def test_shared_production_answers_whoever_asks_for_ouro_shared(stack: ServeStac
     assert answer.model == "ouro@v1"
 
 
-def test_feedback_records_the_scope_from_the_key(stack: ServeStack) -> None:
+@pytest.mark.parametrize(
+    "feedback",
+    [{"correction": "Green, obviously."}, {"rating": "down"}],
+    ids=["correction", "rating"],
+)
+def test_feedback_records_the_scope_from_the_key(stack: ServeStack, feedback: dict) -> None:
     bodies = (
         (KEYS["alice"], {"user": "u1"}),
         (KEYS["carol"], {}),
@@ -205,12 +210,7 @@ def test_feedback_records_the_scope_from_the_key(stack: ServeStack) -> None:
         with stack.http(key) as http:
             response = http.post(
                 "/v1/feedback",
-                json={
-                    "messages": QUESTION,
-                    "completion": "Grey.",
-                    "correction": "Green, obviously.",
-                    **extra,
-                },
+                json={"messages": QUESTION, "completion": "Grey.", **feedback, **extra},
             )
         assert response.status_code == 201, response.text
         ids.append(response.json()["id"])
@@ -220,6 +220,12 @@ def test_feedback_records_the_scope_from_the_key(stack: ServeStack) -> None:
         ("carol", False),
         ("ops", True),
     ]
+    with stack.http(KEYS["alice"]) as http:
+        refused = http.post(
+            "/v1/feedback",
+            json={"messages": QUESTION, "completion": "Grey.", "user": "../bob", **feedback},
+        )
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "user"
 
 
 def test_admin_share_and_forget(stack: ServeStack, personal: PersonalRegistries) -> None:
@@ -235,6 +241,13 @@ def test_admin_share_and_forget(stack: ServeStack, personal: PersonalRegistries)
         assert shared.status_code == 201, shared.text
         missing = http.post(f"/admin/feedback/fb-{'0' * 32}/share")
         assert missing.status_code == 404
+    with stack.http(KEYS["carol"]) as http:
+        rating_id = http.post(
+            "/v1/feedback", json={"messages": QUESTION, "completion": "Grey.", "rating": "up"}
+        ).json()["id"]
+    with stack.http(ADMIN) as http:
+        not_a_correction = http.post(f"/admin/feedback/{rating_id}/share")
+        assert not_a_correction.status_code == 404  # a rating never trains, shared or not
         forgot = http.post("/admin/scopes/bob/forget", params={"reason": "asked"})
         assert forgot.status_code == 200, forgot.text
         assert forgot.json()["deleted_models"] == [personal.for_scope("bob").model_name]
