@@ -1,4 +1,5 @@
-// Ouro's chat page: talk to the bot through the OpenAI API and correct its answers in place.
+// Ouro's chat page: talk to the bot through the OpenAI API, correct its answers in place and
+// rate them (thumbs up or down).
 // Plain JavaScript, no dependencies. Everything shown on the page is set with textContent,
 // never innerHTML, so user and model text is always displayed as text.
 "use strict";
@@ -190,7 +191,7 @@ class MessageView {
     this.versionElement.hidden = true;
     this.routeElement = this.part("message-route");
     if (role !== "assistant") {
-      // Only answers can be corrected.
+      // Only answers can be corrected or rated.
       for (const name of ["message-actions", "feedback-form", "feedback-result"]) {
         this.part(name).remove();
       }
@@ -373,6 +374,73 @@ class CorrectionForm {
   }
 }
 
+/** What a rating is called on the page. */
+const RATING_WORDS = { up: "a good answer", down: "a bad answer" };
+
+/**
+ * The thumbs up / thumbs down of one answer: each click posts a rating to /v1/feedback (a
+ * signal for rollout, never a training row). One rating per answer: the pressed button says
+ * which; pressing the other one changes it (a new record, the newest counts).
+ */
+class RatingButtons {
+  constructor(view, api, answer) {
+    this.api = api;
+    this.answer = answer; // {messages, completion, completionId, version}
+    this.buttons = [...view.element.querySelectorAll(".rating-button")];
+    this.result = view.part("rating-result");
+    this.rating = null; // the saved verdict, "up" or "down"
+    this.busy = false;
+    for (const button of this.buttons) {
+      button.addEventListener("click", () => this.rate(button.dataset.rating));
+    }
+  }
+
+  say(message, ok) {
+    this.result.textContent = message;
+    this.result.classList.toggle("feedback-ok", ok);
+    this.result.classList.toggle("feedback-error", !ok);
+  }
+
+  show(rating) {
+    for (const button of this.buttons) {
+      button.setAttribute("aria-pressed", button.dataset.rating === rating ? "true" : "false");
+    }
+  }
+
+  async rate(rating) {
+    if (this.busy) return;
+    if (rating === this.rating) {
+      this.say(`Already rated as ${RATING_WORDS[rating]}.`, true);
+      return;
+    }
+    const body = {
+      messages: this.answer.messages,
+      completion: this.answer.completion,
+      rating,
+      model: this.answer.version,
+    };
+    if (this.answer.completionId) body.completion_id = this.answer.completionId;
+
+    this.busy = true;
+    this.buttons.forEach((button) => (button.disabled = true));
+    try {
+      const record = await this.api.json("v1/feedback", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(body),
+      });
+      this.rating = rating;
+      this.show(rating);
+      this.say(`Thanks! Rated as ${RATING_WORDS[rating]} (id ${record.id}).`, true);
+    } catch (error) {
+      this.say(`Could not save the rating: ${error.message}`, false);
+    } finally {
+      this.busy = false;
+      this.buttons.forEach((button) => (button.disabled = false));
+    }
+  }
+}
+
 /** The page: model selector, conversation, composer. */
 class ChatPage {
   constructor(doc) {
@@ -531,14 +599,12 @@ class ChatPage {
       this.fail(userView, reply, text, new Error("stopped before the first word"));
       return;
     }
-    // The answer (even a stopped one) is part of the conversation and can be corrected.
+    // The answer (even a stopped one) is part of the conversation and can be corrected
+    // or rated.
     this.history = [...messages, { role: "assistant", content: completion }];
-    new CorrectionForm(reply, this.api, {
-      messages,
-      completion,
-      completionId,
-      version: version || model,
-    });
+    const answer = { messages, completion, completionId, version: version || model };
+    new CorrectionForm(reply, this.api, answer);
+    new RatingButtons(reply, this.api, answer);
     this.setStatus(stopped ? "Stopped." : "");
   }
 

@@ -236,6 +236,68 @@ def test_a_correction_cites_the_whole_conversation_up_to_that_answer(
     expect(page.locator("#conversation b, #conversation em")).to_have_count(0)
 
 
+def test_rate_an_answer_thumbs_down_then_change_it(
+    stack: ServeStack, browser: BrowserContext, requested_urls: list[str], tmp_path: Path
+) -> None:
+    page = open_page_with_key(browser, stack)
+    page.get_by_label("Your message").fill("Tell me a joke")
+    with page.expect_response(f"{stack.base_url}/v1/chat/completions") as answered:
+        page.get_by_label("Your message").press("Enter")
+    version = answered.value.headers["x-ouro-model-version"]
+    reply = page.locator(".message-assistant").last
+    expect(reply.get_by_role("button", name="Spotted a mistake?")).to_be_visible()
+    answer = reply.locator(".message-text").text_content()
+    rating = reply.get_by_role("group", name="Rate this answer")
+    good = rating.get_by_role("button", name="Good answer")
+    bad = rating.get_by_role("button", name="Bad answer")
+    expect(good).to_have_attribute("aria-pressed", "false")
+    expect(bad).to_have_attribute("aria-pressed", "false")
+    expect(page.locator(".message-user .rating-button")).to_have_count(0)  # answers only
+
+    bad.click()
+    confirmation = reply.locator(".rating-result")
+    expect(confirmation).to_contain_text("Rated as a bad answer")
+    expect(bad).to_have_attribute("aria-pressed", "true")
+    expect(good).to_have_attribute("aria-pressed", "false")
+    save_screenshot(page, tmp_path, "chat-page-rated.png")
+    down_id = re.search(r"id (fb-[0-9a-f]+)", confirmation.text_content()).group(1)
+
+    scan = LedgerReader(stack.settings.ledger_dir).scan()
+    record = next(r for r in scan.records if r.id == down_id)
+    assert (record.kind, record.rating, record.correction) == ("rating", "down", None)
+    assert record.message_dicts() == [{"role": "user", "content": "Tell me a joke"}]
+    assert record.completion == answer
+    assert record.model == version
+    assert record.completion_id and record.completion_id.startswith("chatcmpl-")
+    assert record.api_key_hash == hash_api_key(API_KEY)
+    assert down_id not in {r.id for r in scan.corrections}  # never a training row
+
+    # A second click changes the rating: posted again, the buttons follow.
+    good.click()
+    expect(confirmation).to_contain_text("Rated as a good answer")
+    expect(good).to_have_attribute("aria-pressed", "true")
+    expect(bad).to_have_attribute("aria-pressed", "false")
+    up_id = re.search(r"id (fb-[0-9a-f]+)", confirmation.text_content()).group(1)
+    records = {r.id: r for r in LedgerReader(stack.settings.ledger_dir).scan().records}
+    assert records[up_id].rating == "up" and records[up_id].completion_id == record.completion_id
+    posts = len([url for url in requested_urls if url.endswith("/v1/feedback")])
+    good.click()  # the same verdict again: nothing new to save
+    expect(confirmation).to_contain_text("Already rated as a good answer")
+    assert len([url for url in requested_urls if url.endswith("/v1/feedback")]) == posts
+
+    # A rating the server refuses (the tab's key no longer valid, no new one given) says so
+    # and keeps the saved verdict.
+    page.evaluate(f"sessionStorage.setItem({json.dumps(STORED_KEY)}, 'sk-revoked-key')")
+    bad.click()
+    expect(page.locator("#api-key-panel")).to_contain_text("refused the key")
+    page.get_by_role("button", name="Cancel", exact=True).click()
+    expect(confirmation).to_contain_text("Could not save the rating")
+    expect(confirmation).to_have_class(re.compile(r"\bfeedback-error\b"))
+    expect(good).to_have_attribute("aria-pressed", "true")
+    expect(bad).to_have_attribute("aria-pressed", "false")
+    assert len(LedgerReader(stack.settings.ledger_dir).scan().records) == len(records)
+
+
 def test_an_unchanged_correction_is_refused_before_sending(
     stack: ServeStack, browser: BrowserContext, requested_urls: list[str]
 ) -> None:
