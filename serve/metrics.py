@@ -31,8 +31,14 @@ from prometheus_client.registry import Collector
 from ouro.engine import EngineStats
 from ouro.engine.types import BATCH_SIZE_BUCKETS, STEP_SECONDS_BUCKETS
 from ouro.ledger import FeedbackRecord
-from ouro.registry import BASE_MODEL_NAME, TrainingCycles, UnknownModelError, parse_model_name
-from ouro.rollout import TTFT_BUCKETS, ArmCounts, CounterKey, assigned_version
+from ouro.registry import (
+    BASE_MODEL_NAME,
+    TrainingCycles,
+    UnknownModelError,
+    parse_model_name,
+    version_label,
+)
+from ouro.rollout import TTFT_BUCKETS, ArmCounts, CanaryState, CounterKey, assigned_version
 from ouro.routing import FORCED, MATCH, NO_INDEX, NO_MATCH
 from serve.llm_calls import ROUTE_BASE, ServedModel
 from serve.replica_report import ReplicaReport, ReplicaScrape
@@ -168,6 +174,8 @@ class InstallState:
     latest_version_at: float | None = None
     """When the newest version was registered (Unix seconds; None: no version)."""
     cycles: TrainingCycles = field(default_factory=TrainingCycles)
+    canary: CanaryState | None = None
+    """The running canary (``ouro.rollout``), as the registry holds it."""
 
 
 class InstallCollector(Collector):
@@ -203,6 +211,23 @@ class InstallCollector(Collector):
         for outcome, at in sorted(state.cycles.last_at.items()):
             last.add_metric([outcome], at)
         yield last
+        share = GaugeMetricFamily(
+            "ouro_canary_share_percent",
+            "Share of 'ouro' traffic the running canary answers (no sample: no canary).",
+            labels=["version"],
+        )
+        statistic = GaugeMetricFamily(
+            "ouro_canary_log_likelihood_ratio",
+            "The canary's sequential test statistic at its last evaluation (rollback at the "
+            "upper bound, promotion at the lower).",
+            labels=["version"],
+        )
+        if state.canary is not None:
+            label = version_label(state.canary.version)
+            share.add_metric([label], state.canary.share)
+            statistic.add_metric([label], state.canary.statistic)
+        yield share
+        yield statistic
 
 
 class _EngineFamilies:

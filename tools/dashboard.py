@@ -85,8 +85,8 @@ _PENDING_CORRECTIONS = 50  # alerts.pendingCorrections's default
 _DESCRIPTION = (
     "Ouro: the serving stack of a chatbot that learns from its corrections. One scrape "
     "target per install (every replica's series carry a `replica` label). Versions are "
-    "the `model` label (ouro@vN, ouro-base). Per-version canary panels come with the "
-    "canary rollout."
+    "the `model` label (ouro@vN, ouro-base); the Canary rollout row compares the canary "
+    "with production by the `version` each answer was assigned to."
 )
 
 
@@ -484,6 +484,68 @@ def _adapters() -> list[Any]:
     ]
 
 
+_BAD_SIGNALS = 'signal=~"correction|thumbs_down"'
+_ROLLOUT_ANSWERS = _rate("ouro_rollout_requests_total", by="version")
+_ROLLOUT_FAILURES = _rate("ouro_rollout_requests_total", 'outcome="error"', by="version")
+
+
+def _canary() -> list[Any]:
+    return [
+        _stat(
+            "Canary share",
+            "percent",
+            "Share of 'ouro' traffic the running canary answers (no data: no canary).",
+            ("max by (version) (ouro_canary_share_percent)", "{{version}}"),
+            names=True,
+        ),
+        _stat(
+            "Canary test statistic",
+            "none",
+            "The sequential test's log likelihood ratio at its last evaluation: rollback "
+            "at the upper bound (2.89 by default), promotion at the lower (-2.25).",
+            ("max by (version) (ouro_canary_log_likelihood_ratio)", "{{version}}"),
+            names=True,
+        ),
+        _timeseries(
+            "Answers/s by assigned version",
+            "reqps",
+            "Chat completions for 'ouro', by the version the rollout assigned them to.",
+            (_ROLLOUT_ANSWERS, "{{version}}"),
+        ),
+        _timeseries(
+            "Bad outcomes per answer, by assigned version",
+            "percentunit",
+            "Corrections and thumbs-down over answers, canary against production: the "
+            "rate the sequential test compares.",
+            (
+                f"{_rate('ouro_rollout_feedback_total', _BAD_SIGNALS, by='version')} / "
+                f"({_ROLLOUT_ANSWERS} > 0)",
+                "{{version}}",
+            ),
+        ),
+        _timeseries(
+            "p99 time to first token, by assigned version",
+            "s",
+            "The latency the canary's health check compares (at most canary.maxTtftRatio "
+            "times production's).",
+            (
+                _quantile(0.99, "ouro_rollout_time_to_first_token_seconds", by="version"),
+                "{{version}}",
+            ),
+        ),
+        _timeseries(
+            "Failed answers/s, by assigned version",
+            "reqps",
+            "Answers that failed on the server side, canary against production.",
+            (
+                # `or 0 * answers`: a version with no failure reads 0, not no data.
+                f"{_ROLLOUT_FAILURES} or (0 * {_ROLLOUT_ANSWERS})",
+                "{{version}}",
+            ),
+        ),
+    ]
+
+
 def _variables() -> list[Any]:
     return [
         DatasourceVariable("datasource").label("Data source").type("prometheus"),
@@ -509,6 +571,7 @@ ROWS: tuple[tuple[str, Callable[[], list[Any]]], ...] = (
     ("Router", _router),
     ("Feedback and training", _training),
     ("Adapters", _adapters),
+    ("Canary rollout", _canary),
 )
 
 
@@ -529,8 +592,6 @@ def build_dashboard() -> dict[str, Any]:
         builder = builder.with_row(Row(title))
         for panel in panels():
             builder = builder.with_panel(panel)
-    # Collapsed and empty: the place the canary rollout's per-version panels will go.
-    builder = builder.with_row(Row("Canary (not yet available)").collapsed(True))
     dashboard = json.loads(JSONEncoder(sort_keys=True).encode(builder.build()))
     # Grafana wants ids unique within the dashboard; the builder leaves them unset or 0.
     for number, panel in enumerate(dashboard["panels"], start=1):

@@ -157,7 +157,7 @@ def _personal_cycles(
     ``shared_set`` is the shared adapter's training set, worked out once for all scopes.
     """
     personal = PersonalRegistries.from_settings(settings)
-    corrections, _ = usable_corrections(scan.records)
+    corrections, _ = usable_corrections(scan.corrections)
     results = []
     for scope in scopes_with_corrections(corrections):
         timer = StageTimer()

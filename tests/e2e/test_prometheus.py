@@ -3,9 +3,10 @@
 ``python -m serve`` (what ``make run`` starts) with a metrics key, and Debian's
 ``prometheus`` on 127.0.0.1 scraping it as the chart's ServiceMonitor does: one target,
 ``/metrics``, the metrics key as a bearer token. Users chat, one errs, one corrects an
-answer, and one training cycle runs. Then every panel query of the committed dashboard
-and every alert expression of the chart's PrometheusRule must evaluate, name only metrics
-the stack exports, and (panels) return data.
+answer, one training cycle runs, and a canary answers part of the traffic. Then every
+panel query of the committed dashboard and every alert expression of the chart's
+PrometheusRule must evaluate, name only metrics the stack exports, and (panels) return
+data.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import random
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,10 +26,11 @@ import httpx
 import pytest
 import yaml
 
-from ouro.registry import BASE_MODEL_NAME, version_label
+from ouro.registry import BASE_MODEL_NAME, AdapterRegistry, version_label
+from ouro.rollout import Rollout
 from tests.fixtures.charts import RenderChart
 from tests.fixtures.mlflow import free_port
-from tests.fixtures.serve import wait_until_ready
+from tests.fixtures.serve import register_adapter_version, wait_until_ready
 from tests.fixtures.serve_cli import LocalServe, start_local_serve
 from tests.fixtures.train_job import CORRECTION_PAIRS
 from tools.dashboard import DASHBOARD_FILE, concrete_query, panel_queries
@@ -141,8 +144,9 @@ def alert_expressions(objects: list[dict]) -> list[tuple[str, str]]:
 
 
 def drive_traffic_and_one_cycle(stack: LocalServe, small_model_chat_jsonl: Path) -> None:
-    """Chats, an error, corrections, a training cycle, then a routed answer corrected
-    again (the router's false-accept signal): every kind of series moves."""
+    """Chats, an error, corrections, a training cycle, a routed answer corrected again
+    (the router's false-accept signal), then a canary whose answers users rate: every
+    kind of series moves."""
     with stack.http(CLIENT_KEY) as http:
 
         def ask(question: str, model: str = "ouro") -> dict:
@@ -181,6 +185,33 @@ def drive_traffic_and_one_cycle(stack: LocalServe, small_model_chat_jsonl: Path)
             routed = ask(question)
         assert routed["model"] == version_label(1), routed["model"]  # routed to its correction
         correct(question, routed, "Not that: this answer is wrong.")
+
+        # A canary (a copy of v1 registered as v2) answering a share of 'ouro' traffic,
+        # rated by its users: the canary panels' series move.
+        registry = AdapterRegistry(
+            stack.env["OURO_MLFLOW_TRACKING_URI"], stack.env["OURO_REGISTERED_MODEL_NAME"]
+        )
+        adapter = registry.download(1, Path(tempfile.mkdtemp(prefix="ouro-prom-canary-")))
+        Rollout(registry).start(register_adapter_version(registry, adapter))
+        refreshed = http.post(
+            "/admin/registry/refresh", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+        )
+        assert refreshed.status_code == 200, refreshed.text
+        for i in range(30):
+            answer = ask(f"Tell me something about topic number {i}.")
+            rated = http.post(
+                "/v1/feedback",
+                json={
+                    "messages": [
+                        {"role": "user", "content": f"Tell me something about topic number {i}."}
+                    ],
+                    "completion": answer["choices"][0]["message"]["content"] or "?",
+                    "rating": "down" if i % 2 else "up",
+                    "model": answer["model"],
+                    "completion_id": answer["id"],
+                },
+            )
+            assert rated.status_code == 201, rated.text
 
 
 def test_every_panel_and_alert_evaluates_on_what_the_stack_exports(
