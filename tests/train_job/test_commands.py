@@ -19,6 +19,7 @@ from ouro.registry import (
     TAG_WATERMARK,
     AdapterRegistry,
 )
+from ouro.rollout import Rollout, rollout_record
 from tests.fixtures.train_job import CORRECTION_PAIRS, seed_ledger, seed_ratings
 from train_job.cli import main
 from train_job.register import version_tags
@@ -226,3 +227,39 @@ def test_commands_fail_fast_when_mlflow_is_unreachable(
     assert cli(dead, tmp_path, "status") == 4
     assert cli(dead, tmp_path, "rollback") == 4
     assert "unreachable" in caplog.text
+
+
+def test_an_operator_watches_pauses_and_ends_a_canary(
+    registry: AdapterRegistry,
+    register: Callable[..., int],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    production = register(1, gates_passed=True)
+    canary = register(2, gates_passed=True)
+    assert cli(registry, tmp_path, "promote", str(production)) == 0
+    assert cli(registry, tmp_path, "canary", "status") == 0
+    assert "no canary running" in capsys.readouterr().out
+    assert cli(registry, tmp_path, "canary", "abort") == 1  # nothing to abort
+
+    Rollout(registry).start(canary)
+    assert cli(registry, tmp_path, "canary", "pause") == 0
+    capsys.readouterr()
+    assert cli(registry, tmp_path, "canary", "status") == 0
+    status = capsys.readouterr().out
+    assert f"canary ouro@v{canary} against ouro@v{production}: 10% of 'ouro'" in status
+    assert "PAUSED" in status and "now: continue (paused by an operator)" in status
+    assert cli(registry, tmp_path, "canary", "status", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["paused"] is True
+
+    assert cli(registry, tmp_path, "canary", "abort", "--reason", "billing answers") == 0
+    snapshot = registry.snapshot()
+    assert "canary" not in snapshot.aliases and snapshot.production == production
+    record = rollout_record(snapshot.versions[canary].tags)
+    assert (record.decision, record.reason) == ("rollback", "billing answers")
+    assert record.by.startswith("operator")
+
+    Rollout(registry).start(canary)
+    assert cli(registry, tmp_path, "canary", "promote") == 0
+    assert registry.alias_version(ALIAS_PRODUCTION) == canary
+    assert rollout_record(registry.snapshot().versions[canary].tags).decision == "promote"
