@@ -80,6 +80,7 @@ docs-build: install-test
 
 bench: install
 	$(PY) -m loadtests.bench
+	$(PY) -m loadtests.bench_decode_length
 
 loadtest: install
 	$(VENV)/bin/locust -f loadtests/locustfile.py --headless -u 16 -r 4 -t 60s --host $(HOST) \
