@@ -14,11 +14,12 @@ The parts, each usable without Ray:
   ``canary``, so every replica and ``python -m train_job canary`` read the same state, and
   the controller survives restarts.
 - **Judgement** (:func:`judge`): Flagger's rule first (the canary's error rate or p99 time
-  to first token beyond their thresholds rolls it back at once), then, once the canary
-  has answered ``min_requests``, Wald's sequential probability ratio test on the rate of
-  bad outcomes (a correction or a thumbs-down per answered request), canary against
-  production over the same window, decides promote, roll back or continue; a maximum
-  duration ends it with a configured default.
+  to first token beyond their thresholds rolls it back at once), then Wald's sequential
+  probability ratio test on the rate of bad outcomes (a correction or a thumbs-down per
+  answered request), canary against production over the same window: it rolls back as
+  soon as the evidence of harm is strong (once ``health_min_requests`` are in), and
+  promotes only once the canary has answered ``min_requests``; otherwise it continues. A
+  maximum duration ends it with a configured default.
 - **Actions** (:class:`Rollout`): start, promote, roll back, pause and resume on the
   registry. Every ending is written on the version as a tag (:data:`TAG_ROLLOUT`: who or
   what decided, why, the figures and the test's statistic), so an operator moving
@@ -341,11 +342,12 @@ def judge(policy: CanaryPolicy, state: CanaryState, now: float) -> Verdict:
         f"bad outcomes {canary.bad}/{canary.requests} against production's "
         f"{production.bad}/{production.requests}, log likelihood ratio {statistic:.2f}"
     )
-    if canary.requests >= policy.min_requests:
-        if statistic >= policy.rollback_bound:
-            return Verdict(Decision.ROLLBACK, f"worse than production: {figures}", statistic)
-        if statistic <= policy.promote_bound:
-            return Verdict(Decision.PROMOTE, f"not worse than production: {figures}", statistic)
+    # Wald's test keeps its error rates whenever it stops, so strong evidence of harm rolls
+    # back as soon as the health sample is there; promotion waits for min_requests.
+    if canary.requests >= policy.health_min_requests and statistic >= policy.rollback_bound:
+        return Verdict(Decision.ROLLBACK, f"worse than production: {figures}", statistic)
+    if canary.requests >= policy.min_requests and statistic <= policy.promote_bound:
+        return Verdict(Decision.PROMOTE, f"not worse than production: {figures}", statistic)
     if now - state.started_at >= policy.max_duration_s:
         return Verdict(
             policy.default_decision,

@@ -200,7 +200,8 @@ class OuroSettings(BaseSettings):
     canary_health_min_requests: int = Field(
         50,
         gt=0,
-        description="Requests each side must answer before the error and latency checks apply.",
+        description="Requests each side must answer before the error and latency checks, "
+        "and the sequential test's rollback, apply.",
     )
     canary_max_error_rate: float = Field(
         0.01,

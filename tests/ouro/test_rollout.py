@@ -118,7 +118,9 @@ POLICY = CanaryPolicy(min_requests=200, health_min_requests=50)
     [
         (arm(200, bad=20), arm(1800, bad=360), Decision.PROMOTE, "not worse"),
         (arm(200, bad=80), arm(1800, bad=180), Decision.ROLLBACK, "worse"),
-        (arm(150, bad=80), arm(1350, bad=135), Decision.CONTINUE, "collecting"),
+        (arm(150, bad=80), arm(1350, bad=135), Decision.ROLLBACK, "worse"),  # no wait
+        (arm(150, bad=5), arm(1350, bad=270), Decision.CONTINUE, "collecting"),  # promote waits
+        (arm(40, bad=40), arm(360, bad=4), Decision.CONTINUE, "collecting"),  # too few yet
         (arm(200, bad=4), arm(1800, bad=36), Decision.CONTINUE, "collecting"),
         (arm(60, errors=3), arm(540, errors=1), Decision.ROLLBACK, "error rate"),
         (arm(60, ttft_bucket=9), arm(540, ttft_bucket=4), Decision.ROLLBACK, "time to first"),
