@@ -25,7 +25,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ouro.errors import OuroError
 from ouro.ledger import Watermark
 from ouro.registry import PersonalRegistries, TrainingCycles
-from ouro.rollout import canary_state
 from ouro.settings import OuroSettings
 from serve.auth import ApiKeyAuth
 from serve.errors import error_response
@@ -216,7 +215,7 @@ class HttpFront:
             if latest and latest.created_at
             else None,
             cycles=snapshot.cycles if snapshot is not None else TrainingCycles(),
-            canary=canary_state(snapshot) if snapshot is not None else None,
+            canary=self.names.canary,
         )
 
     def _last_training_watermark(self) -> Watermark | None:

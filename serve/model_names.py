@@ -33,6 +33,7 @@ from ouro.registry import (
     parse_model_name,
     version_label,
 )
+from ouro.rollout import CanaryState, canary_state
 from serve.llm_calls import ServedModel
 from serve.protocol import ModelCard
 
@@ -60,10 +61,13 @@ class ModelNames:
         self.production: int | None = None
         self.personal_adapters = personal_adapters
         """Whether pinned personal names (``ouro@<scope>/v<N>``) resolve."""
+        self.canary: CanaryState | None = None
+        """The running canary in the snapshot (read once per snapshot, not per request)."""
 
     def update(self, snapshot: RegistrySnapshot, production: int | None) -> None:
         self.snapshot = snapshot
         self.production = production
+        self.canary = canary_state(snapshot)
 
     @staticmethod
     def needs_production(name: str) -> bool:

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ouro.engine import PositionLogprobs, SamplingParams, TokenLogprob
 from ouro.registry import SERVED_MODEL_NAME, version_label
-from ouro.rollout import assigned_completion_id, canary_state, first_user_turn, serves_canary
+from ouro.rollout import assigned_completion_id, first_user_turn, serves_canary
 from ouro.settings import OuroSettings
 from ouro.structured import ToolFormat
 from serve.auth import Caller
@@ -134,7 +134,7 @@ class ChatCompletions:
         runs, a sticky share of conversations is sent to it pinned."""
         if call.model != SERVED_MODEL_NAME or self._names is None:
             return call, None
-        canary = canary_state(self._names.snapshot) if self._names.snapshot else None
+        canary = self._names.canary
         key_name = caller.key_name if caller is not None else None
         if canary is not None and serves_canary(
             canary, key_name, user, first_user_turn(call.messages)
