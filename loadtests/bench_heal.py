@@ -117,9 +117,13 @@ def seed(ledger_dir: Path, corrections: list[tuple[str, str]], writer: str) -> N
         ledger.close()
 
 
-def run_cycle(data_dir: Path, base_model: str, extra: list[str]) -> tuple[dict, float]:
+def run_cycle(
+    data_dir: Path, base_model: str, extra: list[str], *, auto_promote: bool = True
+) -> tuple[dict, float]:
+    """``python -m train_job run --json`` (with ``--auto-promote`` unless told otherwise)."""
     env = {**os.environ, "OURO_DATA_DIR": str(data_dir), "OURO_BASE_MODEL": base_model}
-    command = [sys.executable, "-m", "train_job", "run", "--auto-promote", "--json", *extra]
+    promote = ["--auto-promote"] if auto_promote else []
+    command = [sys.executable, "-m", "train_job", "run", *promote, "--json", *extra]
     started = time.perf_counter()
     done = subprocess.run(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True)
     wall = time.perf_counter() - started

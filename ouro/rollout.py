@@ -358,8 +358,18 @@ def judge(policy: CanaryPolicy, state: CanaryState, now: float) -> Verdict:
 
 
 def next_step(policy: CanaryPolicy, state: CanaryState) -> CanaryState:
-    """The state one step further (Flagger's step weights), or the same at the last step."""
-    step = min(state.step + 1, len(policy.steps) - 1)
+    """The state one step further (Flagger's step weights) when the current step has shown
+    enough: each step waits for ``health_min_requests`` more canary answers, and for the
+    evidence to lean towards "as good" (a statistic at or below 0), so that more users meet
+    the canary only while nothing speaks against it. Else the same state."""
+    step = state.step + 1
+    if (
+        step >= len(policy.steps)
+        or state.paused
+        or state.canary.requests < step * policy.health_min_requests
+        or state.statistic > 0
+    ):
+        return state
     return state.model_copy(update={"step": step, "share": policy.steps[step]})
 
 
@@ -600,8 +610,7 @@ class CanaryController:
         verdict = judge(rollout.policy, state, now)
         state = state.model_copy(update={"statistic": verdict.statistic})
         if verdict.decision is Decision.CONTINUE:
-            if not state.paused:
-                state = next_step(rollout.policy, state)
+            state = next_step(rollout.policy, state)
             rollout.save(state)
         else:
             rollout.end(

@@ -35,6 +35,7 @@ from ouro.registry import (
     RegistrySnapshot,
     RegistryUnavailableError,
 )
+from ouro.rollout import CanaryPolicy
 from ouro.routing import SentenceEmbedder
 from ouro.settings import OuroSettings
 from train_job.collect import Collected, collect, usable_corrections
@@ -331,6 +332,7 @@ def _train_gate_register(
                     ),
                     collected.watermark.encode(),
                     release=release,
+                    canary_policy=CanaryPolicy.from_settings(settings),
                 )
                 run.set_tags({OUTCOME_TAG: Outcome.REGISTERED.value, "ouro.version": str(version)})
             else:

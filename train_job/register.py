@@ -31,7 +31,7 @@ from ouro.registry import (
     TAG_WATERMARK,
     AdapterRegistry,
 )
-from ouro.rollout import Rollout
+from ouro.rollout import CanaryPolicy, Rollout
 
 logger = logging.getLogger(__name__)
 
@@ -120,12 +120,13 @@ def register_version(
     watermark: str,
     *,
     release: Release,
+    canary_policy: CanaryPolicy | None = None,
 ) -> int:
     """Create the version, move ``candidate`` and release it as asked, then record the watermark.
 
-    ``release``: ``production`` promotes at once; ``canary`` starts a canary
-    (``ouro.rollout.Rollout.start``: the shared model only, personal versions are judged by
-    their gates alone); ``candidate`` waits for an operator. The ledger watermark is what
+    ``release``: ``production`` promotes at once; ``canary`` starts a canary at the first of
+    ``canary_policy``'s steps (``ouro.rollout.Rollout.start``: the shared model only,
+    personal versions are judged by their gates alone); ``candidate`` waits for an operator. The ledger watermark is what
     tells the next cycle "trained up to here", so it is written last: a cycle killed
     between these calls leaves a version without it, and the next cycle redoes the work
     instead of skipping it.
@@ -137,7 +138,7 @@ def register_version(
     if release is Release.PRODUCTION:
         registry.set_alias(ALIAS_PRODUCTION, version)
     elif release is Release.CANARY:
-        Rollout(registry).start(version)
+        Rollout(registry, canary_policy or CanaryPolicy()).start(version)
     registry.check_available()
     run.client.set_model_version_tag(registry.model_name, str(version), TAG_WATERMARK, watermark)
     return version

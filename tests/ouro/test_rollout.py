@@ -30,6 +30,7 @@ from ouro.rollout import (
     first_user_turn,
     judge,
     log_likelihood_ratio,
+    next_step,
     rollout_record,
     serves_canary,
 )
@@ -142,6 +143,20 @@ def test_a_paused_canary_is_never_decided_and_a_late_one_gets_the_default() -> N
     assert judge(strict, quiet, now=strict.max_duration_s).decision is Decision.ROLLBACK
 
 
+def test_a_step_waits_for_enough_answers_and_evidence_that_leans_to_good() -> None:
+    policy = CanaryPolicy(steps=(10.0, 25.0, 50.0), health_min_requests=50)
+
+    def stepped(**fields) -> float:
+        return next_step(policy, state(10, **fields)).share
+
+    assert stepped(canary=arm(49)) == 10.0
+    assert stepped(canary=arm(50), statistic=-0.5) == 25.0
+    assert stepped(canary=arm(50), statistic=0.5) == 10.0  # leaning to harm: hold
+    assert stepped(canary=arm(500), paused=True) == 10.0
+    at_last = state(50, step=2, canary=arm(500))
+    assert next_step(policy, at_last) == at_last
+
+
 def test_counts_since_survive_a_replica_restart() -> None:
     before, after = arm(100, bad=5), arm(30, bad=1)  # the replica restarted in between
     assert after.minus(before).requests == 30
@@ -182,7 +197,10 @@ def test_the_controller_steps_up_then_rolls_a_worse_canary_back(registry) -> Non
     verdict = controller.evaluate(counts(ArmCounts(), arm(5000, bad=50)))
     assert verdict.decision is Decision.CONTINUE
     saved = rollout.state()
-    assert (saved.share, saved.production.requests) == (25.0, 0)
+    assert (saved.share, saved.production.requests) == (10.0, 0)  # nothing seen: no step
+    # Enough answers at 10% and nothing against it: the next step.
+    controller.evaluate(counts(arm(60, bad=1), arm(5000 + 540, bad=50 + 10)))
+    assert rollout.state().share == 25.0
 
     clock.now += 60
     verdict = controller.evaluate(counts(arm(220, bad=90), arm(5000 + 1980, bad=50 + 198)))
@@ -194,6 +212,7 @@ def test_the_controller_steps_up_then_rolls_a_worse_canary_back(registry) -> Non
     record = rollout_record(snapshot.versions[2].tags)
     assert record.decision is Decision.ROLLBACK and record.by == "controller"
     assert (record.canary.requests, record.production.requests) == (220, 1980)
+    assert record.decision is Decision.ROLLBACK
     # Its corrections count as pending again: the newest version trained is v1.
     assert snapshot.versions[2].rolled_back
     assert snapshot.last_trained().version == 1
