@@ -11,7 +11,7 @@ its own, and no request failed on the way.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+import uuid
 from pathlib import Path
 
 import httpx
@@ -27,7 +27,6 @@ from ouro.rollout import (
     rollout_record,
     serves_canary,
 )
-from tests.fixtures.mlflow import MlflowServer, start_mlflow_server
 from tests.fixtures.serve import ServeStack, register_adapter_version
 
 pytestmark = pytest.mark.integration
@@ -40,15 +39,12 @@ DECISION_DEADLINE_S = 120.0
 """Upper bound for the controller's decision (2 s interval); not a timing assertion."""
 
 
-@pytest.fixture(scope="module")
-def mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    with start_mlflow_server(tmp_path_factory.mktemp("canary-mlflow")) as server:
-        yield server
+MODEL_NAME = f"ouro-adapter-canary-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(scope="module")
-def registry(mlflow: MlflowServer, make_lora_adapter, tiny_random_model_dir: Path):
-    registry = AdapterRegistry(mlflow.uri, "ouro-adapter")
+def registry(mlflow_server: str, make_lora_adapter, tiny_random_model_dir: Path):
+    registry = AdapterRegistry(mlflow_server, MODEL_NAME)
     for seed in (301, 302):
         register_adapter_version(registry, make_lora_adapter(tiny_random_model_dir, seed))
     registry.set_alias(ALIAS_PRODUCTION, 1)
@@ -61,13 +57,13 @@ def policy() -> CanaryPolicy:
 
 
 @pytest.fixture(scope="module")
-def stack(serve_stack_factory, mlflow, registry, policy, tiny_random_model_dir) -> ServeStack:
+def stack(serve_stack_factory, registry, policy, tiny_random_model_dir) -> ServeStack:
     Rollout(registry, policy).start(2)
     return serve_stack_factory(
         {
             "base_model": str(tiny_random_model_dir),
-            "mlflow_tracking_uri": mlflow.uri,
-            "registered_model_name": "ouro-adapter",
+            "mlflow_tracking_uri": registry.tracking_uri,
+            "registered_model_name": MODEL_NAME,
             "registry_poll_interval_s": 1.0,
             "api_keys": [f"{name}:{key}" for name, key in KEYS.items()],
             "admin_api_keys": [f"admin:{ADMIN_KEY}"],
