@@ -294,8 +294,7 @@ def decode_step_ms(
             adapter=adapter,
             request_id=f"bench-{index}",
         )
-        engine.add_request(request, _DiscardSink(), bounded=False)
-        ids.append(request.request_id)
+        ids.append(engine.add_request(request, _DiscardSink(), bounded=False))
     for _ in range(warmup):  # the prefill, then a few decoding steps
         engine.step()
     stats = engine.stats()
@@ -306,8 +305,8 @@ def decode_step_ms(
         started = time.thread_time()
         engine.step()
         times.append(time.thread_time() - started)
-    for request_id in ids:
-        engine.abort(request_id)
+    for seq_id in ids:
+        engine.abort(seq_id)
     engine.step()
     return 1000 * statistics.median(times)
 

@@ -2,9 +2,11 @@
 
 A daemon thread drives :meth:`GenerationEngine.step` while there is work (and sleeps on
 an event when there is none); callers on an event loop use ``generate`` (an async
-iterator of deltas), ``abort``, ``add_adapter`` / ``remove_adapter``, ``check_health``
-and ``stats``. Closing or cancelling a ``generate`` iterator before its last delta
-aborts the request: its rows leave the batch at the next step.
+iterator of deltas), ``add_adapter`` / ``remove_adapter``, ``check_health`` and
+``stats``. Closing or cancelling a ``generate`` iterator before its last delta aborts
+the request, by the id the engine gave it: its rows leave the batch at the next step.
+There is no abort by request id: a client's id (``x-request-id``) is whatever the
+client sent, so it could name another client's request.
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ class AsyncEngine:
                     yield delta
         finally:
             if unfinished:
-                self.engine.abort_sequence(seq_id)
+                self.engine.abort(seq_id)
 
     def _mailbox(self) -> _Mailbox:
         """The running loop's mailbox (one kept: a server's requests share one loop)."""
@@ -117,10 +119,6 @@ class AsyncEngine:
         if self._mailbox_of_loop is None or self._mailbox_of_loop.loop is not loop:
             self._mailbox_of_loop = _Mailbox(loop)
         return self._mailbox_of_loop
-
-    def abort(self, request_id: str) -> None:
-        """Stop the live requests with this id at the next step."""
-        self.engine.abort(request_id)
 
     # -- adapters ------------------------------------------------------------------------------
     def adapter_names(self) -> list[str]:

@@ -102,7 +102,7 @@ class _Sequence:
         index: int = 0,
     ) -> None:
         self.seq_id = seq_id
-        """The request's id in the engine, shared by its choices (``abort_sequence``)."""
+        """The request's id in the engine, shared by its choices (what ``abort`` takes)."""
         self.index = index
         """Which of the request's ``n`` choices this row generates."""
         self.request = request
@@ -239,7 +239,6 @@ class GenerationEngine:
         self._model_lock = threading.RLock()
         self._queue_lock = threading.Lock()
         self._waiting: deque[_Sequence] = deque()
-        self._aborted_ids: set[str] = set()
         self._aborted_seqs: set[int] = set()
         self._failed_seq_ids: set[int] = set()
         """Requests one of whose choices failed: their other choices leave at the next step."""
@@ -317,7 +316,7 @@ class GenerationEngine:
         *,
         bounded: bool = True,
     ) -> int:
-        """Queue a request; its output goes to ``sink``. Returns its sequence id.
+        """Queue a request; its output goes to ``sink``. Returns the engine's id for it.
 
         Each of the request's ``n`` choices is a row of its own (its deltas carry its
         ``index``); the prompt is prefilled once per row, which keeps every row an
@@ -326,7 +325,9 @@ class GenerationEngine:
         (bad settings, a logit_bias id outside the vocabulary, unknown adapter, prompt
         too long: ``OuroError`` subclasses) and with EngineOverloadedError when the
         waiting queue is full (``bounded``). ``prompt_ids`` skips formatting when the
-        caller already has them.
+        caller already has them. The id returned is the only handle ``abort`` takes: the
+        engine assigns it, so a client's own request id (``x-request-id``, which anyone
+        can send) never names another client's request.
         """
         if prompt_ids is None:
             prompt_ids = self.prompt_ids(request)
@@ -367,14 +368,9 @@ class GenerationEngine:
         self._work.set()
         return seq_id
 
-    def abort(self, request_id: str) -> None:
-        """Stop every live request with this id at the next step (a no-op once finished)."""
-        with self._queue_lock:
-            self._aborted_ids.add(request_id)
-        self._work.set()
-
-    def abort_sequence(self, seq_id: int) -> None:
-        """Stop one request, named by the id ``add_request`` returned, at the next step."""
+    def abort(self, seq_id: int) -> None:
+        """Stop the request ``add_request`` returned ``seq_id`` for, every choice of it, at
+        the next step (a no-op once it has finished)."""
         with self._queue_lock:
             self._aborted_seqs.add(seq_id)
         self._work.set()
@@ -384,13 +380,7 @@ class GenerationEngine:
         self._work.set()
 
     def has_work(self) -> bool:
-        return bool(
-            self._waiting
-            or self._running
-            or self._prefill
-            or self._aborted_ids
-            or self._aborted_seqs
-        )
+        return bool(self._waiting or self._running or self._prefill or self._aborted_seqs)
 
     def wait_for_work(self, timeout: float) -> bool:
         """Block until a request or an abort arrives (True) or ``timeout`` passes."""
@@ -438,13 +428,10 @@ class GenerationEngine:
 
     def _apply_aborts(self) -> None:
         with self._queue_lock:
-            ids, self._aborted_ids = self._aborted_ids, set()
             seqs, self._aborted_seqs = self._aborted_seqs, set()
-        if ids or seqs:
+        if seqs:
             error = RequestAbortedError("the request was aborted")
-            dropped = self._drop(
-                lambda seq: seq.seq_id in seqs or seq.request.request_id in ids, error
-            )
+            dropped = self._drop(lambda seq: seq.seq_id in seqs, error)
             self._counters["aborted"] += dropped
             self._failed_seq_ids -= seqs  # their remaining choices are gone now
 

@@ -171,7 +171,8 @@ class GenerationRequest:
     adapter: str | None = None
     """Name of a loaded adapter, or None for the base model."""
     request_id: str = ""
-    """Unique among the engine's live requests (``abort`` names it); empty: one is drawn."""
+    """The client's id for the request (``x-request-id``), for logs only: the engine never
+    acts on it, since any client can send any id (``abort`` takes the engine's own id)."""
     constraint: Callable[[], TokenConstraint] | None = None
     """Makes a fresh constraint for the answer (structured output); None: free text."""
 

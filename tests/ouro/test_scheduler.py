@@ -45,6 +45,8 @@ class RecordingSink:
         self.steps: list[int] = []
         self.error: BaseException | None = None
         self.step = 0
+        self.seq_id: int | None = None
+        """The engine's id for the request (what ``abort`` takes)."""
 
     @property
     def done(self) -> bool:
@@ -72,7 +74,7 @@ class Driver:
 
     def submit(self, req: GenerationRequest) -> RecordingSink:
         sink = RecordingSink()
-        self.engine.add_request(req, sink)
+        sink.seq_id = self.engine.add_request(req, sink)
         self.sinks.append(sink)
         return sink
 
@@ -163,8 +165,8 @@ def test_aborted_neighbours_leave_at_once_and_the_others_are_unchanged(engine):
     sinks = [driver.submit(req) for req in batch]
     driver.step(3)
     seen = [len(sink.deltas) for sink in sinks]
-    engine.abort("r1")
-    engine.abort("r2")
+    engine.abort(sinks[1].seq_id)
+    engine.abort(sinks[2].seq_id)
     driver.step()
     assert engine.stats().running_requests == 2
     assert engine.stats().aborted_requests == 2
@@ -173,6 +175,26 @@ def test_aborted_neighbours_leave_at_once_and_the_others_are_unchanged(engine):
         assert isinstance(sinks[index].error, RequestAbortedError)
         assert len(sinks[index].deltas) == seen[index], "nothing after the abort"
     assert [sinks[0].text, sinks[3].text] == [expected[0], expected[3]]
+
+
+def test_abort_names_one_request_by_the_engine_id_not_the_clients(engine):
+    """Two clients may send the same x-request-id: aborting one leaves the other alone."""
+    first, second = request(0, max_tokens=16), request(1, max_tokens=16)
+    second = GenerationRequest(second.messages, second.params, request_id=first.request_id)
+    expected = alone(engine, second)
+    driver = Driver(engine)
+    sinks = [driver.submit(first), driver.submit(second)]
+    assert sinks[0].seq_id != sinks[1].seq_id
+    driver.step(2)
+    engine.abort(sinks[0].seq_id)
+    engine.abort(sinks[0].seq_id + 1000)  # an id the engine never gave: nothing happens
+    driver.finish()
+    assert isinstance(sinks[0].error, RequestAbortedError)
+    assert sinks[1].error is None and sinks[1].text == expected
+    assert engine.stats().aborted_requests == 1
+    engine.abort(sinks[1].seq_id)  # finished: a no-op
+    engine.step()
+    assert engine.stats().aborted_requests == 1
 
 
 def test_a_seeded_sampled_request_gives_the_same_text_whatever_its_neighbours(engine):
