@@ -13,7 +13,12 @@ first needs it, and leaves only when nothing does any more:
 
 Loads of one version are serialised by a per-version lock, so concurrent requests for
 a cold version load it once. A version that fails to load raises for the requests that
-wanted it and leaves every other adapter as it was.
+wanted it and leaves every other adapter as it was. A version's slot (and its lock) is
+forgotten once the version is out of the engine and no coroutine waits on it, so the
+slots follow the versions in use, not every personal version ever asked for.
+
+Removals run as tasks of the event loop; the slots keep them until they end, and
+``close`` waits for those still running.
 """
 
 from __future__ import annotations
@@ -40,11 +45,18 @@ class _Slot:
     pinned: bool = False
     cached: int = 0
     leases: int = 0
+    waiters: int = 0
+    """Coroutines loading or removing the version (holding or waiting for ``lock``)."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def needed(self) -> bool:
         return self.pinned or self.cached > 0 or self.leases > 0
+
+    @property
+    def forgettable(self) -> bool:
+        """Out of the engine, needed by nothing, and no coroutine waits on its lock."""
+        return not (self.loaded or self.needed or self.waiters)
 
 
 class AdapterSlots:
@@ -61,14 +73,20 @@ class AdapterSlots:
         self._on_removed = on_removed
         """Told each version name once it has left the engine (what came with its
         download, such as its correction index, can go too)."""
-        # One slot per version ever used (never deleted, so a waiter never holds a stale one).
+        # One slot per version in use; one is only dropped when no coroutine holds it.
         self._slots: dict[str, _Slot] = {}
+        self._removals: set[asyncio.Task] = set()
+        self._closed = False
         self.loads = 0
         self.evictions = 0
         self.load_failures = 0
 
     def loaded_names(self) -> list[str]:
         return [name for name, slot in sorted(self._slots.items()) if slot.loaded]
+
+    def tracked_names(self) -> list[str]:
+        """Versions with a slot: loaded, loading, leaving, or still needed."""
+        return sorted(self._slots)
 
     def is_loaded(self, name: str) -> bool:
         slot = self._slots.get(name)
@@ -106,7 +124,7 @@ class AdapterSlots:
     def _release(self, slot: _Slot) -> None:
         slot.leases -= 1
         if not slot.needed:
-            asyncio.get_running_loop().create_task(self._remove_if_unneeded(slot))
+            self._remove_later(slot)
 
     def drop_cached(self, name: str) -> None:
         """Serve's LRU evicted its entry for ``name``."""
@@ -115,30 +133,59 @@ class AdapterSlots:
             return
         slot.cached -= 1
         if not slot.needed:
-            asyncio.get_running_loop().create_task(self._remove_if_unneeded(slot))
+            self._remove_later(slot)
+
+    async def close(self) -> None:
+        """Start no more removals and wait for those running (cancelled if this is)."""
+        self._closed = True
+        if self._removals:
+            await asyncio.gather(*self._removals, return_exceptions=True)
+
+    def _remove_later(self, slot: _Slot) -> None:
+        """Remove ``slot``'s version in a task of the loop, kept until it ends."""
+        if self._closed:
+            return
+        task = asyncio.get_running_loop().create_task(self._remove_if_unneeded(slot))
+        self._removals.add(task)
+        task.add_done_callback(self._removal_done)
+
+    def _removal_done(self, task: asyncio.Task) -> None:
+        self._removals.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("removing an adapter failed", exc_info=task.exception())
+
+    def _forget_if_unused(self, slot: _Slot) -> None:
+        if slot.forgettable and self._slots.get(slot.name) is slot:
+            del self._slots[slot.name]
 
     async def _ensure_loaded(self, name: str) -> _Slot:
         slot = self._slots.setdefault(name, _Slot(name))
-        async with slot.lock:
-            if slot.loaded:
+        slot.waiters += 1
+        try:
+            async with slot.lock:
+                if slot.loaded:
+                    return slot
+                try:
+                    path = await asyncio.to_thread(self._download, name)
+                    await self._engine.add_adapter(name, path)
+                except BaseException:
+                    self.load_failures += 1
+                    raise
+                slot.loaded = True
+                self.loads += 1
+                logger.info("adapter %s loaded", name)
                 return slot
-            try:
-                path = await asyncio.to_thread(self._download, name)
-                await self._engine.add_adapter(name, path)
-            except BaseException:
-                self.load_failures += 1
-                raise
-            slot.loaded = True
-            self.loads += 1
-            logger.info("adapter %s loaded", name)
-            return slot
+        finally:
+            slot.waiters -= 1
+            self._forget_if_unused(slot)  # a version that failed to load
 
     async def _remove_if_unneeded(self, slot: _Slot) -> None:
         if slot.needed or not slot.loaded:
             return
         slot.removing = True  # no new lease from now on; a new load waits for the lock
-        async with slot.lock:
-            try:
+        slot.waiters += 1
+        try:
+            async with slot.lock:
                 if slot.needed or not slot.loaded:
                     return
                 await self._engine.remove_adapter(slot.name)
@@ -147,8 +194,10 @@ class AdapterSlots:
                 if self._on_removed is not None:
                     self._on_removed(slot.name)
                 logger.info("adapter %s removed", slot.name)
-            finally:
-                slot.removing = False
+        finally:
+            slot.removing = False
+            slot.waiters -= 1
+            self._forget_if_unused(slot)
 
 
 class AdapterLease:

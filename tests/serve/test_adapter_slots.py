@@ -144,3 +144,76 @@ def test_a_personal_version_is_a_slot_of_its_own_beside_the_shared_one(
         await settle()
 
     asyncio.run(scenario())
+
+
+def test_slots_follow_the_versions_in_use_not_every_version_ever_seen(
+    slots: AdapterSlots, engine: AsyncEngine, adapter_paths, monkeypatch
+) -> None:
+    """Each personal version gets a slot (and a lock) while it is in use, none after."""
+    users = [f"ouro@user{index}/v1" for index in range(6)]
+    for name in users:
+        monkeypatch.setitem(adapter_paths, name, adapter_paths[PERSONAL])
+
+    async def scenario() -> None:
+        await slots.pin(V1)
+        for name in users:
+            entry = await slots.load_cached(name)
+            with slots.acquire(name):
+                assert slots.tracked_names() == sorted([V1, name])
+            entry.__del__()  # evicted from Serve's LRU
+            await settle()
+            assert slots.tracked_names() == [V1]
+        with pytest.raises(AdapterNotFoundError):
+            await slots.load_cached("ouro@v9")  # a version that fails to load
+        assert slots.tracked_names() == [V1]
+        await slots.unpin(V1)
+        await settle()
+        assert slots.tracked_names() == [] and engine.adapter_names() == []
+        assert (slots.loads, slots.evictions) == (len(users) + 1, len(users) + 1)
+
+    asyncio.run(scenario())
+
+
+def test_a_load_that_waits_for_a_removal_keeps_its_slot(
+    slots: AdapterSlots, engine: AsyncEngine
+) -> None:
+    """A version asked for again while it is being removed is loaded again, and tracked."""
+
+    async def scenario() -> None:
+        entry = await slots.load_cached(V2)
+        entry.__del__()
+        await asyncio.sleep(0)  # the eviction reaches the loop and starts the removal task
+        await asyncio.sleep(0)  # the removal now waits for the engine's worker thread
+        assert not slots.is_loaded(V2) and slots.tracked_names() == [V2]
+        again = await slots.load_cached(V2)  # waits for the removal's lock, then reloads
+        assert (slots.loads, slots.evictions) == (2, 1)
+        assert slots.is_loaded(V2) and engine.adapter_names() == [V2]
+        assert slots.tracked_names() == [V2]
+        with slots.acquire(V2) as lease:
+            assert lease.name == V2
+        again.__del__()
+        await settle()
+        assert slots.tracked_names() == [] and engine.adapter_names() == []
+
+    asyncio.run(scenario())
+
+
+def test_close_waits_for_the_removals_it_started_and_starts_no_more(
+    slots: AdapterSlots, engine: AsyncEngine
+) -> None:
+    async def scenario() -> None:
+        entry = await slots.load_cached(V3)
+        await slots.pin(V1)
+        lease_v1 = slots.acquire(V1)
+        await slots.unpin(V1)  # the lease keeps it
+        entry.__del__()
+        await asyncio.sleep(0)  # the removal of V3 is a running task now
+        assert len(asyncio.all_tasks()) == 2
+        await slots.close()
+        assert engine.adapter_names() == [V1], "V3's removal was awaited"
+        assert len(asyncio.all_tasks()) == 1
+        lease_v1.release()  # after close: no removal is started
+        assert len(asyncio.all_tasks()) == 1
+        await engine.remove_adapter(V1)
+
+    asyncio.run(scenario())
