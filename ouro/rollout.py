@@ -547,16 +547,18 @@ class CanaryController:
     """Evaluates the running canary every ``policy.interval_s`` and acts on the verdict.
 
     It is fed each replica's cumulative counts per version (Serve's metrics, labelled by
-    the version the split assigned) and turns them into counts since the canary started:
-    a count that goes down (a replica restarted) counts from zero, and a controller that
-    restarts continues from the counts saved in the canary's state. An operator's pause,
+    the version the split assigned) and turns them into counts since its first look at
+    the canary (at most one interval after the canary started): a count that goes down
+    (a replica restarted) counts from zero, and a controller that restarts continues from
+    the counts saved in the canary's state, losing at most one interval. An operator's pause,
     promotion or abort is read from the registry at every evaluation, so it wins.
     """
 
     def __init__(self, rollout: Rollout) -> None:
         self.rollout = rollout
         self._seen: dict[CounterKey, ArmCounts] = {}
-        self._version: int | None = None
+        self._canary: tuple[int, float] | None = None
+        """(version, start) of the canary being counted."""
 
     def evaluate(self, counts: Mapping[CounterKey, ArmCounts]) -> Verdict | None:
         """One evaluation; None when no canary runs."""
@@ -571,23 +573,19 @@ class CanaryController:
             rollout.end(
                 state, Decision.PROMOTE, by="operator", reason="production moved to it by hand"
             )
-            self._version = None
+            self._canary = None
             return Verdict(Decision.PROMOTE, "production moved to it by hand", state.statistic)
         state = rollout.state(snapshot)
         if state is None:
-            self._version = None
+            self._canary = None
             return None
         canary_label = version_label(state.version)
-        if state.version != self._version:
-            # First look at this canary: what was counted before it started is not its
-            # window; the canary's own counts start with it (unless resuming a saved state).
-            fresh = state.canary.requests == 0 and state.production.requests == 0
-            self._seen = {
-                key: value
-                for key, value in counts.items()
-                if not (fresh and key[1] == canary_label)
-            }
-            self._version = state.version
+        if (state.version, state.started_at) != self._canary:
+            # First look at this canary: the replicas' counters so far (production's
+            # traffic, or an earlier canary of the same version) are not its window, so
+            # counting starts now, at most one interval after the canary did.
+            self._seen = dict(counts)
+            self._canary = (state.version, state.started_at)
         production_label = production_arm_label(state.production_version)
         canary, production = ArmCounts(), ArmCounts()
         for key, value in counts.items():
@@ -620,7 +618,7 @@ class CanaryController:
                 reason=verdict.reason,
                 statistic=verdict.statistic,
             )
-            self._version = None
+            self._canary = None
         logger.info("canary %s: %s (%s)", canary_label, verdict.decision, verdict.reason)
         return verdict
 

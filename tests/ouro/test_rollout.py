@@ -268,3 +268,19 @@ def test_operators_pause_abort_and_promote_by_hand(registry) -> None:
     snapshot = registry.snapshot()
     assert ALIAS_CANARY not in snapshot.aliases
     assert rollout_record(snapshot.versions[2].tags).by == "operator"
+
+
+def test_a_canary_started_again_counts_none_of_the_earlier_ones_traffic(registry) -> None:
+    clock = Clock()
+    rollout = Rollout(registry, CanaryPolicy(), clock=clock)
+    controller = CanaryController(rollout)
+    rollout.start(2)
+    controller.evaluate(counts(ArmCounts(), ArmCounts()))
+    controller.evaluate(counts(arm(40, bad=3), arm(360, bad=30)))
+    rollout.abort("operator")
+    clock.now += 1
+    rollout.start(2)  # the same version again: the replicas' counters still hold the first
+    controller.evaluate(counts(arm(40, bad=3), arm(360, bad=30)))
+    controller.evaluate(counts(arm(45, bad=3), arm(400, bad=31)))
+    saved = rollout.state()
+    assert (saved.canary.requests, saved.production.requests) == (5, 40)
