@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from data.build import BuildReport
+from data.stats import BuildReport
 
 
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:

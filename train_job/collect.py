@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ouro.ledger import FeedbackRecord, LedgerReader, LedgerScan, Watermark
 from ouro.registry import RegistrySnapshot
-from train_job.dataset import Correction
+from train_job.corrections import Correction
 
 logger = logging.getLogger(__name__)
 

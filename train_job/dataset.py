@@ -25,6 +25,7 @@ from data import load_chat_jsonl
 from ouro.configuration import ConfigError
 from ouro.corpus import load_chatterbot_conversations
 from train_job.config import CHATTERBOT_SOURCE, SELF_REPLAY, TrainJobConfig
+from train_job.corrections import Correction
 
 if TYPE_CHECKING:
     from train_job.routed import RoutingPlan
@@ -36,36 +37,9 @@ Messages = list[dict]
 ReplayAnswerer = Callable[[Sequence[Messages]], list[str | None]]
 """Answers prompts (each ending with a user turn); None where no complete answer came."""
 
-RoutingPlanner = Callable[[Sequence["Correction"], Sequence[str]], "RoutingPlan"]
+RoutingPlanner = Callable[[Sequence[Correction], Sequence[str]], "RoutingPlan"]
 """Plans a routed cycle from the corrections it trains and the pool of unrelated prompts
 (``train_job.routed.plan_routing`` with its embedder bound)."""
-
-
-@dataclass(frozen=True)
-class Correction:
-    """One accepted correction from the ledger, as the training job uses it."""
-
-    id: str
-    messages: tuple[dict, ...]
-    """The conversation the model answered; ends with the user turn."""
-    completion: str
-    """What the model said."""
-    correction: str
-    """What it should have said."""
-    model: str | None = None
-    """The version that answered (e.g. ``ouro@v3``)."""
-    scope: str | None = None
-    """The author's personal scope (None: open server, or before personal adapters)."""
-    admin: bool = False
-    """Sent with an admin key."""
-
-    def prompt(self) -> Messages:
-        return [dict(message) for message in self.messages]
-
-    def question(self) -> str:
-        """The latest user turn (what the correction answers)."""
-        users = [m["content"] for m in self.messages if m.get("role") == "user"]
-        return users[-1] if users else ""
 
 
 @dataclass

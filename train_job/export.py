@@ -24,7 +24,7 @@ from typing import Literal
 
 from ouro.ledger import LedgerReader
 from train_job.collect import usable_corrections
-from train_job.dataset import Correction
+from train_job.corrections import Correction
 
 logger = logging.getLogger(__name__)
 

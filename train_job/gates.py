@@ -71,7 +71,8 @@ from ouro.routing import CorrectionIndex, Router, SentenceEmbedder
 from ouro.scoring import BertScorer, assistant_loss, repeats_a_phrase, token_f1
 from ouro.settings import OuroSettings
 from train_job.config import TrainJobConfig
-from train_job.dataset import Correction, CycleDataset, Messages
+from train_job.corrections import Correction
+from train_job.dataset import CycleDataset, Messages
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ouro.routing import (
     CALIBRATION_FILE,
@@ -32,9 +31,7 @@ from ouro.routing import (
     load_calibration_pairs,
 )
 from train_job.config import TrainJobConfig
-
-if TYPE_CHECKING:  # the dataset module imports this one
-    from train_job.dataset import Correction
+from train_job.corrections import Correction
 
 logger = logging.getLogger(__name__)
 

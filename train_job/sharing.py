@@ -31,7 +31,7 @@ from ouro.ledger import LedgerScan
 from ouro.scoring import rouge_l
 from ouro.settings import OuroSettings
 from train_job.collect import distinct
-from train_job.dataset import Correction
+from train_job.corrections import Correction
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from data.build import BuildConfig, BuildReport, build_dataset
+from data.build import BuildConfig, build_dataset
+from data.stats import BuildReport
 from tests.conftest import SHARED_DIR
 
 DATASETS_DIR = SHARED_DIR / "datasets"

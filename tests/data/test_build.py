@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 
 from data import load_chat_jsonl, read_chat_jsonl
-from data.build import STATS_JSON, STATS_MARKDOWN, BuildConfig, BuildReport, build_dataset
+from data.build import STATS_JSON, STATS_MARKDOWN, BuildConfig, build_dataset
 from data.dedup import conversation_key
 from data.errors import DataError
 from data.leakage import check_leakage
 from data.records import Conversation
 from data.splitting import SPLITS, SplitFractions, split_of
+from data.stats import BuildReport
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

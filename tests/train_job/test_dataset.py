@@ -11,12 +11,8 @@ from ouro.corpus import load_chatterbot_conversations
 from ouro.engine import GenerationEngine, GenerationRequest, SamplingParams
 from ouro.settings import OuroSettings
 from train_job.config import SOURCE_REPLAY, TrainJobConfig
-from train_job.dataset import (
-    Correction,
-    build_dataset,
-    conversation_rows,
-    split_held_out,
-)
+from train_job.corrections import Correction
+from train_job.dataset import build_dataset, conversation_rows, split_held_out
 from train_job.replay import cache_file, self_answerer
 from train_job.train import fit_rows
 

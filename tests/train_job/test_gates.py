@@ -17,7 +17,8 @@ from ouro.routing import CorrectionIndex, RouteKey, Router, RoutingBoundary, Sen
 from ouro.scoring import repeats_a_phrase
 from ouro.settings import OuroSettings
 from train_job.config import TrainJobConfig
-from train_job.dataset import Correction, CycleDataset
+from train_job.corrections import Correction
+from train_job.dataset import CycleDataset
 from train_job.gates import (
     GateCheck,
     GateReport,

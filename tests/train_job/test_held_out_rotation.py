@@ -17,8 +17,9 @@ from ouro.registry import AdapterVersion, RegistrySnapshot
 from ouro.settings import OuroSettings
 from train_job import cycle as cycle_module
 from train_job.config import TrainJobConfig
+from train_job.corrections import Correction
 from train_job.cycle import StageTimer, _train_gate_register, held_out_cycle
-from train_job.dataset import Correction, build_dataset, split_held_out
+from train_job.dataset import build_dataset, split_held_out
 
 BOUND = 2
 """Every correction is trained in at least one of any BOUND consecutive cycles."""

@@ -6,7 +6,8 @@ import pytest
 
 from ouro.routing import SentenceEmbedder
 from train_job.config import TrainJobConfig
-from train_job.dataset import Correction, build_dataset
+from train_job.corrections import Correction
+from train_job.dataset import build_dataset
 from train_job.routed import plan_routing
 
 SYSTEM = "You are a test bot."
