@@ -192,6 +192,10 @@ class HttpFront:
     def app(self) -> FastAPI:
         return create_api(self.services)
 
+    def close(self) -> None:
+        """At the replica's shutdown: the ledger writer's open segment."""
+        self.services.feedback.close()
+
     def on_names_changed(self) -> None:
         """After the replica updated its model names from a registry snapshot."""
         self.metrics.set_versions(self.names.versions_by_name())

@@ -167,6 +167,24 @@ class LLMServer:
             self._scrape_answerer.start()
         logger.info("LLM server replica %s ready", self.replica_id)
 
+    async def __del__(self) -> None:
+        """Serve's graceful shutdown of this replica (Serve awaits an async ``__del__``):
+        stop following the registry and answering scrapes, let adapter removals finish,
+        close the router's thread, the ledger writer and the engine's step loop. Parts an
+        interrupted start never built are skipped."""
+        for stop in ("watcher", "_scrape_answerer"):
+            part = getattr(self, stop, None)
+            if part is not None:
+                await part.stop()
+        if hasattr(self, "slots"):
+            await self.slots.close()
+        if hasattr(self, "front"):
+            self.front.close()
+        if hasattr(self, "router"):
+            self.router.close()
+        if hasattr(self, "engine"):
+            await asyncio.to_thread(self.engine.shutdown)
+
     def __serve_build_asgi_app__(self) -> FastAPI:
         return self.front.app()
 

@@ -40,7 +40,8 @@ from ouro.routing import SentenceEmbedder
 from ouro.settings import OuroSettings
 from train_job.collect import Collected, collect, usable_corrections
 from train_job.config import TrainJobConfig
-from train_job.dataset import Correction, RoutingPlanner, build_dataset
+from train_job.corrections import Correction
+from train_job.dataset import RoutingPlanner, build_dataset
 from train_job.gates import GateReport, evaluate_gates
 from train_job.lock import CycleLock
 from train_job.register import CycleRun, Release, register_version, version_tags
