@@ -160,7 +160,9 @@ class CanaryState(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     version: int
-    production_version: int | None = Field(description="What 'ouro' answered with at start.")
+    production_version: int | None = Field(
+        description="What 'ouro' answers with besides the canary (None: the base model)."
+    )
     started_at: float = Field(description="Unix seconds.")
     step: int = Field(0, description="Index into the policy's steps.")
     share: float = Field(description="Percent of 'ouro' traffic the canary answers now.")
@@ -586,7 +588,8 @@ class CanaryController:
             # counting starts now, at most one interval after the canary did.
             self._seen = dict(counts)
             self._canary = (state.version, state.started_at)
-        production_label = production_arm_label(state.production_version)
+        # What 'ouro' answers with now (an operator may have moved production meanwhile).
+        production_label = production_arm_label(snapshot.production)
         canary, production = ArmCounts(), ArmCounts()
         for key, value in counts.items():
             if key[1] not in (canary_label, production_label):
@@ -602,6 +605,7 @@ class CanaryController:
             update={
                 "canary": state.canary + canary,
                 "production": state.production + production,
+                "production_version": snapshot.production,
                 "updated_at": now,
             }
         )
