@@ -73,6 +73,11 @@ TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 """Upper bounds (seconds) of the time-to-first-token histogram the signals carry."""
 
 
+TTFT_FLOOR_S = 0.25
+"""Production's p99 time to first token is taken as at least this in the latency check: a
+quarter second is never slow, and at that scale one cold adapter load moves a p99."""
+
+
 class Decision(enum.StrEnum):
     PROMOTE = "promote"
     ROLLBACK = "rollback"
@@ -332,7 +337,7 @@ def judge(policy: CanaryPolicy, state: CanaryState, now: float) -> Verdict:
         healthy_sample
         and canary_p99 is not None
         and production_p99 is not None
-        and canary_p99 > policy.max_ttft_ratio * production_p99
+        and canary_p99 > policy.max_ttft_ratio * max(production_p99, TTFT_FLOOR_S)
     ):
         return Verdict(
             Decision.ROLLBACK,

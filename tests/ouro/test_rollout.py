@@ -125,6 +125,7 @@ POLICY = CanaryPolicy(min_requests=200, health_min_requests=50)
         (arm(200, bad=4), arm(1800, bad=36), Decision.CONTINUE, "collecting"),
         (arm(60, errors=3), arm(540, errors=1), Decision.ROLLBACK, "error rate"),
         (arm(60, ttft_bucket=9), arm(540, ttft_bucket=4), Decision.ROLLBACK, "time to first"),
+        (arm(60, ttft_bucket=5), arm(540, ttft_bucket=2), Decision.CONTINUE, "collecting"),
         (arm(40, errors=10), arm(360), Decision.CONTINUE, "collecting"),
     ],
 )
