@@ -20,6 +20,7 @@ REPO_FILES = (
     "k8s/README.md",
     "loadtests/README.md",
     "loadtests/results/bench.png",
+    "loadtests/results/canary.json",
     "loadtests/results/decode_length.json",
     "loadtests/results/latest.json",
     "loadtests/results/personal.json",
