@@ -45,7 +45,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -258,35 +258,31 @@ def assigned_version(completion_id: str | None) -> str | None:
 
 @dataclass(frozen=True)
 class CanaryPolicy:
-    """The rules a canary is judged by (``OuroSettings.canary_*``)."""
+    """The rules a canary is judged by: ``OuroSettings.canary_<field>``, whose defaults and
+    descriptions are the only ones (each field here defaults to its setting's default)."""
 
-    steps: tuple[float, ...] = (10.0,)
-    interval_s: float = 60.0
-    min_requests: int = 200
-    health_min_requests: int = 50
-    max_error_rate: float = 0.01
-    max_ttft_ratio: float = 2.0
-    relative_risk: float = 2.0
-    alpha: float = 0.05
-    beta: float = 0.10
-    max_duration_s: float = 86_400.0
-    default_decision: Decision = Decision.PROMOTE
+    steps: tuple[float, ...] = field(default_factory=lambda: tuple(_setting_default("steps")))
+    interval_s: float = field(default_factory=lambda: _setting_default("interval_s"))
+    min_requests: int = field(default_factory=lambda: _setting_default("min_requests"))
+    health_min_requests: int = field(
+        default_factory=lambda: _setting_default("health_min_requests")
+    )
+    max_error_rate: float = field(default_factory=lambda: _setting_default("max_error_rate"))
+    max_ttft_ratio: float = field(default_factory=lambda: _setting_default("max_ttft_ratio"))
+    relative_risk: float = field(default_factory=lambda: _setting_default("relative_risk"))
+    alpha: float = field(default_factory=lambda: _setting_default("alpha"))
+    beta: float = field(default_factory=lambda: _setting_default("beta"))
+    max_duration_s: float = field(default_factory=lambda: _setting_default("max_duration_s"))
+    default_decision: Decision = field(
+        default_factory=lambda: Decision(_setting_default("default_decision"))
+    )
 
     @classmethod
     def from_settings(cls, settings: OuroSettings) -> CanaryPolicy:
-        return cls(
-            steps=tuple(settings.canary_steps),
-            interval_s=settings.canary_interval_s,
-            min_requests=settings.canary_min_requests,
-            health_min_requests=settings.canary_health_min_requests,
-            max_error_rate=settings.canary_max_error_rate,
-            max_ttft_ratio=settings.canary_max_ttft_ratio,
-            relative_risk=settings.canary_relative_risk,
-            alpha=settings.canary_alpha,
-            beta=settings.canary_beta,
-            max_duration_s=settings.canary_max_duration_s,
-            default_decision=Decision(settings.canary_default_decision),
-        )
+        values = {f.name: getattr(settings, f"canary_{f.name}") for f in fields(cls)}
+        values["steps"] = tuple(values["steps"])
+        values["default_decision"] = Decision(values["default_decision"])
+        return cls(**values)
 
     @property
     def rollback_bound(self) -> float:
@@ -295,6 +291,10 @@ class CanaryPolicy:
     @property
     def promote_bound(self) -> float:
         return math.log(self.beta / (1 - self.alpha))
+
+
+def _setting_default(name: str):
+    return OuroSettings.model_fields[f"canary_{name}"].get_default(call_default_factory=True)
 
 
 def log_likelihood_ratio(canary: ArmCounts, production: ArmCounts, relative_risk: float) -> float:

@@ -342,10 +342,13 @@ def rollout_counts(scrapes: Iterable[ReplicaScrape]) -> dict[CounterKey, ArmCoun
     return result
 
 
+_TTFT_BOUND_INDEX = {float(bound): i for i, bound in enumerate((*TTFT_BUCKETS, float("inf")))}
+"""A TTFT histogram bound (its ``le`` label, parsed) -> the bucket's index."""
+
+
 def _add_bucket(cumulative: list[int], le: str, value: int) -> None:
     """Place a histogram's cumulative ``le`` sample at its bound's index."""
-    bounds = [*(float(b) for b in TTFT_BUCKETS), float("inf")]
-    cumulative[bounds.index(float(le))] = value
+    cumulative[_TTFT_BOUND_INDEX[float(le)]] = value
 
 
 def answered_by(model: str | None) -> str:
