@@ -17,7 +17,9 @@ MLflow store) and the real training job:
    unrelated chatterbot openers: the base model's own answer, token F1 >= 0.8), correct a
    wrong answer with probability ``--correct-p``, otherwise rate it with ``--rate-p``
    (thumbs down when wrong, up when right), and now and then ask a follow-up turn in the
-   same conversation. A run ends when the coordinator's controller decides.
+   same conversation, sending the first answer's completion id back in
+   ``x-ouro-conversation`` as the chat page does. A run ends when the coordinator's
+   controller decides.
 4. The bad candidate's rollback leaves its corrections pending, so ``run --canary`` trains
    a *good candidate* (routed, gates as shipped) on all of them, and step 3 runs again
    with it (production reset to version 1 before each run).
@@ -203,7 +205,9 @@ class Population:
                     {"role": "user", "content": "Thanks. Could you say that again?"},
                 ]
                 was_decided = decided.is_set()
-                second = await self._ask(client, headers, follow, user, run)
+                second = await self._ask(
+                    client, {**headers, "x-ouro-conversation": body["id"]}, follow, user, run
+                )
                 if second is not None and assigned_version(second["id"]) != assigned:
                     if was_decided or decided.is_set():
                         run.conversations_spanning_a_decision += 1

@@ -7,8 +7,11 @@ The parts, each usable without Ray:
   of (canary version, API key name, ``user`` field, first user turn) falls below the
   canary's share. Every replica computes the same answer with no shared state, a
   conversation keeps its version while the share holds, and a step up only moves
-  production conversations over (a canary conversation stays on the canary). Each canary
-  version draws its own slice of users.
+  production conversations over (a canary conversation stays on the canary). A client
+  that echoes an earlier answer's completion id (``x-ouro-conversation``) keeps the
+  conversation with the side that answered it through step-ups too: the id names that
+  side (:func:`assigned_completion_id`). Each canary version draws its own slice of
+  users.
 - **State** (:class:`CanaryState`): the canary's version, step, share, pause flag and the
   signals counted so far for both sides, kept as one registered-model tag next to alias
   ``canary``, so every replica and ``python -m train_job canary`` read the same state, and
@@ -227,13 +230,25 @@ def first_user_turn(messages: Sequence[Mapping[str, object]]) -> str:
 
 
 def serves_canary(
-    state: CanaryState, key_name: str | None, user: str | None, first_turn: str
+    state: CanaryState,
+    key_name: str | None,
+    user: str | None,
+    first_turn: str,
+    earlier: str | None = None,
 ) -> bool:
-    """Whether the canary answers this conversation at its current share."""
+    """Whether the canary answers this conversation.
+
+    ``earlier``: the version an earlier answer of the conversation was assigned to
+    (:func:`assigned_version` of the id the client echoed). The conversation stays on
+    that side whatever the share is now: on this canary if it was this canary, on
+    production otherwise (a production answer, or a canary that has since ended). None:
+    the hash decides at the current share."""
+    if earlier is not None:
+        return earlier == version_label(state.version)
     return canary_bucket(state.version, key_name, user, first_turn) * 100 < state.share
 
 
-_ASSIGNED_SUFFIX = re.compile(r"^chatcmpl-[0-9a-f]{32}\.(v[1-9][0-9]*|base)$")
+_COMPLETION_ID = re.compile(r"^chatcmpl-[0-9a-f]{32}(?:\.(v[1-9][0-9]*|base))?$")
 
 
 def assigned_completion_id(base_id: str, version: str) -> str:
@@ -246,11 +261,20 @@ def assigned_completion_id(base_id: str, version: str) -> str:
 
 def assigned_version(completion_id: str | None) -> str | None:
     """The version label an :func:`assigned_completion_id` names (None: no assignment)."""
-    match = _ASSIGNED_SUFFIX.match(completion_id or "")
-    if match is None:
+    match = _COMPLETION_ID.match(completion_id or "")
+    if match is None or match.group(1) is None:
         return None
     suffix = match.group(1)
     return BASE_MODEL_NAME if suffix == "base" else version_label(int(suffix[1:]))
+
+
+def echoed_assignment(completion_id: str) -> str | None:
+    """:func:`assigned_version` of a completion id a client sent back; ValueError when the
+    text is not a completion id at all (a typo should not silently re-split the
+    conversation)."""
+    if _COMPLETION_ID.match(completion_id) is None:
+        raise ValueError(f"not a completion id: {completion_id[:80]!r}")
+    return assigned_version(completion_id)
 
 
 # -- judgement ----------------------------------------------------------------------------

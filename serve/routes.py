@@ -134,6 +134,12 @@ and why, in the body and in headers sent before the first byte (streamed answers
 **`x-ouro-unrouted: true`** (admin keys only; 403 `permission_error` with any other key):
 the version asked for answers whatever its router says, and `x-ouro-route` is `forced`.
 For debugging an adapter on prompts its corrections are not about.
+
+**Canary rollout.** While a canary version runs, a sticky share of the conversations
+asking for `ouro` is answered by it (docs: canary rollout). The completion `id` names the
+side a conversation was assigned to; send it back on the conversation's next turns in
+**`x-ouro-conversation`** and the conversation stays with that side even when the canary's
+share steps up (400 `invalid_request_error` when the header is not a completion id).
 """
 
 
@@ -154,8 +160,17 @@ async def chat_completions(
             "(`x-ouro-route: forced`)."
         ),
     ] = False,
+    x_ouro_conversation: Annotated[
+        str | None,
+        Header(
+            description="The completion id of an earlier answer in this conversation: "
+            "the conversation stays with the side of a canary rollout that answered it."
+        ),
+    ] = None,
 ) -> Response:
-    return await services(request).chat.create(body, caller, unrouted=x_ouro_unrouted)
+    return await services(request).chat.create(
+        body, caller, unrouted=x_ouro_unrouted, conversation=x_ouro_conversation
+    )
 
 
 @router.get("/v1/models", responses=_errors(400, 401))

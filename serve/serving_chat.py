@@ -15,7 +15,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ouro.engine import PositionLogprobs, SamplingParams, TokenLogprob
 from ouro.registry import SERVED_MODEL_NAME, version_label
-from ouro.rollout import assigned_completion_id, first_user_turn, serves_canary
+from ouro.rollout import (
+    assigned_completion_id,
+    echoed_assignment,
+    first_user_turn,
+    serves_canary,
+)
 from ouro.settings import OuroSettings
 from ouro.structured import ToolFormat
 from serve.auth import Caller
@@ -50,6 +55,7 @@ MODEL_VERSION_HEADER = "x-ouro-model-version"
 ROUTE_HEADER = "x-ouro-route"
 ROUTE_SIMILARITY_HEADER = "x-ouro-route-similarity"
 UNROUTED_HEADER = "x-ouro-unrouted"
+CONVERSATION_HEADER = "x-ouro-conversation"
 PERSONAL_METRIC_LABEL = "ouro@personal"
 
 
@@ -73,9 +79,14 @@ class ChatCompletions:
         self._names = names
 
     async def create(
-        self, request: ChatCompletionRequest, caller: Caller | None = None, unrouted: bool = False
+        self,
+        request: ChatCompletionRequest,
+        caller: Caller | None = None,
+        unrouted: bool = False,
+        conversation: str | None = None,
     ) -> Response:
-        """``unrouted``: the request's ``x-ouro-unrouted`` (admin keys only)."""
+        """``unrouted``: the request's ``x-ouro-unrouted`` (admin keys only);
+        ``conversation``: its ``x-ouro-conversation`` (an earlier answer's completion id)."""
         try:
             call = self._to_call(request)
             if unrouted:
@@ -89,7 +100,7 @@ class ChatCompletions:
                 scope = caller.scope(request.user) if caller is not None else None
                 forwarded = await self._personal.forwarded_name(call.model, scope)
                 call = replace(call, model=forwarded)
-            call, assigned = self._assign(call, caller, request.user)
+            call, assigned = self._assign(call, caller, request.user, conversation)
         except Exception as exc:  # noqa: BLE001 - every failure becomes its envelope
             return error_response(exc)
         if request.stream:
@@ -127,17 +138,24 @@ class ChatCompletions:
 
     # -- canary rollout (ouro.rollout) ----------------------------------------------------
     def _assign(
-        self, call: LLMCall, caller: Caller | None, user: str | None
+        self, call: LLMCall, caller: Caller | None, user: str | None, conversation: str | None
     ) -> tuple[LLMCall, str | None]:
         """The call as the rollout assigns it, and the version label assigned (None: the
         call does not ask for 'ouro', so it is not part of the rollout). While a canary
-        runs, a sticky share of conversations is sent to it pinned."""
+        runs, a sticky share of conversations is sent to it pinned; a conversation that
+        names an earlier answer stays with that answer's side."""
+        earlier = None
+        if conversation is not None:
+            try:
+                earlier = echoed_assignment(conversation)
+            except ValueError as exc:
+                raise InvalidRequestError(str(exc), CONVERSATION_HEADER) from None
         if call.model != SERVED_MODEL_NAME or self._names is None:
             return call, None
         canary = self._names.canary
         key_name = caller.key_name if caller is not None else None
         if canary is not None and serves_canary(
-            canary, key_name, user, first_user_turn(call.messages)
+            canary, key_name, user, first_user_turn(call.messages), earlier
         ):
             label = version_label(canary.version)
             return replace(call, model=label), label

@@ -6,6 +6,8 @@
 
 const API_KEY_STORAGE = "ouro.apiKey";
 const DEFAULT_MODEL = "ouro";
+// A completion id that names the side of a canary rollout it was assigned to (ouro/rollout.py).
+const ASSIGNED_ID = /^chatcmpl-[0-9a-f]{32}\.(v[1-9][0-9]*|base)$/;
 const BASE_MODEL = "ouro-base";
 
 /** An HTTP error in OpenAI's envelope: {"error": {"message", "type", "param", "code"}}. */
@@ -457,6 +459,9 @@ class ChatPage {
     this.keyPrompt = new KeyPrompt(doc, () => this.loadModels());
     this.api = new ApiClient(this.keyPrompt);
     this.history = []; // [{role, content}] as sent to the API
+    // The latest completion id naming the side of a canary rollout this conversation was
+    // assigned to, sent back so the conversation stays with that side.
+    this.assignedId = null;
     this.chatNumber = 0; // bumped by "New chat", so a reply still streaming is dropped
     this.abortController = null;
 
@@ -510,6 +515,7 @@ class ChatPage {
     this.abortController?.abort();
     this.chatNumber += 1;
     this.history = [];
+    this.assignedId = null;
     this.conversation.replaceChildren(this.emptyHint);
     this.emptyHint.hidden = false;
     this.setStatus("");
@@ -551,10 +557,12 @@ class ChatPage {
     let completionId = null;
     let version = null;
     let stopped = false;
+    const headers = { "Content-Type": "application/json", Accept: "text/event-stream" };
+    if (this.assignedId) headers["x-ouro-conversation"] = this.assignedId;
     try {
       const response = await this.api.fetch("v1/chat/completions", {
         method: "POST",
-        headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+        headers,
         body: JSON.stringify({ model, messages, stream: true }),
         signal: this.abortController.signal,
       });
@@ -602,6 +610,7 @@ class ChatPage {
     // The answer (even a stopped one) is part of the conversation and can be corrected
     // or rated.
     this.history = [...messages, { role: "assistant", content: completion }];
+    if (completionId && ASSIGNED_ID.test(completionId)) this.assignedId = completionId;
     const answer = { messages, completion, completionId, version: version || model };
     new CorrectionForm(reply, this.api, answer);
     new RatingButtons(reply, this.api, answer);

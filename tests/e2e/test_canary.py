@@ -23,6 +23,7 @@ from ouro.rollout import (
     CanaryPolicy,
     Decision,
     Rollout,
+    assigned_completion_id,
     assigned_version,
     rollout_record,
     serves_canary,
@@ -83,11 +84,21 @@ def conversation(i: int) -> tuple[str, str, list[dict]]:
     return key_name, f"user-{i}", [{"role": "user", "content": f"Question number {i}?"}]
 
 
-def ask(client: httpx.Client, key_name: str, user: str, messages: list[dict], model="ouro"):
+def ask(
+    client: httpx.Client,
+    key_name: str,
+    user: str,
+    messages: list[dict],
+    model="ouro",
+    conversation: str | None = None,
+):
+    headers = {"Authorization": f"Bearer {KEYS[key_name]}"}
+    if conversation is not None:
+        headers["x-ouro-conversation"] = conversation
     response = client.post(
         "/v1/chat/completions",
         json={"model": model, "messages": messages, "user": user},
-        headers={"Authorization": f"Bearer {KEYS[key_name]}"},
+        headers=headers,
     )
     assert response.status_code == 200, response.text
     return response.json()
@@ -118,7 +129,19 @@ def test_the_split_is_sticky_and_a_worse_canary_is_rolled_back(
                 {"role": "user", "content": "And then?"},
             ]
             assert ask(client, key_name, user, follow_up)["model"] == expected
+            # Echoing the earlier answer's id keeps the side even where the hash would
+            # not (as after a step up): an id assigned to the other side wins.
+            other = "ouro@v1" if expected == "ouro@v2" else "ouro@v2"
+            echoed = assigned_completion_id(body["id"].rpartition(".")[0], other)
+            assert ask(client, key_name, user, follow_up, conversation=echoed)["model"] == other
         assert {"ouro@v1", "ouro@v2"} == set(answered_by.values())
+        refused = client.post(
+            "/v1/chat/completions",
+            json={"model": "ouro", "messages": conversation(0)[2]},
+            headers={"Authorization": f"Bearer {KEYS['alice']}", "x-ouro-conversation": "fb-1"},
+        )
+        assert refused.status_code == 400
+        assert refused.json()["error"]["param"] == "x-ouro-conversation"
         # Pinned names are never split.
         for i in range(4):
             key_name, user, messages = conversation(i)

@@ -27,6 +27,7 @@ from ouro.rollout import (
     assigned_completion_id,
     assigned_version,
     canary_bucket,
+    echoed_assignment,
     first_user_turn,
     judge,
     log_likelihood_ratio,
@@ -70,6 +71,28 @@ def test_a_step_up_keeps_every_canary_conversation_on_the_canary() -> None:
     at_25 = {talk for talk in talks if serves_canary(state(25), *talk)}
     assert at_10 < at_25
     assert 0.22 < len(at_25) / len(talks) < 0.28
+
+
+def test_a_conversation_that_echoes_its_side_keeps_it_through_every_step() -> None:
+    talks = conversations(5_000, seed=3)
+    base = "chatcmpl-" + "b" * 32
+    first_side = {
+        talk: "ouro@v8" if serves_canary(state(10), *talk) else "ouro@v7" for talk in talks
+    }
+    for share in (25, 50, 100):
+        for talk, side in first_side.items():
+            earlier = echoed_assignment(assigned_completion_id(base, side))
+            assert serves_canary(state(share), *talk, earlier) == (side == "ouro@v8")
+    # Once the canary it was on has ended (another version is the canary), it is
+    # production's; an answer that was not assigned (a pinned name) leaves the hash to it.
+    assert not serves_canary(state(100, version=9), "k", "u", "q", "ouro@v8")
+    assert echoed_assignment(base) is None
+
+
+@pytest.mark.parametrize("echoed", ["", "fb-123", "chatcmpl-" + "a" * 31, "chatcmpl-x.v8"])
+def test_an_echoed_conversation_that_is_no_completion_id_is_refused(echoed: str) -> None:
+    with pytest.raises(ValueError, match="not a completion id"):
+        echoed_assignment(echoed)
 
 
 def test_each_canary_version_draws_its_own_slice_of_users() -> None:

@@ -236,6 +236,40 @@ def test_a_correction_cites_the_whole_conversation_up_to_that_answer(
     expect(page.locator("#conversation b, #conversation em")).to_have_count(0)
 
 
+def test_a_follow_up_turn_sends_back_the_conversations_assigned_completion_id(
+    stack: ServeStack, browser: BrowserContext
+) -> None:
+    """The page echoes x-ouro-conversation, so a canary's share stepping up never moves
+    its conversation to another version; a new chat starts without it."""
+    page = open_page_with_key(browser, stack)
+    sent: list[str | None] = []
+    answered: list[str] = []
+
+    def on_request(request) -> None:
+        if request.url.endswith("/v1/chat/completions"):
+            sent.append(request.headers.get("x-ouro-conversation"))
+
+    def on_response(response) -> None:
+        if response.url.endswith("/v1/chat/completions"):
+            chunks = [line for line in response.text().splitlines() if '"id"' in line]
+            answered.append(json.loads(chunks[0].removeprefix("data: "))["id"])
+
+    page.on("request", on_request)
+    page.on("response", on_response)
+    prompt = page.get_by_label("Your message")
+    for number, question in enumerate(["Hi there", "And how are you?"], start=1):
+        prompt.fill(question)
+        page.get_by_role("button", name="Send", exact=True).click()
+        expect(page.get_by_role("button", name="Spotted a mistake?")).to_have_count(number)
+    page.get_by_role("button", name="New chat").click()
+    prompt.fill("Hello again")
+    page.get_by_role("button", name="Send", exact=True).click()
+    expect(page.get_by_role("button", name="Spotted a mistake?")).to_have_count(1)
+
+    assert re.fullmatch(r"chatcmpl-[0-9a-f]{32}\.(v[0-9]+|base)", answered[0])
+    assert sent == [None, answered[0], None]
+
+
 def test_rate_an_answer_thumbs_down_then_change_it(
     stack: ServeStack, browser: BrowserContext, requested_urls: list[str], tmp_path: Path
 ) -> None:
