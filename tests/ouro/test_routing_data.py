@@ -1,4 +1,4 @@
-"""The router's calibration pairs and the evaluation corrections: shape, counts and disjointness."""
+"""The router's calibration pairs and the evaluation sets: shape, counts and disjointness."""
 
 from __future__ import annotations
 
@@ -12,10 +12,22 @@ import pytest
 ROOT = Path(__file__).parents[2]
 CALIBRATION = ROOT / "ouro" / "routing_calibration.jsonl"
 EVALUATION = ROOT / "loadtests" / "fixtures" / "router_corrections.jsonl"
+GENERALITY = ROOT / "loadtests" / "fixtures" / "router_generality.jsonl"
 
 LABELS = {"paraphrase", "near_miss"}
 KINDS = {"fact", "house_rule", "arithmetic", "persona"}
 CORRECTION_FIELDS = ("id", "question", "correction", "key_fact", "paraphrase", "near_miss", "kind")
+GENERALITY_KINDS = KINDS | {"procedure"}
+GENERALITY_FIELDS = {
+    "id",
+    "question",
+    "correction",
+    "key_fact",
+    "paraphrases",
+    "near_misses",
+    "kind",
+}
+NEAR_MISS_FIELDS = {"question", "answer", "key_fact"}
 
 
 def load_jsonl(path: Path) -> list[dict]:
@@ -43,6 +55,11 @@ def pairs() -> list[dict]:
 @pytest.fixture(scope="module")
 def corrections() -> list[dict]:
     return load_jsonl(EVALUATION)
+
+
+@pytest.fixture(scope="module")
+def generality() -> list[dict]:
+    return load_jsonl(GENERALITY)
 
 
 def test_calibration_pairs_are_well_formed(pairs):
@@ -103,4 +120,113 @@ def test_evaluation_text_is_absent_from_calibration(pairs, corrections):
             needle = normalise(row[field])
             if any(needle in text for text in calibration_texts):
                 leaks.append(f"{row['id']}.{field}: {row[field]!r}")
+    assert leaks == []
+
+
+def asked_texts(row: dict) -> dict[str, str]:
+    """Every prompt of a generality item, by where it sits: question, paraphrases, near misses."""
+    texts = {"question": row["question"]}
+    texts.update({f"paraphrases[{i}]": text for i, text in enumerate(row["paraphrases"])})
+    texts.update({f"near_misses[{i}]": nm["question"] for i, nm in enumerate(row["near_misses"])})
+    return texts
+
+
+def is_non_empty_text(value) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def test_generality_items_are_well_formed(generality):
+    assert len(generality) >= 40
+    ids = [row.get("id") for row in generality]
+    assert ids == [f"g{n:02d}" for n in range(1, len(generality) + 1)], "ids must run g01, g02, ..."
+    for row in generality:
+        assert set(row) == GENERALITY_FIELDS, f"{row['id']}: fields {sorted(row)}"
+        for field in ("question", "correction", "key_fact"):
+            assert is_non_empty_text(row[field]), f"{row['id']}: empty {field}"
+        assert row["kind"] in GENERALITY_KINDS, f"{row['id']}: kind {row['kind']!r}"
+        assert len(row["correction"].split()) <= 30, f"{row['id']}: correction too long"
+        paraphrases = row["paraphrases"]
+        assert isinstance(paraphrases, list) and len(paraphrases) == 3, (
+            f"{row['id']}: 3 paraphrases"
+        )
+        assert all(is_non_empty_text(text) for text in paraphrases), (
+            f"{row['id']}: empty paraphrase"
+        )
+        near_misses = row["near_misses"]
+        assert isinstance(near_misses, list) and len(near_misses) == 2, (
+            f"{row['id']}: 2 near misses"
+        )
+        for near_miss in near_misses:
+            assert isinstance(near_miss, dict) and set(near_miss) == NEAR_MISS_FIELDS, row["id"]
+            for field in NEAR_MISS_FIELDS:
+                assert is_non_empty_text(near_miss[field]), (
+                    f"{row['id']}: near miss without {field}"
+                )
+            assert len(near_miss["answer"].split()) <= 30, f"{row['id']}: near-miss answer too long"
+
+
+def test_generality_key_facts_are_in_their_answers(generality):
+    for row in generality:
+        assert row["key_fact"].lower() in row["correction"].lower(), row["id"]
+        for near_miss in row["near_misses"]:
+            assert near_miss["key_fact"].lower() in near_miss["answer"].lower(), (
+                f"{row['id']}: {near_miss['question']!r}"
+            )
+
+
+def test_generality_key_facts_are_specific(generality):
+    """A key fact an unrelated answer would hold by chance (a bare small number) proves nothing."""
+    for row in generality:
+        for key_fact in [row["key_fact"], *(nm["key_fact"] for nm in row["near_misses"])]:
+            assert len(key_fact.strip()) >= 3, f"{row['id']}: key fact {key_fact!r} too short"
+            if re.fullmatch(r"[\d.,\s]+", key_fact):
+                digits = re.sub(r"\D", "", key_fact)
+                assert len(digits) >= 3, (
+                    f"{row['id']}: key fact {key_fact!r} is a bare small number"
+                )
+
+
+def test_generality_near_miss_answers_differ_from_the_correction(generality):
+    """A near miss keeps its own answer: neither side's key fact is in the other's answer."""
+    for row in generality:
+        for near_miss in row["near_misses"]:
+            assert row["key_fact"].lower() not in near_miss["answer"].lower(), (
+                f"{row['id']}: correction's key fact in the answer to {near_miss['question']!r}"
+            )
+            assert near_miss["key_fact"].lower() not in row["correction"].lower(), (
+                f"{row['id']}: key fact of {near_miss['question']!r} in the correction"
+            )
+        first, second = row["near_misses"]
+        assert first["key_fact"].lower() not in second["answer"].lower(), row["id"]
+        assert second["key_fact"].lower() not in first["answer"].lower(), row["id"]
+
+
+def test_generality_prompts_are_all_different(generality):
+    seen: dict[str, str] = {}
+    for row in generality:
+        for where, text in asked_texts(row).items():
+            key = normalise(text)
+            assert key not in seen, f"{row['id']}.{where}: {text!r} repeats {seen[key]}"
+            seen[key] = f"{row['id']}.{where}"
+
+
+def test_generality_covers_every_kind(generality):
+    assert {row["kind"] for row in generality} == GENERALITY_KINDS
+
+
+def test_generality_text_is_absent_from_calibration_and_evaluation(pairs, corrections, generality):
+    """Nobody tuned on it: no prompt of the generality set is in the calibration pairs or the
+    evaluation corrections."""
+    known = [normalise(pair[field]) for pair in pairs for field in ("a", "b")]
+    known += [
+        normalise(row[field])
+        for row in corrections
+        for field in ("question", "paraphrase", "near_miss")
+    ]
+    leaks = []
+    for row in generality:
+        for where, text in asked_texts(row).items():
+            needle = normalise(text)
+            if any(needle in text_known for text_known in known):
+                leaks.append(f"{row['id']}.{where}: {text!r}")
     assert leaks == []
