@@ -11,7 +11,6 @@ value is undocumented, never read by a template, or the README is stale.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import re
@@ -22,7 +21,10 @@ from typing import Any
 
 import yaml
 
+from tools.generated import generate_or_check, stale
 from tools.paths import CHART_DIR
+
+COMMAND = "python -m tools.chart_docs"
 
 logger = logging.getLogger(__name__)
 
@@ -188,30 +190,33 @@ def render_readme(chart_dir: Path = CHART_DIR) -> str:
 
 def check(chart_dir: Path = CHART_DIR) -> list[str]:
     """Problems with the chart's documentation; empty when all is well."""
+    return _value_problems(chart_dir) + stale(_readme(chart_dir), COMMAND, root=chart_dir)
+
+
+def _value_problems(chart_dir: Path) -> list[str]:
+    """Values without a ``# --`` comment, and values no template reads."""
     problems = [
         f"values.yaml: {key} has no '# --' comment"
         for key in undocumented_values(chart_dir / "values.yaml")
     ]
-    problems += [f"values.yaml: no template reads {key}" for key in unread_values(chart_dir)]
-    readme = chart_dir / "README.md"
-    if not readme.exists() or readme.read_text(encoding="utf-8") != render_readme(chart_dir):
-        problems.append("README.md is stale: run `python -m tools.chart_docs`")
-    return problems
+    return problems + [f"values.yaml: no template reads {key}" for key in unread_values(chart_dir)]
+
+
+def _readme(chart_dir: Path) -> dict[Path, str]:
+    return {chart_dir / "README.md": render_readme(chart_dir)}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    return generate_or_check(
+        argv,
+        description=__doc__,
+        files=lambda args: _readme(args.chart),
+        command=COMMAND,
+        checks=lambda args: _value_problems(args.chart),
+        arguments=lambda parser: parser.add_argument(
+            "--chart", type=Path, default=CHART_DIR, help="chart directory"
+        ),
     )
-    parser.add_argument("--check", action="store_true", help="only check; write nothing")
-    parser.add_argument("--chart", type=Path, default=CHART_DIR, help="chart directory")
-    args = parser.parse_args(argv)
-    if not args.check:
-        (args.chart / "README.md").write_text(render_readme(args.chart), encoding="utf-8")
-    problems = check(args.chart)
-    for problem in problems:
-        print(problem, file=sys.stderr)
-    return 1 if problems else 0
 
 
 if __name__ == "__main__":

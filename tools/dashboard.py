@@ -17,8 +17,6 @@ a real Prometheus.
 
 from __future__ import annotations
 
-import argparse
-import difflib
 import json
 import re
 import sys
@@ -66,6 +64,7 @@ from grafana_foundation_sdk.models.dashboard import (
 )
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
+from tools.generated import generate_or_check
 from tools.paths import CHART_DIR
 
 DASHBOARD_FILE = CHART_DIR / "dashboards" / "ouro.json"
@@ -628,32 +627,15 @@ def concrete_query(expr: str, window: str = "1m") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    return generate_or_check(
+        argv,
+        description=__doc__,
+        files=lambda args: {args.output: render(build_dashboard())},
+        command="make dashboards",
+        arguments=lambda parser: parser.add_argument(
+            "--output", type=Path, default=DASHBOARD_FILE, help="the JSON file"
+        ),
     )
-    parser.add_argument("--check", action="store_true", help="only check; write nothing")
-    parser.add_argument("--output", type=Path, default=DASHBOARD_FILE, help="the JSON file")
-    args = parser.parse_args(argv)
-    text = render(build_dashboard())
-    if not args.check:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text, encoding="utf-8")
-        return 0
-    committed = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
-    if committed == text:
-        return 0
-    diff = difflib.unified_diff(
-        committed.splitlines(keepends=True),
-        text.splitlines(keepends=True),
-        fromfile=f"{args.output} (committed)",
-        tofile=f"{args.output} (generated)",
-    )
-    sys.stderr.writelines(list(diff)[:60])
-    print(
-        f"\n{args.output} is not what tools/dashboard.py builds: run `make dashboards`.",
-        file=sys.stderr,
-    )
-    return 1
 
 
 if __name__ == "__main__":

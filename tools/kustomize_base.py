@@ -13,16 +13,18 @@ changes (as strategic merge patches). Regenerate after changing the chart:
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tools.generated import generate_or_check, stale
 from tools.kube_tools import KubeTools, ensure_kube_tools
 from tools.manifests import DEFAULT_NAMESPACE, DEFAULT_RELEASE, helm_template
 from tools.paths import KUSTOMIZE_BASE, KUSTOMIZE_MONITORING, MONITORING_VALUES
+
+COMMAND = "python -m tools.kustomize_base"
 
 BASE_FILE = KUSTOMIZE_BASE / "ouro.yaml"
 HEADER = (
@@ -105,31 +107,18 @@ def _generated(tools: KubeTools) -> dict[Path, str]:
 
 def check(tools: KubeTools) -> list[str]:
     """Problems with the generated files; empty when they match the chart."""
-    problems = []
-    for path, text in _generated(tools).items():
-        name = path.relative_to(KUSTOMIZE_BASE.parent)
-        if not path.exists():
-            problems.append(f"{name} missing: run `python -m tools.kustomize_base`")
-        elif path.read_text(encoding="utf-8") != text:
-            problems.append(f"{name} is stale: run `python -m tools.kustomize_base`")
-    return problems
+    return stale(_generated(tools), COMMAND, root=KUSTOMIZE_BASE.parent)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--check", action="store_true", help="only check; write nothing")
-    args = parser.parse_args(argv)
     tools = ensure_kube_tools()
-    if not args.check:
-        for path, text in _generated(tools).items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
-    problems = check(tools)
-    for problem in problems:
-        print(problem, file=sys.stderr)
-    return 1 if problems else 0
+    return generate_or_check(
+        argv,
+        description=__doc__,
+        files=lambda args: _generated(tools),
+        command=COMMAND,
+        root=KUSTOMIZE_BASE.parent,
+    )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ command-line flags, default and description, all read from the field itself (see
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from pydantic_settings import BaseSettings
 
 from ouro.configuration import default_of, env_name, flag_names
 from ouro.settings import OuroSettings
+from tools.generated import generate_or_check
 from tools.paths import REPO_ROOT
 from train_job.config import TrainJobConfig
 
@@ -62,18 +62,13 @@ def rendered(page_text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.settings_table")
-    parser.add_argument("--check", action="store_true", help="fail when the table is stale")
-    parser.add_argument("--page", type=Path, default=PAGE)
-    args = parser.parse_args(argv)
-    text = args.page.read_text(encoding="utf-8")
-    if args.check:
-        if rendered(text) != text:
-            print(f"{args.page} is stale: run `python -m tools.settings_table`", file=sys.stderr)
-            return 1
-        return 0
-    args.page.write_text(rendered(text), encoding="utf-8")
-    return 0
+    return generate_or_check(
+        argv,
+        description=__doc__,
+        files=lambda args: {args.page: rendered(args.page.read_text(encoding="utf-8"))},
+        command="python -m tools.settings_table",
+        arguments=lambda parser: parser.add_argument("--page", type=Path, default=PAGE),
+    )
 
 
 if __name__ == "__main__":
