@@ -29,14 +29,16 @@ from pydantic import (
     model_validator,
 )
 
-from ouro.engine import LOGIT_BIAS_RANGE, MAX_CHOICES, MAX_TOP_LOGPROBS, PENALTY_RANGE
+from ouro.engine import (
+    LOGIT_BIAS_RANGE,
+    MAX_CHOICES,
+    MAX_TOP_LOGPROBS,
+    MIN_TEMPERATURE,
+    PENALTY_RANGE,
+)
 from serve.replica_report import ReplicaReport
 
 # -- requests -------------------------------------------------------------------------
-
-MIN_TEMPERATURE = 1e-2
-"""Positive temperatures below this are raised to it: dividing logits by a smaller one
-overflows to inf/nan (vLLM does the same with the same floor). 0 stays greedy."""
 
 MIN_TOP_P = 1e-6
 """top_p values below this are raised to it. Both keep only the most likely token for
@@ -410,11 +412,6 @@ class ChatCompletionRequest(BaseModel):
         if any(not stop for stop in stops):
             raise ValueError("stop sequences must not be empty")
         return stops
-
-    @field_validator("temperature")
-    @classmethod
-    def _floor_temperature(cls, value: float) -> float:
-        return max(value, MIN_TEMPERATURE) if value > 0 else value
 
     @field_validator("top_p")
     @classmethod

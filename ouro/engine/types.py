@@ -15,8 +15,9 @@ FINISH_LENGTH = "length"
 
 SEED_RANGE = (-(2**63), 2**64)
 """Seeds ``torch.Generator.manual_seed`` accepts: [low, high)."""
-MIN_TEMPERATURE = 1e-4
-"""Positive temperatures below this decode greedily: dividing logits by less overflows."""
+MIN_TEMPERATURE = 1e-2
+"""Positive temperatures below this are raised to it: dividing logits by a smaller one
+overflows to inf/nan (vLLM's floor too). Only 0 decodes greedily."""
 MAX_TOP_LOGPROBS = 20
 """Most alternatives a token's logprobs list (OpenAI's bound)."""
 MAX_CHOICES = 8
@@ -66,8 +67,8 @@ class SamplingParams:
     max_tokens: int = 256
     """Most tokens to generate."""
     temperature: float = 0.0
-    """0 means greedy (deterministic); higher values sample more freely. Values below
-    MIN_TEMPERATURE decode greedily (the limit of sampling as temperature goes to 0)."""
+    """0 means greedy (deterministic); higher values sample more freely. Positive values
+    below MIN_TEMPERATURE act as MIN_TEMPERATURE."""
     top_p: float = 1.0
     """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p."""
     stop: tuple[str, ...] = ()
@@ -90,6 +91,8 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop", tuple(self.stop))
+        if 0 < self.temperature < MIN_TEMPERATURE:
+            object.__setattr__(self, "temperature", MIN_TEMPERATURE)
         # A copy keyed by int: the caller's mapping may change, and JSON keys are strings.
         object.__setattr__(
             self, "logit_bias", {int(token): float(bias) for token, bias in self.logit_bias.items()}
@@ -125,7 +128,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature < MIN_TEMPERATURE
+        return self.temperature == 0
 
     @property
     def adjusts_logits(self) -> bool:

@@ -15,6 +15,7 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ouro.engine import (
+    MIN_TEMPERATURE,
     AsyncEngine,
     EngineLimits,
     EngineOverloadedError,
@@ -316,9 +317,14 @@ def test_text_that_cannot_be_encoded_is_refused_before_any_work(engine):
     ],
 )
 def test_extreme_sampling_settings_decode_safely(engine, params):
-    # Below MIN_TEMPERATURE a request is greedy; a tiny top_p keeps the best token only.
-    output = engine.generate([request(0, max_tokens=8, **params)])[0]
-    assert output.text == alone(engine, request(0, max_tokens=8))
+    # A positive temperature below MIN_TEMPERATURE samples at MIN_TEMPERATURE; a tiny top_p
+    # keeps the best token only.
+    output = engine.generate([request(0, max_tokens=8, seed=3, **params)])[0]
+    if "top_p" in params:
+        expected = alone(engine, request(0, max_tokens=8))  # greedy
+    else:
+        expected = alone(engine, request(0, max_tokens=8, seed=3, temperature=MIN_TEMPERATURE))
+    assert output.text == expected
 
 
 def test_seeds_out_of_range_are_refused():

@@ -9,9 +9,8 @@ import torch
 from pydantic import ValidationError
 from transformers import AutoTokenizer
 
-from ouro.engine import MAX_CHOICES, MAX_TOP_LOGPROBS
+from ouro.engine import MAX_CHOICES, MAX_TOP_LOGPROBS, MIN_TEMPERATURE, SamplingParams
 from serve.protocol import (
-    MIN_TEMPERATURE,
     MIN_TOP_P,
     NOT_YET_SUPPORTED,
     SEED_MAX,
@@ -132,12 +131,14 @@ def test_the_seed_range_is_what_torch_generators_accept() -> None:
 def test_a_tiny_temperature_is_raised_to_the_floor_that_keeps_softmax_finite() -> None:
     logits = torch.tensor([30.0, -30.0, 0.0])
     assert not torch.softmax(logits / 1e-39, dim=-1).isfinite().all()  # what the floor prevents
+    # The engine's SamplingParams holds the one floor; the API passes temperatures through.
     for tiny in (1e-39, 1.1754943508222875e-38, 1e-5):
-        temperature = chat(temperature=tiny).temperature
-        assert temperature == MIN_TEMPERATURE
-        assert torch.softmax(logits / temperature, dim=-1).isfinite().all()
-    assert chat(temperature=0).temperature == 0.0  # greedy stays greedy
-    assert chat(temperature=0.7).temperature == 0.7
+        assert chat(temperature=tiny).temperature == tiny
+        params = SamplingParams(temperature=tiny)
+        assert params.temperature == MIN_TEMPERATURE and not params.greedy
+        assert torch.softmax(logits / params.temperature, dim=-1).isfinite().all()
+    assert SamplingParams(temperature=0).greedy  # greedy stays greedy
+    assert SamplingParams(temperature=0.7).temperature == 0.7
 
 
 def test_a_tiny_top_p_is_raised_to_a_floor_float32_can_compare_with() -> None:
