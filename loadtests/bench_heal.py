@@ -138,7 +138,7 @@ class Answerer:
     def __init__(self, settings: OuroSettings) -> None:
         self.settings = settings
         self.engine = GenerationEngine.from_settings(settings)
-        self.router = Router(SentenceEmbedder())
+        self.router = Router(SentenceEmbedder.load(settings.model_cache_dir))
         self.registry = AdapterRegistry(settings.tracking_uri, settings.registered_model_name)
         self.loaded: set[int] = set()
 

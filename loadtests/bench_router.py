@@ -1,15 +1,24 @@
 """Micro-benchmark: the correction router's CPU per request (``python -m loadtests.bench_router``).
 
 What an LLM server replica spends on ``Router.decide`` for one short chat question, split
-into the embedding of the request's key (all-MiniLM-L6-v2, real embeddings of real
-questions) and the exact search of a correction index (one matrix product, then the
-nearest few checked against the boundary), at index sizes 10 to 100,000. The search part
-uses random unit keys: its cost depends on the size, not on what the keys mean.
+into the embedding of the request's key (all-MiniLM-L6-v2 through ONNX Runtime, as the
+router runs it: real embeddings of real questions) and the exact search of a correction
+index (one matrix product, then the nearest few checked against the boundary), at index
+sizes 10 to 100,000. The search part uses random unit keys: its cost depends on the size,
+not on what the keys mean.
 
-Everything runs on one thread (torch and BLAS limited to one), so ``time.thread_time`` sees
-all of the work: the figures are CPU time, not wall time, and hold on a loaded machine.
-``exact_search_equals_embedding_at`` is the index size where exact search costs as much as
-the embedding: past it, an approximate index (faiss, hnswlib) would be worth its upkeep.
+The same model through sentence-transformers (PyTorch) is measured in the same run, in
+turns with ONNX Runtime (one pass over the questions each), so a change in the host's speed
+moves both: ``embed_cpu_ratio_onnx_vs_sentence_transformers`` is the ratio of their p50s,
+and ``targets`` says whether the router meets its aims (p50 per decision at 1,000
+corrections, and that ratio). sentence-transformers comes with requirements-test.txt.
+
+Everything runs on one thread (ONNX Runtime, torch and BLAS limited to one), so
+``time.thread_time`` sees all of the work: the figures are CPU time, not wall time, and hold
+on a loaded machine. ``exact_search_equals_embedding_at`` is the index size where exact
+search costs as much as the embedding: past it, an approximate index (faiss, hnswlib) would
+be worth its upkeep. The ONNX export is made in (or read from) the model cache,
+``<data dir>/models`` (``--data-dir``, else ``OURO_DATA_DIR`` or ``.ouro``).
 
 Writes ``loadtests/results/router.json``.
 """
@@ -24,7 +33,8 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -37,13 +47,19 @@ from ouro.routing import (
     Router,
     RoutingBoundary,
     SentenceEmbedder,
+    model_dir,
 )
+from ouro.settings import OuroSettings
 
 logger = logging.getLogger(__name__)
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "router.json"
 SIZES = (10, 100, 1_000, 10_000, 100_000)
 HEADLINE_SIZE = 1_000
+TARGET_ROUTER_CPU_MS_P50 = 5.0
+"""Aim: CPU per decision at ``HEADLINE_SIZE`` corrections, p50."""
+TARGET_EMBED_CPU_RATIO = 0.5
+"""Aim: the router's embedding at most this share of sentence-transformers' CPU."""
 BOUNDARY = RoutingBoundary(base=0.6, slope=0.3)
 QUESTIONS = (
     "What time does the library open on Sundays?",
@@ -97,6 +113,50 @@ def cpu_times(work: Callable[[int], object], count: int) -> list[float]:
     return samples
 
 
+def alternating_cpu_times(
+    works: Sequence[Callable[[int], object]], count: int, block: int
+) -> list[list[float]]:
+    """``cpu_times`` of several works taken in turns of ``block`` calls each, every turn
+    after one untimed call: a change in the host's speed reaches all of them, and each turn
+    runs with its own model in the CPU caches. (Alternating call by call, each model evicts
+    the other's weights: both then cost 1.2-1.9x as much.)"""
+    samples: list[list[float]] = [[] for _ in works]
+    for start in range(0, count, block):
+        for work, times in zip(works, samples, strict=True):
+            work(start)
+            for i in range(start, min(start + block, count)):
+                began = time.thread_time()
+                work(i)
+                times.append(time.thread_time() - began)
+    return samples
+
+
+class SentenceTransformersEmbedder:
+    """The same weights through sentence-transformers (PyTorch): the comparison."""
+
+    name = "all-MiniLM-L6-v2 (sentence-transformers)"
+
+    def __init__(self) -> None:
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:
+            raise SystemExit(
+                "the comparison needs sentence-transformers: pip install -r requirements-test.txt"
+            ) from exc
+        self._model = SentenceTransformer(str(model_dir()), device="cpu")
+        self.dimension = int(self._model.get_embedding_dimension())
+
+    def embed(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
+        vectors = self._model.encode(
+            list(texts),
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+
 def random_index(size: int, dimension: int, seed: int = 0) -> CorrectionIndex:
     """An index of ``size`` random unit keys (and questions with words to overlap)."""
     rng = np.random.default_rng(seed)
@@ -147,19 +207,37 @@ def measure_decide(
     return cpu_times(lambda i: router.decide(index, conversations[i % len(conversations)]), count)
 
 
-def run(repeats: int) -> dict:
+def run(repeats: int, model_cache_dir: Path) -> dict:
     import torch
 
     torch.set_num_threads(1)
     started = time.monotonic()
-    embedder = SentenceEmbedder()
+    embedder = SentenceEmbedder.load(model_cache_dir)  # one intra-op thread, as in Serve
     router = Router(embedder, cache_size=0)  # every decision embeds, as for a new question
+    reference = Router(SentenceTransformersEmbedder(), cache_size=0)
     keys = [RouteKey(q) for q in QUESTIONS]
     count = len(QUESTIONS) * repeats
 
-    embedding = cpu_times(lambda i: router.vectors(keys[i % len(keys)]), count)
+    embedding, reference_embedding = alternating_cpu_times(
+        [
+            lambda i: router.vectors(keys[i % len(keys)]),
+            lambda i: reference.vectors(keys[i % len(keys)]),
+        ],
+        count,
+        block=len(keys),
+    )
     vectors = [router.vectors(key)[0] for key in keys]
-    logger.info("embedding: p50 %.2f ms", percentile(embedding, 0.5) * 1000)
+    difference = max(
+        float(np.max(np.abs(vector - reference.vectors(key)[0])))
+        for key, vector in zip(keys, vectors, strict=True)
+    )
+    ratio = percentile(embedding, 0.5) / percentile(reference_embedding, 0.5)
+    logger.info(
+        "embedding: p50 %.2f ms (sentence-transformers %.2f ms, ratio %.2f)",
+        percentile(embedding, 0.5) * 1000,
+        percentile(reference_embedding, 0.5) * 1000,
+        ratio,
+    )
 
     conversations = [[{"role": "user", "content": q}] for q in QUESTIONS]
     search: dict[int, dict] = {}
@@ -179,18 +257,37 @@ def run(repeats: int) -> dict:
         "router_cpu_ms_p99": decide_ms["p99"],
         "router_cpu_index_size": HEADLINE_SIZE,
         "embedding_ms": embedding_ms,
+        "sentence_transformers_embedding_ms": summary_ms(reference_embedding),
+        "embed_cpu_ratio_onnx_vs_sentence_transformers": round(ratio, 3),
+        "max_vector_difference_onnx_vs_sentence_transformers": float(f"{difference:.3g}"),
+        "targets": {
+            "router_cpu_ms_p50": {
+                "max": TARGET_ROUTER_CPU_MS_P50,
+                "met": decide_ms["p50"] <= TARGET_ROUTER_CPU_MS_P50,
+            },
+            "embed_cpu_ratio_onnx_vs_sentence_transformers": {
+                "max": TARGET_EMBED_CPU_RATIO,
+                "met": ratio <= TARGET_EMBED_CPU_RATIO,
+            },
+        },
         "search_ms_by_size": {str(size): search[size] for size in SIZES},
         "matmul_ms_by_size": {str(size): matmul[size] for size in SIZES},
         "exact_search_equals_embedding_at": crossover(
             list(SIZES), [search[size]["p50"] for size in SIZES], embedding_ms["p50"]
         ),
         "method": (
-            "thread CPU time (time.thread_time) per call, torch and BLAS on one thread; "
-            f"{len(QUESTIONS)} short chat questions x {repeats}; real embeddings for the "
-            "queries, random unit keys for the indexes; search = CorrectionIndex.best_match "
-            "(matrix product, nearest 8 checked), matmul = the matrix product alone"
+            "thread CPU time (time.thread_time) per call, ONNX Runtime, torch and BLAS on one "
+            f"thread; {len(QUESTIONS)} short chat questions x {repeats}; real embeddings for "
+            "the queries (ONNX Runtime and sentence-transformers in turns of one pass over "
+            "the questions), random unit keys for the indexes; search = "
+            "CorrectionIndex.best_match (matrix product, nearest 8 checked), matmul = the "
+            "matrix product alone"
         ),
         "embedder": embedder.name,
+        "runtimes": {
+            "router": f"onnxruntime {version('onnxruntime')}",
+            "comparison": f"sentence-transformers {version('sentence-transformers')}",
+        },
         "python": platform.python_version(),
         "machine": platform.machine(),
         "duration_s": round(time.monotonic() - started, 1),
@@ -201,12 +298,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10, help="passes over the questions")
     parser.add_argument("--out", type=Path, default=RESULTS_PATH)
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="its models/ hold the ONNX export"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    settings = OuroSettings(**({"data_dir": args.data_dir} if args.data_dir else {}))
     with threadpool_limits(limits=1):
-        result = run(args.repeats)
+        result = run(args.repeats, settings.model_cache_dir)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(result, indent=2))

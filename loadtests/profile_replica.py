@@ -49,7 +49,7 @@ PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("torch/nn/", "transformers/models/", "torch/_", "ouro/engine/lora_bank"),
     ),
     ("engine scheduling and sampling", ("ouro/engine/",)),
-    ("correction router", ("ouro/routing", "serve/request_router", "sentence_transformers")),
+    ("correction router", ("ouro/routing", "serve/request_router", "onnxruntime/")),
     (
         "HTTP front: Ouro's code",
         (

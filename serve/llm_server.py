@@ -89,7 +89,7 @@ logger = logging.getLogger(__name__)
 LLM_SERVER_NAME = "LLMServer"
 
 EngineFactory = Callable[[OuroSettings], GenerationEngine]
-RouterFactory = Callable[[], RequestRouter]
+RouterFactory = Callable[[OuroSettings], RequestRouter]
 
 
 def build_engine(settings: OuroSettings) -> GenerationEngine:
@@ -97,9 +97,10 @@ def build_engine(settings: OuroSettings) -> GenerationEngine:
     return GenerationEngine.from_settings(settings)
 
 
-def build_router() -> RequestRouter:
-    """The real router: all-MiniLM-L6-v2 on the CPU (default router factory)."""
-    return RequestRouter.build()
+def build_router(settings: OuroSettings) -> RequestRouter:
+    """The real router: all-MiniLM-L6-v2 on the CPU, from the model cache (default router
+    factory)."""
+    return RequestRouter.build(settings.model_cache_dir)
 
 
 @serve.deployment(name=LLM_SERVER_NAME, health_check_period_s=10, health_check_timeout_s=60)
@@ -121,7 +122,7 @@ class LLMServer:
         torch.set_num_threads(max(1, int(self.settings.llm_num_cpus)))
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         # The embedder loads in its own thread while the engine loads in another.
-        router = asyncio.create_task(asyncio.to_thread(router_factory))
+        router = asyncio.create_task(asyncio.to_thread(router_factory, self.settings))
         self.engine = AsyncEngine(await asyncio.to_thread(engine_factory, self.settings))
         self.structured = await asyncio.to_thread(StructuredOutput.for_engine, self.engine.engine)
         self.router: RequestRouter = await router

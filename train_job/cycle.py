@@ -374,7 +374,7 @@ def _routing_planner(config: TrainJobConfig, settings: OuroSettings) -> RoutingP
     """A routed cycle's planner (its embedder loaded once), or None for an unrouted one."""
     if not config.routing:
         return None
-    embedder = SentenceEmbedder()
+    embedder = SentenceEmbedder.load(settings.model_cache_dir)
     cache = settings.model_cache_dir / "routing"
     return lambda train, pool: plan_routing(embedder, train, pool, config, cache)
 

@@ -277,7 +277,7 @@ def _evaluate(
         system_prompt=settings.system_prompt,
         max_context_tokens=settings.max_context_tokens,
     )
-    router = Router(SentenceEmbedder()) if config.routing else None
+    router = Router(SentenceEmbedder.load(settings.model_cache_dir)) if config.routing else None
     candidate = [Tier(CANDIDATE_ADAPTER, engine, candidate_dir)]
     baseline: list[Tier] = []
     parent: list[Tier] = []

@@ -5,6 +5,9 @@
 - ``ouro-tiny`` (:mod:`ouro.embedded.tiny`): a 4-layer Llama the project pretrains
   itself on the chatterbot corpus in a few minutes; the fast model of the tests.
 
+The correction router's embedder, all-MiniLM-L6-v2, is exported to ONNX into the same cache
+(:mod:`ouro.embedded.minilm`); it is not a base model.
+
 Nothing here imports the engine: ``ouro.models`` resolves these names for it.
 """
 

@@ -61,14 +61,16 @@ def test_seeded_corrections_are_in_the_ledger(tmp_path: Path) -> None:
     assert share([True, False, True, True]) == 0.75 and share([]) is None
 
 
-def test_the_router_ceiling_is_the_best_boundary_on_the_items_themselves() -> None:
+def test_the_router_ceiling_is_the_best_boundary_on_the_items_themselves(
+    sentence_embedder: SentenceEmbedder,
+) -> None:
     items = [
         {"question": "What is 12 times 7?", "paraphrase": "How much is 12 multiplied by 7?",
          "near_miss": "What is 12 times 8?"},
         {"question": "When does the library open?", "paraphrase": "What time does the library "
          "open its doors?", "near_miss": "When does the library close?"},
     ]  # fmt: skip
-    ceiling = router_ceiling(SentenceEmbedder(), items, ["Do you like jazz?", "Nice weather!"])
+    ceiling = router_ceiling(sentence_embedder, items, ["Do you like jazz?", "Nice weather!"])
     assert set(ceiling) == {"near_miss_0.10", "near_miss_0.20", "near_miss_0.30"}
     strict = ceiling["near_miss_0.10"]
     # Two items: a tenth of the near-misses means none.

@@ -24,10 +24,17 @@ def test_importing_ouro_first_silences_the_kernels_hub_notice() -> None:
 
 def test_the_coordinator_and_the_http_front_import_no_model_library() -> None:
     """The coordinator's process never loads a model and stays light: no transformers, PEFT,
-    bitsandbytes, xgrammar or sentence-transformers (measured for the imports: 0.7 GB ->
-    0.42 GB resident). The HTTP front's module imports none either; it runs inside the LLM
-    server's process, which loads them for the engine."""
-    heavy = ("transformers", "peft", "bitsandbytes", "xgrammar", "sentence_transformers")
+    bitsandbytes, xgrammar, ONNX Runtime or sentence-transformers (measured for the imports:
+    0.7 GB -> 0.42 GB resident). The HTTP front's module imports none either; it runs inside
+    the LLM server's process, which loads them for the engine and the router."""
+    heavy = (
+        "transformers",
+        "peft",
+        "bitsandbytes",
+        "xgrammar",
+        "onnxruntime",
+        "sentence_transformers",
+    )
     done = subprocess.run(
         [
             sys.executable,

@@ -33,8 +33,8 @@ BOUNDARY = RoutingBoundary(base=0.6, slope=0.45, context_min=0.5)
 
 
 @pytest.fixture(scope="module")
-def embedder() -> SentenceEmbedder:
-    return SentenceEmbedder()
+def embedder(sentence_embedder: SentenceEmbedder) -> SentenceEmbedder:
+    return sentence_embedder
 
 
 @pytest.fixture(scope="module")

@@ -34,8 +34,8 @@ def ask(text: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def embedder() -> SentenceEmbedder:
-    return SentenceEmbedder()
+def embedder(sentence_embedder: SentenceEmbedder) -> SentenceEmbedder:
+    return sentence_embedder
 
 
 @pytest.fixture(scope="module")

@@ -36,11 +36,13 @@ UNRELATED = "What is the capital of France?"
 DEADLINE_S = 60.0
 
 
-def indexed_adapter(adapter: Path, target: Path, questions: list[str]) -> Path:
+def indexed_adapter(
+    embedder: SentenceEmbedder, adapter: Path, target: Path, questions: list[str]
+) -> Path:
     """A copy of ``adapter`` carrying the correction index of ``questions``."""
     shutil.copytree(adapter, target)
     items = [(f"c-{i}", RouteKey(q)) for i, q in enumerate(questions)]
-    CorrectionIndex.build(SentenceEmbedder(), items, BOUNDARY).save(target)
+    CorrectionIndex.build(embedder, items, BOUNDARY).save(target)
     return target
 
 
@@ -51,17 +53,23 @@ def stack(
     make_lora_adapter,
     tiny_random_model_dir: Path,
     tmp_path_factory: pytest.TempPathFactory,
+    sentence_embedder: SentenceEmbedder,
 ) -> ServeStack:
     model_name = f"ouro-adapter-route-{uuid.uuid4().hex[:8]}"
     work = tmp_path_factory.mktemp("routed-adapters")
     shared = AdapterRegistry(mlflow_server, model_name)
     routed = indexed_adapter(
-        make_lora_adapter(tiny_random_model_dir, 301), work / "v1", [LIBRARY, PASSWORD]
+        sentence_embedder,
+        make_lora_adapter(tiny_random_model_dir, 301),
+        work / "v1",
+        [LIBRARY, PASSWORD],
     )
     shared.set_alias(ALIAS_PRODUCTION, register_adapter_version(shared, routed))
     assert register_adapter_version(shared, make_lora_adapter(tiny_random_model_dir, 302)) == 2
     alice = PersonalRegistries(mlflow_server, model_name).for_scope("alice")
-    own = indexed_adapter(make_lora_adapter(tiny_random_model_dir, 303), work / "alice", [COLOUR])
+    own = indexed_adapter(
+        sentence_embedder, make_lora_adapter(tiny_random_model_dir, 303), work / "alice", [COLOUR]
+    )
     alice.set_alias(ALIAS_PRODUCTION, register_adapter_version(alice, own))
     return serve_stack_factory(
         {

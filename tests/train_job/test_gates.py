@@ -111,7 +111,10 @@ def test_the_baseline_is_the_production_adapter_or_the_base_model_never_the_new_
 
 
 def test_a_side_answers_a_rewording_as_the_correction_it_matched(
-    tiny_random_model_dir: Path, make_lora_adapter: Callable[[Path, int], Path], tmp_path: Path
+    tiny_random_model_dir: Path,
+    make_lora_adapter: Callable[[Path, int], Path],
+    sentence_embedder: SentenceEmbedder,
+    tmp_path: Path,
 ) -> None:
     settings = OuroSettings(base_model=str(tiny_random_model_dir), device="cpu")
     loaded = load_base_model(settings)
@@ -119,7 +122,7 @@ def test_a_side_answers_a_rewording_as_the_correction_it_matched(
         loaded.model, loaded.tokenizer, system_prompt=settings.system_prompt, max_context_tokens=256
     )
     adapter = shutil.copytree(make_lora_adapter(tiny_random_model_dir, 3), tmp_path / "v1")
-    embedder = SentenceEmbedder()
+    embedder = sentence_embedder
     items = [("c-1", RouteKey(QUESTIONS[0]))]
     CorrectionIndex.build(embedder, items, RoutingBoundary(base=0.5, slope=0.3)).save(adapter)
     side = Side([Tier("v1", engine, adapter)], Router(embedder))

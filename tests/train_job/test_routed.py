@@ -23,8 +23,8 @@ def correction(cid: str, question: str, answer: str) -> Correction:
 
 
 @pytest.fixture(scope="module")
-def embedder() -> SentenceEmbedder:
-    return SentenceEmbedder()
+def embedder(sentence_embedder: SentenceEmbedder) -> SentenceEmbedder:
+    return sentence_embedder
 
 
 def test_a_routed_dataset_trains_the_corrections_and_indexes_them(embedder, tmp_path) -> None:
