@@ -59,6 +59,15 @@ class PromptTooLongError(OuroError):
     """Even the system prompt plus the latest user turn do not fit the context budget."""
 
 
+def with_system_prompt(messages: Sequence[dict], system_prompt: str) -> list[dict]:
+    """A copy of the conversation with ``system_prompt`` in front when it has no system turn:
+    the one rule for what the model is served, trained on and scored on."""
+    messages = [dict(message) for message in messages]
+    if system_prompt and not any(message["role"] == "system" for message in messages):
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return messages
+
+
 class ChatFormatter:
     """Renders conversations with the tokenizer's chat template, within a token budget.
 
@@ -76,10 +85,7 @@ class ChatFormatter:
 
     def with_system_prompt(self, messages: Sequence[dict]) -> list[dict]:
         """The conversation, with the default system prompt in front when it has none."""
-        messages = [dict(message) for message in messages]
-        if self.system_prompt and not any(message["role"] == "system" for message in messages):
-            messages.insert(0, {"role": "system", "content": self.system_prompt})
-        return messages
+        return with_system_prompt(messages, self.system_prompt)
 
     def with_tools(self, messages: Sequence[dict], tools: Sequence[dict] = ()) -> list[dict]:
         """The conversation with tools as plain text, which every chat template renders:

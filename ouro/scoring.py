@@ -24,7 +24,7 @@ import torch
 from rouge_score import rouge_scorer
 
 from ouro import routing
-from ouro.chat import ChatFormatter
+from ouro.chat import with_system_prompt
 from ouro.errors import OuroError
 
 logger = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def assistant_token_mask(
     the generation prompt (where the answer starts) and through it (where it ends), so any
     chat template works, with or without ``{% generation %}`` markers.
     """
-    messages = ChatFormatter(tokenizer, system_prompt, 1).with_system_prompt(messages)
+    messages = with_system_prompt(messages, system_prompt)
     text = _render(tokenizer, messages, add_generation_prompt=False)
     spans = []
     for index, message in enumerate(messages):

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from data import load_chat_jsonl
+from ouro.chat import with_system_prompt
 from ouro.configuration import ConfigError
 from ouro.corpus import load_chatterbot_conversations
 from train_job.config import CHATTERBOT_SOURCE, SELF_REPLAY, TrainJobConfig
@@ -211,27 +212,24 @@ def _side(correction_id: str) -> int:
 def correction_row(correction: Correction, system_prompt: str) -> dict:
     """The correction as a prompt-completion row."""
     return {
-        "prompt": with_system_prompt(correction.prompt(), system_prompt),
+        "prompt": _plain(with_system_prompt(correction.prompt(), system_prompt)),
         "completion": [{"role": "assistant", "content": correction.correction}],
     }
 
 
+def _plain(messages: Messages) -> Messages:
+    """Role and content only: every row of a dataset has the same message fields."""
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
 def conversation_rows(conversation: Messages, system_prompt: str) -> list[dict]:
     """One prompt-completion row per assistant turn, so each assistant turn carries loss."""
-    conversation = with_system_prompt(conversation, system_prompt)
+    conversation = _plain(with_system_prompt(conversation, system_prompt))
     return [
         {"prompt": conversation[:index], "completion": [message]}
         for index, message in enumerate(conversation)
         if message["role"] == "assistant" and index > 0
     ]
-
-
-def with_system_prompt(messages: Messages, system_prompt: str) -> Messages:
-    """The conversation with the serving default system prompt in front when it has none."""
-    messages = [{"role": m["role"], "content": m["content"]} for m in messages]
-    if system_prompt and not any(m["role"] == "system" for m in messages):
-        messages.insert(0, {"role": "system", "content": system_prompt})
-    return messages
 
 
 def dataset_sha256(rows: list[dict]) -> str:

@@ -66,7 +66,6 @@ from pathlib import Path
 
 from ouro.engine import BASE_ADAPTER, GenerationEngine, GenerationRequest, SamplingParams
 from ouro.errors import OuroError
-from ouro.models import load_base_model
 from ouro.routing import CorrectionIndex, Router, SentenceEmbedder
 from ouro.scoring import BertScorer, assistant_loss, repeats_a_phrase, token_f1
 from ouro.settings import OuroSettings
@@ -270,13 +269,9 @@ def _evaluate(
             f"{', '.join(patching_modules())} patched this process's model classes: the gates "
             "would not measure what Serve runs"
         )
-    loaded = load_base_model(settings)
-    engine = GenerationEngine(
-        loaded.model,
-        loaded.tokenizer,
-        system_prompt=settings.system_prompt,
-        max_context_tokens=settings.max_context_tokens,
-    )
+    # Built as Serve builds its engine (same model loading, system prompt, context and
+    # KV-cache limits), so the gates answer as Serve would.
+    engine = GenerationEngine.from_settings(settings)
     router = Router(SentenceEmbedder.load(settings.model_cache_dir)) if config.routing else None
     candidate = [Tier(CANDIDATE_ADAPTER, engine, candidate_dir)]
     baseline: list[Tier] = []

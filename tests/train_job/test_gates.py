@@ -11,7 +11,7 @@ from types import ModuleType
 
 import pytest
 
-from ouro.engine import GenerationEngine, GenerationRequest, SamplingParams
+from ouro.engine import EngineLimits, GenerationEngine, GenerationRequest, SamplingParams
 from ouro.models import load_base_model
 from ouro.routing import CorrectionIndex, RouteKey, Router, RoutingBoundary, SentenceEmbedder
 from ouro.scoring import repeats_a_phrase
@@ -186,3 +186,29 @@ def test_after_unsloth_is_imported_the_gates_run_in_a_fresh_process(
         _evaluate(config, settings, dataset(), new, None, "base model")
     fresh = evaluate_gates(config, settings, dataset(), new, None, "base model")
     assert fresh.to_dict() == here.to_dict()
+
+
+def test_the_gates_engine_is_built_from_the_serving_settings(
+    tiny_random_model_dir: Path, tmp_path: Path
+) -> None:
+    """The gates and Serve build their engine with GenerationEngine.from_settings: every
+    setting that changes an answer or a schedule reaches it."""
+    settings = OuroSettings(
+        data_dir=tmp_path,
+        base_model=str(tiny_random_model_dir),
+        system_prompt="Answer in one short sentence.",
+        max_context_tokens=333,
+        max_running_requests=5,
+        max_queued_requests=9,
+        max_kv_cache_tokens=4321,
+        max_prefill_tokens_per_step=123,
+    )
+    engine = GenerationEngine.from_settings(settings)
+    assert engine.formatter.system_prompt == settings.system_prompt
+    assert engine.formatter.max_context_tokens == min(333, engine.max_positions)
+    assert engine.limits == EngineLimits(
+        max_running_requests=5,
+        max_waiting_requests=9,
+        max_kv_cache_tokens=4321,
+        max_prefill_tokens_per_step=123,
+    )
