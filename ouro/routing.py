@@ -619,15 +619,11 @@ class Router:
         return vectors[0], (vectors[1] if key.context else None)
 
     def decide(self, index: CorrectionIndex | None, messages: Sequence[dict]) -> RouteDecision:
-        """The decision for a conversation; an index of None routes everything (an adapter
-        trained without an index answers as it always did)."""
-        if index is None:
-            return RouteDecision(routed=True, reason=NO_INDEX)
-        key = RouteKey.of(messages)
-        if not key.text or not len(index):
-            return RouteDecision(routed=False)
-        vector, context_vector = self.vectors(key)
-        return index.best_match(key, vector, context_vector)
+        """The decision of one index for a conversation (``choose`` with that index alone);
+        an index of None routes everything (an adapter trained without an index answers
+        as it always did)."""
+        _, decision = self.choose([index], messages)
+        return decision
 
     def choose(
         self,
@@ -662,16 +658,3 @@ class Router:
             if decision.routed:
                 return position, decision
         return len(indexes), decision
-
-    def decide_many(
-        self, index: CorrectionIndex | None, conversations: Sequence[Sequence[dict]]
-    ) -> list[RouteDecision]:
-        """Decisions for many conversations, embedded in batches (the gates)."""
-        if index is None:
-            return [RouteDecision(routed=True, reason=NO_INDEX) for _ in conversations]
-        keys = [RouteKey.of(c) for c in conversations]
-        self.prefetch(conversations)
-        return [
-            index.best_match(k, *self.vectors(k)) if k.text and len(index) else RouteDecision()
-            for k in keys
-        ]

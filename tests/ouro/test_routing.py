@@ -166,14 +166,17 @@ def test_no_index_routes_everything_and_an_empty_one_nothing(embedder) -> None:
     assert {NO_INDEX, FORCED, MATCH, NO_MATCH} == {"no_index", "forced", "match", "no_match"}
 
 
-def test_decide_many_agrees_with_decide(embedder, index) -> None:
-    router = Router(embedder)
+def test_prefetched_keys_decide_as_keys_embedded_one_by_one(embedder, index) -> None:
     conversations = [
         [{"role": "user", "content": text}]
         for text in ("What is 12 times 7?", "Tell me a joke", "what are your opening hours?")
     ]
-    many = router.decide_many(index, conversations)
-    assert [d.routed for d in many] == [router.decide(index, c).routed for c in conversations]
+    batched = Router(embedder)
+    batched.prefetch(conversations)
+    one_by_one = Router(embedder, cache_size=0)
+    assert [batched.decide(index, c).routed for c in conversations] == [
+        one_by_one.decide(index, c).routed for c in conversations
+    ]
 
 
 def test_the_index_round_trips_beside_an_adapter(tmp_path, embedder, index) -> None:
