@@ -553,7 +553,7 @@ class RouteDecision:
     routed: bool = False
     reason: str = NO_MATCH
     """'match' (within a correction's reach), 'no_match', 'no_index' (an adapter trained
-    without one: it answers everything, as before routing) or 'forced' (an admin asked for
+    without one: it answers everything it is asked) or 'forced' (an admin asked for
     the adapter unrouted)."""
     similarity: float | None = None
     """Cosine to the nearest (or the accepting) correction."""
@@ -621,7 +621,7 @@ class Router:
     def decide(self, index: CorrectionIndex | None, messages: Sequence[dict]) -> RouteDecision:
         """The decision of one index for a conversation (``choose`` with that index alone);
         an index of None routes everything (an adapter trained without an index answers
-        as it always did)."""
+        everything it is asked)."""
         _, decision = self.choose([index], messages)
         return decision
 

@@ -454,7 +454,7 @@ class ServeMetrics:
             "ouro_router_requests",
             "Chat completions for an adapter version, by the router's decision: match (a "
             "correction's adapter answered), no_match (passed on to the parent), no_index "
-            "(an adapter without an index answered, as before routing), forced (an admin's "
+            "(an adapter without an index answered: it takes everything), forced (an admin's "
             "x-ouro-unrouted).",
             ["route"],
             registry=self.registry,

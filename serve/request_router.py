@@ -4,8 +4,8 @@ A version's adapter answers only the requests its corrections are about (``ouro.
 For one request the LLM server hands over the correction indexes of the versions that may
 answer, in order (``ModelNames.fallbacks``: a personal version, then shared production; the
 base model, which needs no index, ends every chain). The first version whose index takes
-the request answers; an index of None (an adapter trained without one) takes everything,
-as before routing; when none takes it, the base model answers.
+the request answers; an index of None (an adapter trained without one) takes everything
+(its adapter answers all it is asked); when none takes it, the base model answers.
 
 - The request's key is embedded once, however long the chain, and only when some index
   needs it; the decisions are ``Router``'s own (the gates decide through the same code).

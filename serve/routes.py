@@ -126,7 +126,7 @@ and why, in the body and in headers sent before the first byte (streamed answers
   `ouro@alice/v2`, `ouro-base`);
 - `x-ouro-route`: `match` (a correction's adapter answered), `no_match` (passed on to the
   parent), `no_index` (an adapter trained without a correction index: it answers
-  everything, as before routing), `forced` (see below), or `base` (the base model was
+  everything it is asked), `forced` (see below), or `base` (the base model was
   asked for);
 - `x-ouro-route-similarity`: the cosine between the request and the nearest correction of
   the version that decided, 4 decimals; absent when no correction was compared.
