@@ -548,9 +548,10 @@ class GenerationEngine:
     def _emit(self, seqs: list[_Sequence], logits: torch.Tensor) -> list[int]:
         """Pick each row's next token and hand out its delta; the rows that go on.
 
-        Rows that ask for nothing special share one batched argmax; the others go
-        through :mod:`ouro.engine.sampling` one by one (bias, penalties, constraint,
-        then their pick), and report logprobs of the logits as the model gave them.
+        Rows that ask for nothing special share one batched argmax; the others have
+        their logits adjusted row by row (bias, penalties, constraint: :mod:`ouro.engine.sampling`),
+        then the greedy ones take the argmax and the sampled ones are drawn together
+        (``sampling.sample_rows``); logprobs are of the logits as the model gave them.
         """
         keep = []
         failed: set[int] = set()
@@ -565,6 +566,15 @@ class GenerationEngine:
                 failed.add(row)
                 self._fail(seq, error)
         greedy = logits.argmax(dim=-1).tolist()
+        sampled_rows = [r for r, seq in enumerate(seqs) if seq.generator is not None and r not in failed]
+        sampled = {}
+        if sampled_rows:
+            tokens = sampling.sample_rows(
+                logits[sampled_rows],
+                [seqs[row].params for row in sampled_rows],
+                [seqs[row].generator for row in sampled_rows],
+            )
+            sampled = dict(zip(sampled_rows, tokens, strict=True))
         for row, seq in enumerate(seqs):
             if row in failed:
                 continue
@@ -573,10 +583,9 @@ class GenerationEngine:
                 self._counters["aborted"] += 1
                 continue
             try:
-                if seq.generator is None:
-                    token = greedy[row]
-                else:
-                    token = sampling.sample(logits[row], seq.params, seq.generator)
+                token = greedy[row] if seq.generator is None else sampled[row]
+                if isinstance(token, sampling.UndrawableRowError):
+                    raise token
                 logprobs = None
                 if row in raw:
                     with self._tokenizer_lock:

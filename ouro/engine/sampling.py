@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 from functools import lru_cache
 
 import torch
@@ -53,18 +54,75 @@ def adjust_logits(
         constraint.mask_logits(logits)
 
 
-def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-    """One token drawn with the row's temperature, top_p and generator (numerically safe)."""
-    # Subtracting the maximum first keeps a tiny temperature from overflowing: the best
-    # token stays at 0, the others go to -inf at worst, and softmax stays defined.
-    scaled = (logits - logits.max()) / params.temperature
-    probs = torch.softmax(scaled.double(), dim=-1).cpu()
-    if params.top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        # Drop tokens once the ones before them already reach top_p (the first always stays).
-        sorted_probs[(sorted_probs.cumsum(-1) - sorted_probs) >= params.top_p] = 0.0
-        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-    return int(torch.multinomial(probs, 1, generator=generator).item())
+NUCLEUS_CANDIDATES = 64
+"""Most likely tokens a row's top_p nucleus is looked for among first; a row whose top
+``NUCLEUS_CANDIDATES`` hold less than top_p of its mass (a flat distribution) sorts its
+whole vocabulary instead. A language model's next-token distribution is peaked, so a full
+sort (most of a CPU step's sampling time over a 49k vocabulary) is rare."""
+
+
+class UndrawableRowError(RuntimeError):
+    """A row whose adjusted logits leave no token with a probability (all -inf, or NaN)."""
+
+
+def sample_rows(
+    logits: torch.Tensor,
+    params: Sequence[SamplingParams],
+    generators: Sequence[torch.Generator],
+) -> list[int | UndrawableRowError]:
+    """One token per row of ``logits`` (rows, vocab), drawn with each row's temperature,
+    top_p and seeded generator, for all rows at once.
+
+    Temperature and softmax run on the whole batch (each row minus its maximum first, so a
+    tiny temperature cannot overflow); top_p keeps, per row, the tokens whose more likely
+    predecessors hold less than top_p (the most likely always stays); the draw is one
+    uniform number per row from the row's own generator, inverted through the row's
+    cumulative distribution, so a row's token never depends on the other rows. A row with
+    nothing to draw from gets an :class:`UndrawableRowError` in its place."""
+    temperatures = torch.tensor([p.temperature for p in params], dtype=torch.float32)
+    scaled = (logits.float() - logits.float().amax(dim=-1, keepdim=True)) / temperatures[:, None]
+    probs = torch.softmax(scaled, dim=-1)
+    uniforms = torch.cat([torch.rand(1, generator=generator) for generator in generators])
+    top_p = torch.tensor([p.top_p for p in params], dtype=torch.float32)
+    tokens = torch.empty(len(params), dtype=torch.long)
+
+    full = (top_p >= 1.0).nonzero().flatten()
+    if len(full):
+        tokens[full] = _invert(probs[full], uniforms[full])
+    nucleus = (top_p < 1.0).nonzero().flatten()
+    if len(nucleus):
+        k = min(NUCLEUS_CANDIDATES, probs.shape[-1])
+        candidates, ids = probs[nucleus].topk(k, dim=-1)
+        inside = candidates.sum(dim=-1) >= top_p[nucleus]
+        for rows, sorted_probs, order in (
+            (nucleus[inside], candidates[inside], ids[inside]),
+            # The nucleus is wider than the candidates: these rows sort their whole vocabulary.
+            (nucleus[~inside], *probs[nucleus[~inside]].sort(dim=-1, descending=True)),
+        ):
+            if len(rows):
+                picked = _invert(_nucleus(sorted_probs, top_p[rows]), uniforms[rows])
+                tokens[rows] = order.gather(1, picked[:, None]).squeeze(1)
+    drawable = torch.isfinite(probs).all(dim=-1) & (probs.sum(dim=-1) > 0)
+    return [
+        int(token) if ok else UndrawableRowError("no token has a probability to draw from")
+        for token, ok in zip(tokens.tolist(), drawable.tolist(), strict=True)
+    ]
+
+
+def _nucleus(sorted_probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Probabilities sorted most likely first, with the tokens past each row's top_p zeroed
+    (a token stays while the ones before it hold less than top_p; the first always stays)."""
+    past = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p[:, None]
+    past[:, 0] = False  # even a top_p that rounds to 0 keeps the most likely token
+    return sorted_probs.masked_fill(past, 0.0)
+
+
+def _invert(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Per row, the position where the cumulative weights pass ``uniform`` times their total."""
+    cumulative = weights.cumsum(dim=-1)
+    targets = (uniforms * cumulative[:, -1])[:, None]
+    picked = torch.searchsorted(cumulative, targets, right=True).squeeze(1)
+    return picked.clamp(max=weights.shape[-1] - 1)
 
 
 class TokenTexts:

@@ -207,3 +207,65 @@ def test_a_choice_that_fails_fails_its_request_alone(engine, monkeypatch):
     stats = engine.stats()
     assert stats.failed_requests == before.failed_requests + 1
     assert stats.running_requests == 0 and stats.kv_cache_usage == 0
+
+
+# -- drawing all sampled rows at once (sampling.sample_rows) -------------------------------
+
+
+def draw(logits: torch.Tensor, params: SamplingParams, seeds: range) -> list[int]:
+    """One token per seed, each row the same logits with its own generator."""
+    rows = logits.expand(len(seeds), -1).clone()
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    return sampling.sample_rows(rows, [params] * len(seeds), generators)
+
+
+def test_draws_follow_the_tempered_distribution() -> None:
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, -30.0])
+    params = SamplingParams(temperature=0.7)
+    counts = Counter(draw(logits, params, range(20_000)))
+    expected = torch.softmax(logits / 0.7, dim=-1)
+    for token in range(5):
+        assert abs(counts[token] / 20_000 - float(expected[token])) < 0.015
+
+
+@pytest.mark.parametrize("spread", ["peaked", "flat"])
+def test_top_p_draws_only_from_the_nucleus(spread: str) -> None:
+    # Peaked: the nucleus is among the first candidates; flat: wider than
+    # NUCLEUS_CANDIDATES, so the whole vocabulary is sorted.
+    generator = torch.Generator().manual_seed(0)
+    vocabulary = 1_000
+    scale = 8.0 if spread == "peaked" else 0.01
+    logits = torch.randn(vocabulary, generator=generator) * scale
+    probs = torch.softmax(logits.double(), dim=-1)
+    ordered, order = probs.sort(descending=True)
+    nucleus = set(order[(ordered.cumsum(-1) - ordered) < 0.9].tolist())
+    assert (len(nucleus) > sampling.NUCLEUS_CANDIDATES) == (spread == "flat")
+    drawn = draw(logits, SamplingParams(temperature=1.0, top_p=0.9), range(3_000))
+    assert set(drawn) <= nucleus
+    assert len(set(drawn)) > min(len(nucleus), 50) // 2  # more than the top token
+
+
+def test_a_rows_token_does_not_depend_on_the_other_rows() -> None:
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(6, 500, generator=generator) * 3
+    params = [
+        SamplingParams(temperature=t, top_p=p, seed=i)
+        for i, (t, p) in enumerate(
+            [(1.0, 1.0), (0.5, 0.9), (1.5, 0.3), (0.01, 1.0), (1, 0.99), (2, 1)]
+        )
+    ]
+
+    def generators(rows):
+        return [torch.Generator().manual_seed(params[row].seed) for row in rows]
+
+    together = sampling.sample_rows(logits, params, generators(range(6)))
+    alone = [sampling.sample_rows(logits[[r]], [params[r]], generators([r]))[0] for r in range(6)]
+    assert together == alone
+
+
+def test_a_row_with_nothing_to_draw_from_is_reported_in_its_place() -> None:
+    logits = torch.tensor([[1.0, 2.0, 3.0], [float("-inf")] * 3, [3.0, 2.0, 1.0]])
+    params = [SamplingParams(temperature=1.0, top_p=0.5)] * 3
+    tokens = sampling.sample_rows(logits, params, [torch.Generator() for _ in range(3)])
+    assert tokens[0] == 2 and tokens[2] == 0
+    assert isinstance(tokens[1], sampling.UndrawableRowError)

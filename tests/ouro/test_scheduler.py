@@ -280,23 +280,30 @@ def test_adapter_changes_between_steps_never_give_a_wrong_adapter_token(engine, 
     assert sink_base.text == expected_base
 
 
-def test_a_row_that_fails_inside_the_engine_fails_alone(engine, monkeypatch):
-    neighbours = [request(0, "a"), request(1)]
+class ForbidsEverything:
+    """A structured-output constraint whose grammar allows no token at all."""
+
+    finished = False
+
+    def mask_logits(self, logits) -> None:
+        logits.fill_(float("-inf"))
+
+    def accept(self, token: int) -> None:
+        raise AssertionError("no token can be accepted")
+
+
+def test_a_row_that_fails_inside_the_engine_fails_alone(engine):
+    neighbours = [request(0, "a"), request(1), request(2, temperature=0.8, seed=5)]
     expected = [alone(engine, req) for req in neighbours]
-    real_sample = sampling.sample
-
-    def sample(logits, params, generator):  # a numerical failure in one row's sampling
-        if params.seed == 666:
-            raise RuntimeError("invalid multinomial distribution")
-        return real_sample(logits, params, generator)
-
-    monkeypatch.setattr(sampling, "sample", sample)
     driver = Driver(engine)
     sinks = [driver.submit(req) for req in neighbours]
     driver.step(2)
-    failing = driver.submit(request(3, temperature=1.0, seed=666))
+    # A sampled row with nothing to draw from, in the same batch as sampled neighbours.
+    failing = request(3, temperature=1.0, seed=666)
+    failing.constraint = ForbidsEverything
+    failed = driver.submit(failing)
     driver.finish()
-    assert isinstance(failing.error, RuntimeError)
+    assert isinstance(failed.error, sampling.UndrawableRowError)
     assert [sink.text for sink in sinks] == expected
     assert engine.stats().failed_requests == 1
 
