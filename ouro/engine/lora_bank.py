@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -18,9 +19,9 @@ Layout = tuple[tuple[int, int], ...]
 
 PER_ROW_MIN_ADAPTERS = 5
 """A batch using at least this many adapters gathers per row (BGMV) instead of masking."""
-MASKED_MIN_ROWS = 8
-"""A batch of fewer rows (a prefill chunk of the newly admitted requests) gathers per row:
-its gather is small, and a masked selection made for it would replace the running batch's."""
+SELECTIONS_KEPT = 8
+"""Gathered selections kept, by the set of adapters they are for: the running batch's set
+and a prefill chunk's each keep theirs, so alternating steps regather nothing."""
 
 
 class LoraBank:
@@ -44,12 +45,12 @@ class LoraBank:
     skipped). Inside ``routed`` the bank runs each layer in PEFT's place: the base layer,
     then the rows' LoRA sum.
 
-    The masked matmul computes every used adapter's columns for every row, and its gather
-    is redone whenever the set of used adapters changes. When a batch uses at least
-    ``PER_ROW_MIN_ADAPTERS`` adapters (personal adapters: nearly every row its own, and the
-    set changes at almost every step), or has fewer than ``MASKED_MIN_ROWS`` rows (a prefill
-    chunk, whose set differs from the running batch's), each row gathers its own adapter's A
-    and B instead, from per-layer stacks padded to the layer's largest rank with a zero
+    The masked matmul computes every used adapter's columns for every row; its gathers are
+    kept for the last ``SELECTIONS_KEPT`` sets of adapters (a prefill chunk's set beside the
+    running batch's), and its masks while the rows stay the same. When a batch uses at
+    least ``PER_ROW_MIN_ADAPTERS`` adapters (personal adapters: nearly every row its own,
+    and the set changes at almost every step), each row gathers its own adapter's A and B
+    instead, from per-layer stacks padded to the layer's largest rank with a zero
     adapter for base rows (Punica's BGMV: two batched matmuls), so the step does a row's own
     rank of work per row and nothing is regathered when the set changes. With few adapters
     the masked matmul is cheaper on the CPU: for a decode step of 16 rows over 4 adapters
@@ -62,10 +63,8 @@ class LoraBank:
         layers: list[torch.nn.Module],
         names: list[str],
         per_row_min_adapters: int = PER_ROW_MIN_ADAPTERS,
-        masked_min_rows: int = MASKED_MIN_ROWS,
     ) -> None:
         self.per_row_min_adapters = per_row_min_adapters
-        self.masked_min_rows = masked_min_rows
         self.index = {name: position for position, name in enumerate(names)}
         self.weights: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor, Layout]] = {}
         for layer in layers:
@@ -90,9 +89,13 @@ class LoraBank:
         """Bank indices of the adapters the routed batch uses; ``selected`` is built for it."""
         self.selected: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor, Layout]] = {}
         """Per layer that holds one of ``used``: those adapters' A rows and B columns."""
+        self._selections: OrderedDict[tuple[int, ...], dict] = OrderedDict()
+        """``selected`` of the last ``SELECTIONS_KEPT`` sets of adapters, the newest last."""
         self.masks: dict[Layout, torch.Tensor] = {}
         """Per layout of the selected weights: (batch, 1, columns), 1 where a column is the
         row's own adapter's."""
+        self._masked_rows: tuple[int, ...] | None = None
+        """The rows ``masks`` were built for."""
         self.active = False
         """The bank acts only inside ``routed``; other calls of the model see plain PEFT."""
         self._attached: list[torch.nn.Module] = []
@@ -117,12 +120,15 @@ class LoraBank:
         self.any_lora = bool(used)
         if not used:
             return  # base rows only: no LoRA layer is touched, the selection is kept
-        self.per_row = len(used) >= self.per_row_min_adapters or len(rows) < self.masked_min_rows
+        self.per_row = len(used) >= self.per_row_min_adapters
         if self.per_row:
             self._route_rows(rows)
             return
         if used != self.used:
             self._select(used)
+        if tuple(rows) == self._masked_rows:
+            return  # the same rows as the last step: the masks hold
+        self._masked_rows = tuple(rows)
         self.masks = {}
         for a, _, layout in self.selected.values():
             if layout not in self.masks:
@@ -162,9 +168,19 @@ class LoraBank:
         return stacks
 
     def _select(self, used: tuple[int, ...]) -> None:
-        """Gather, in every layer, the weights of the adapters in ``used`` only."""
+        """Point ``selected`` at the gathered weights of the adapters in ``used`` (gathered
+        now unless a recent batch used the same set)."""
         self.used = used
-        self.selected = {}
+        self._masked_rows = None
+        kept = self._selections.pop(used, None)
+        self.selected = kept if kept is not None else self._gather(used)
+        self._selections[used] = self.selected
+        while len(self._selections) > SELECTIONS_KEPT:
+            self._selections.popitem(last=False)
+
+    def _gather(self, used: tuple[int, ...]) -> dict:
+        """Per layer, the A rows and B columns of the adapters in ``used`` only."""
+        selected = {}
         wanted = set(used)
         positions: dict[Layout, tuple[torch.Tensor, Layout]] = {}
         for layer, (a, b, layout) in self.weights.items():
@@ -180,7 +196,8 @@ class LoraBank:
                 positions[layout] = (torch.tensor(columns, device=a.device), tuple(kept))
             columns, kept = positions[layout]
             if kept:
-                self.selected[layer] = (a[columns], b[:, columns], kept)
+                selected[layer] = (a[columns], b[:, columns], kept)
+        return selected
 
     @contextmanager
     def routed(self, adapters: list[str | None]) -> Iterator[None]:

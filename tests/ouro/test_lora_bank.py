@@ -74,8 +74,8 @@ def attached_bank(peft_model, **thresholds) -> Iterator[LoraBank]:
 
 @pytest.fixture
 def bank(peft_model):
-    """A bank that masks for batches of any size (the tests' batches are small)."""
-    with attached_bank(peft_model, masked_min_rows=1) as bank:
+    """A bank with the engine's thresholds."""
+    with attached_bank(peft_model) as bank:
         yield bank
 
 
@@ -166,7 +166,7 @@ def test_inside_routed_the_bank_runs_the_layers_in_peft_s_place(peft_model, monk
 
     monkeypatch.setattr(layer_class, "forward", counted)
     input_ids = inputs(2)
-    with attached_bank(peft_model, masked_min_rows=1) as bank:
+    with attached_bank(peft_model) as bank:
         for adapters in ([None, None], ["r4", None]):
             bank_logits(peft_model, bank, input_ids, adapters)
             assert calls == []
@@ -246,22 +246,36 @@ def test_small_per_row_products_run_on_the_calling_thread_alone(
     assert after == 2
 
 
-def test_a_prefill_chunk_of_few_rows_gathers_per_row_and_keeps_the_running_selection(
-    peft_model,
-):
+def test_a_prefill_chunk_keeps_its_own_selection_beside_the_running_batchs(peft_model):
     with attached_bank(peft_model) as bank:  # the engine's thresholds
         running = ["r4", "r16", "r4", "r16", None, "r4", "r16", "r4"]  # a decode batch
-        bank.route(running)
-        assert not bank.per_row
-        selected = bank.selected
-        for adapters in (["mlp", "top_qv"], running):  # a prefill chunk, then decode again
+        chunk = ["mlp", "top_qv"]  # the newly admitted requests' prefill chunk
+        selections = {}
+        for adapters in (running, chunk, running, chunk, running):
             input_ids = inputs(len(adapters))
             banked = bank_logits(peft_model, bank, input_ids, adapters)
-            assert bank.per_row == (adapters is not running)
-            assert bank.selected is selected  # never regathered for the prefill chunk
+            assert not bank.per_row
+            # Each set is gathered once; going back to it regathers nothing.
+            assert selections.setdefault(id(adapters), bank.selected) is bank.selected
             torch.testing.assert_close(
                 banked, peft_logits(peft_model, input_ids, adapters), rtol=1e-4, atol=1e-5
             )
+
+
+def test_masks_are_rebuilt_only_when_the_rows_change(peft_model, bank):
+    bank.route(["r4", "r16", None])
+    masks = bank.masks
+    bank.route(["r4", "r16", None])  # the next decoding step of the same batch
+    assert bank.masks is masks
+    bank.route(["r16", "r4", None])  # same set, rows in another order
+    assert bank.masks is not masks
+    input_ids = inputs(3)
+    torch.testing.assert_close(
+        bank_logits(peft_model, bank, input_ids, ["r16", "r4", None]),
+        peft_logits(peft_model, input_ids, ["r16", "r4", None]),
+        rtol=1e-4,
+        atol=1e-5,
+    )
 
 
 def test_a_batch_over_many_adapters_switches_to_per_row_and_back(peft_model, bank):
