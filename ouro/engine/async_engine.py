@@ -15,7 +15,8 @@ import asyncio
 import dataclasses
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from ouro.engine.core import GenerationEngine
@@ -80,7 +81,9 @@ class AsyncEngine:
         try:
             while not self._stopping.is_set():
                 if engine.wait_for_work(_IDLE_WAIT_S):
-                    engine.step()
+                    mailbox = self._mailbox_of_loop
+                    with mailbox.holding() if mailbox is not None else nullcontext():
+                        engine.step()
         except BaseException as error:  # noqa: BLE001 - recorded for check_health, then raised
             self._loop_error = error
             logger.exception("the engine loop stopped")
@@ -139,26 +142,47 @@ def _conversation_chars(messages) -> int:
 
 
 class _Mailbox:
-    """Hands deltas from the engine thread to the sinks of one event loop, one wake-up of
-    the loop for everything posted before it runs (a step's deltas for every request)."""
+    """Hands deltas from the engine thread to the sinks of one event loop: one wake-up of
+    the loop per engine step for every request's deltas (held while the step runs, so a
+    loop that runs between two rows' posts does not wake once per row), and one for
+    everything else posted before the loop runs."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._lock = threading.Lock()
         self._posted: list[tuple[_LoopSink, list]] = []
+        self._holding = False
+        self._wake_pending = False
 
-    # engine thread
+    # engine thread (and any thread that fails a request)
     def post(self, sink: _LoopSink, items: list) -> None:
         with self._lock:
             self._posted.append((sink, items))
-            if len(self._posted) > 1:
-                return  # a wake-up is already on its way
+            if self._holding or self._wake_pending:
+                return  # delivered when the step ends, or by the wake-up on its way
+            self._wake_pending = True
         self.loop.call_soon_threadsafe(self._deliver)
+
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        """Within the block (one engine step) posts wait; they go in one wake-up after."""
+        with self._lock:
+            self._holding = True
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._holding = False
+                wake = bool(self._posted) and not self._wake_pending
+                self._wake_pending = self._wake_pending or wake
+            if wake:
+                self.loop.call_soon_threadsafe(self._deliver)
 
     # event loop
     def _deliver(self) -> None:
         with self._lock:
             posted, self._posted = self._posted, []
+            self._wake_pending = False
         for sink, items in posted:
             sink.deliver(items)
 
