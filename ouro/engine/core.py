@@ -42,7 +42,7 @@ import logging
 import secrets
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -70,6 +70,7 @@ from ouro.engine.types import (
     RequestAbortedError,
     SamplingParams,
     StreamDelta,
+    TokenConstraint,
 )
 from ouro.models import load_base_model
 
@@ -116,19 +117,23 @@ class _Sequence:
         self.next_token: int | None = None
         """The last sampled token: fed to the model at the next decoding step."""
         self.first_token_at: float | None = None
-        self.constraint = request.constraint() if request.constraint is not None else None
+        self.logits = sampling.RowLogits(
+            self.params, request.constraint() if request.constraint is not None else None
+        )
+        """Its bias, penalties and structured-output constraint."""
         self.generator: torch.Generator | None = None
         if not self.params.greedy:
             seed = self.params.seed if self.params.seed is not None else secrets.randbits(63)
             self.generator = torch.Generator().manual_seed(seed)
-        self.generated: Counter[int] = Counter()
-        """How often each token was generated (kept only when penalties need it)."""
-        self.keeps_counts = bool(self.params.presence_penalty or self.params.frequency_penalty)
+
+    @property
+    def constraint(self) -> TokenConstraint | None:
+        return self.logits.constraint
 
     @property
     def fast(self) -> bool:
         """Picked by the batched argmax: greedy, with nothing that changes its logits."""
-        return self.generator is None and not self.params.adjusts_logits and self.constraint is None
+        return self.generator is None and not self.logits.changes_logits
 
     @property
     def reserved_tokens(self) -> int:
@@ -140,13 +145,10 @@ class _Sequence:
     ) -> StreamDelta:
         """Take one generated token; return what it adds to the answer."""
         self.completion_tokens += 1
-        if self.keeps_counts:
-            self.generated[token] += 1
+        self.logits.accept(token)
         self.next_token = token
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
-        if self.constraint is not None:
-            self.constraint.accept(token)
         if token in end_ids:
             self.finish_reason = FINISH_STOP
             text = self.detokenizer.flush()
@@ -561,12 +563,14 @@ class GenerationEngine:
                 if seq.params.logprobs:
                     raw[row] = sampling.raw_logprobs(logits[row])
                 if not seq.fast:
-                    sampling.adjust_logits(logits[row], seq.params, seq.generated, seq.constraint)
+                    seq.logits.apply(logits[row])
             except (RuntimeError, ValueError) as error:
                 failed.add(row)
                 self._fail(seq, error)
         greedy = logits.argmax(dim=-1).tolist()
-        sampled_rows = [r for r, seq in enumerate(seqs) if seq.generator is not None and r not in failed]
+        sampled_rows = [
+            r for r, seq in enumerate(seqs) if seq.generator is not None and r not in failed
+        ]
         sampled = {}
         if sampled_rows:
             tokens = sampling.sample_rows(

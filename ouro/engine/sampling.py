@@ -34,24 +34,54 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 from ouro.engine.types import PositionLogprobs, SamplingParams, TokenConstraint, TokenLogprob
 
 
-def adjust_logits(
-    logits: torch.Tensor,
-    params: SamplingParams,
-    generated: Counter[int],
-    constraint: TokenConstraint | None,
-) -> None:
-    """Apply bias, penalties and the constraint's mask to one row's logits, in place."""
-    if params.logit_bias:
-        ids = torch.tensor(list(params.logit_bias), device=logits.device)
-        biases = torch.tensor(list(params.logit_bias.values()), device=logits.device)
-        logits.index_add_(0, ids, biases.to(logits.dtype))
-    if generated and (params.presence_penalty or params.frequency_penalty):
-        ids = torch.tensor(list(generated), device=logits.device)
-        counts = torch.tensor(list(generated.values()), device=logits.device, dtype=logits.dtype)
-        penalties = counts * params.frequency_penalty + params.presence_penalty
-        logits.index_add_(0, ids, -penalties)
-    if constraint is not None:
-        constraint.mask_logits(logits)
+class RowLogits:
+    """One row's logits processing (steps 1-3 above), built once for the row: its
+    logit_bias as tensors, and the counts of the tokens it generated when a penalty needs
+    them."""
+
+    def __init__(self, params: SamplingParams, constraint: TokenConstraint | None) -> None:
+        self.constraint = constraint
+        self._bias = (
+            (
+                torch.tensor(list(params.logit_bias), dtype=torch.long),
+                torch.tensor(list(params.logit_bias.values())),
+            )
+            if params.logit_bias
+            else None
+        )
+        self._frequency = params.frequency_penalty
+        self._presence = params.presence_penalty
+        self.generated: Counter[int] | None = (
+            Counter() if (self._frequency or self._presence) else None
+        )
+        """How often each token was generated (kept only when a penalty needs it)."""
+
+    @property
+    def changes_logits(self) -> bool:
+        return self._bias is not None or self.generated is not None or self.constraint is not None
+
+    def accept(self, token: int) -> None:
+        """Count a generated token, and advance the constraint past it."""
+        if self.generated is not None:
+            self.generated[token] += 1
+        if self.constraint is not None:
+            self.constraint.accept(token)
+
+    def apply(self, logits: torch.Tensor) -> None:
+        """Bias, penalties and the constraint's mask on one row's logits, in place."""
+        if self._bias is not None:
+            ids, biases = self._bias
+            if ids.device != logits.device or biases.dtype != logits.dtype:
+                self._bias = ids, biases = ids.to(logits.device), biases.to(logits)
+            logits.index_add_(0, ids, biases)
+        if self.generated:
+            ids = torch.tensor(list(self.generated), device=logits.device)
+            counts = torch.tensor(
+                list(self.generated.values()), device=logits.device, dtype=logits.dtype
+            )
+            logits.index_add_(0, ids, -(counts * self._frequency + self._presence))
+        if self.constraint is not None:
+            self.constraint.mask_logits(logits)
 
 
 NUCLEUS_CANDIDATES = 64
@@ -159,7 +189,7 @@ def _token_bytes(piece: str | None, text: str, byte_of: dict[str, int]) -> bytes
 
 def raw_logprobs(logits: torch.Tensor) -> torch.Tensor:
     """The distribution logprobs report: the log-softmax of one row's logits as the model
-    gave them (call it before ``adjust_logits``)."""
+    gave them (call it before ``RowLogits.apply``)."""
     return torch.log_softmax(logits.float(), dim=-1)
 
 

@@ -130,11 +130,6 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0
 
-    @property
-    def adjusts_logits(self) -> bool:
-        """Whether the row's logits change before its pick (bias or penalties)."""
-        return bool(self.logit_bias or self.presence_penalty or self.frequency_penalty)
-
     def choice(self, index: int) -> SamplingParams:
         """The settings of choice ``index`` of ``n``: one choice, seeded ``seed + index``
         (wrapped into the seed range) when a seed is given."""

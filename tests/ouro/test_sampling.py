@@ -176,26 +176,42 @@ def test_a_batch_mixing_every_setting_leaves_the_plain_rows_unchanged(engine):
     assert [texts[1], texts[3], texts[4], texts[5], texts[6]] == alone
 
 
-def test_a_choice_that_fails_fails_its_request_alone(engine, monkeypatch):
+class BreaksAtItsThirdToken:
+    """A structured-output constraint that allows everything, until its third token."""
+
+    finished = False
+
+    def __init__(self) -> None:
+        self.accepted = 0
+
+    def mask_logits(self, logits) -> None:
+        if self.accepted == 2:
+            raise RuntimeError("a broken logits processor")
+
+    def accept(self, token: int) -> None:
+        self.accepted += 1
+
+
+def test_a_choice_that_fails_fails_its_request_alone(engine):
     neighbours = [
         request(0, max_tokens=14),
         request(1, max_tokens=14, n=2, temperature=1.0, seed=1),
     ]
     expected = [output.text for output in engine.generate(neighbours)]
-    real_adjust = sampling.adjust_logits
+    made = []
 
-    def adjust(logits, params, generated, constraint):  # one choice's processing breaks
-        if params.seed == 101 and len(generated) == 2:
-            raise RuntimeError("a broken logits processor")
-        real_adjust(logits, params, generated, constraint)
+    def one_choice_breaks():  # the request's second choice gets the broken processor
+        made.append(BreaksAtItsThirdToken() if len(made) == 1 else None)
+        return made[-1]
 
-    monkeypatch.setattr(sampling, "adjust_logits", adjust)
     before = engine.stats()
     driver = Driver(engine)
     sinks = [driver.submit(req) for req in neighbours]
-    failing = driver.submit(
-        request(2, max_tokens=14, n=3, temperature=1.0, seed=100, frequency_penalty=0.5)
+    failing_request = request(
+        2, max_tokens=14, n=3, temperature=1.0, seed=100, frequency_penalty=0.5
     )
+    failing_request.constraint = one_choice_breaks
+    failing = driver.submit(failing_request)
     driver.finish()
     driver.step()  # the failed request's other choices leave
     assert isinstance(failing.error, RuntimeError)
