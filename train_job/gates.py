@@ -285,7 +285,42 @@ def _evaluate(
     new_side = Side(candidate + parent, router)
     old_side = Side((baseline + parent) if baseline else parent, router)
     scorer = scorer or BertScorer()
+    answers, new_answers, old_answers = _answer_corrections(
+        engine, new_side, old_side, dataset, scorer, config, settings
+    )
+    checks = _correction_checks(answers, config)
+    perplexity, check = _perplexity_check(engine, new_side, old_side, dataset, settings, config)
+    checks.append(check)
+    probes, new_probe, old_probe, probe_checks = _locality_checks(
+        engine, new_side, old_side, dataset, scorer, config
+    )
+    checks += probe_checks
+    if router is not None and new_side.tiers[0].index is not None:
+        checks += _router_checks(new_side, dataset)
+    checks.append(_degenerate_check(new_answers + new_probe, old_answers + old_probe, config))
 
+    report = GateReport(
+        baseline=baseline_label,
+        checks=checks,
+        answers=answers,
+        probes=probes,
+        perplexity=perplexity,
+    )
+    logger.info("gates (baseline %s): %s", baseline_label, report.summary())
+    return report
+
+
+def _answer_corrections(
+    engine: GenerationEngine,
+    new_side: Side,
+    old_side: Side,
+    dataset: CycleDataset,
+    scorer: BertScorer,
+    config: TrainJobConfig,
+    settings: OuroSettings,
+) -> tuple[list[AnswerResult], list[str], list[str]]:
+    """Both sides' answers to every correction's prompt (trained and held out), scored
+    against the correction."""
     corrections = [*dataset.train, *dataset.held_out]
     limits = [_answer_budget(engine, c, config, settings) for c in corrections]
     prompts = [c.prompt() for c in corrections]
@@ -308,7 +343,11 @@ def _evaluate(
         )
         for index, c in enumerate(corrections)
     ]
+    return answers, new_answers, old_answers
 
+
+def _correction_checks(answers: list[AnswerResult], config: TrainJobConfig) -> list[GateCheck]:
+    """Fix rate, generalisation, exact matches, and the baseline's fix rate beside them."""
     checks = [
         _rate_check("fix_rate", answers, "train", config.fix_rate_min, config),
         _rate_check("generalisation", answers, "held_out", config.generalisation_min, config),
@@ -340,150 +379,149 @@ def _evaluate(
             "the baseline's fix rate on the same corrections, for comparison",
         )
     )
+    return checks
 
-    perplexity: dict[str, float] = {}
-    if dataset.regression:
-        # Routed on the opening user turn, as the conversation's first request was.
-        openings = [_opening(c) for c in dataset.regression]
-        perplexity = {
-            side_name: _routed_perplexity(
-                engine, dataset.regression, side.route(openings)[1], settings, config
-            )
-            for side_name, side in (("new", new_side), ("baseline", old_side))
-        }
-        rise = (perplexity["new"] / perplexity["baseline"] - 1.0) * 100.0
-        checks.append(
-            GateCheck(
-                "perplexity_rise_pct",
-                rise,
-                config.max_perplexity_rise_pct,
-                "<=",
-                rise <= config.max_perplexity_rise_pct,
-                f"{perplexity['baseline']:.3f} -> {perplexity['new']:.3f} on "
-                f"{len(dataset.regression)} held-out conversations",
-            )
-        )
-    else:
-        checks.append(
-            GateCheck(
-                "perplexity_rise_pct",
-                None,
-                config.max_perplexity_rise_pct,
-                "<=",
-                None,
-                "skipped: no regression set",
-            )
-        )
 
-    probes: list[dict] = []
-    new_probe: list[str] = []
-    old_probe: list[str] = []
+def _perplexity_check(
+    engine: GenerationEngine,
+    new_side: Side,
+    old_side: Side,
+    dataset: CycleDataset,
+    settings: OuroSettings,
+    config: TrainJobConfig,
+) -> tuple[dict[str, float], GateCheck]:
+    """Both sides' perplexity on the regression conversations, each routed as Serve would."""
+    if not dataset.regression:
+        return {}, GateCheck(
+            "perplexity_rise_pct",
+            None,
+            config.max_perplexity_rise_pct,
+            "<=",
+            None,
+            "skipped: no regression set",
+        )
+    # Routed on the opening user turn, as the conversation's first request was.
+    openings = [_opening(c) for c in dataset.regression]
+    perplexity = {
+        side_name: _routed_perplexity(
+            engine, dataset.regression, side.route(openings)[1], settings, config
+        )
+        for side_name, side in (("new", new_side), ("baseline", old_side))
+    }
+    rise = (perplexity["new"] / perplexity["baseline"] - 1.0) * 100.0
+    return perplexity, GateCheck(
+        "perplexity_rise_pct",
+        rise,
+        config.max_perplexity_rise_pct,
+        "<=",
+        rise <= config.max_perplexity_rise_pct,
+        f"{perplexity['baseline']:.3f} -> {perplexity['new']:.3f} on "
+        f"{len(dataset.regression)} held-out conversations",
+    )
+
+
+def _locality_checks(
+    engine: GenerationEngine,
+    new_side: Side,
+    old_side: Side,
+    dataset: CycleDataset,
+    scorer: BertScorer,
+    config: TrainJobConfig,
+) -> tuple[list[dict], list[str], list[str], list[GateCheck]]:
+    """Both sides' answers to the probes (prompts the corrections are not about): the
+    share unchanged, and their similarity."""
     locality_prompts = dataset.probes
-    if locality_prompts:
-        limit = [config.gate_max_new_tokens] * len(locality_prompts)
-        new_prompts, new_routes = new_side.route(locality_prompts)
-        old_prompts, old_routes = old_side.route(locality_prompts)
-        # Where both sides route a prompt to the base model its answer is the same by
-        # construction: only prompts routed differently, or to an adapter, are generated.
-        differ = [i for i, (n, o) in enumerate(zip(new_routes, old_routes, strict=True)) if n or o]
-        new_asked = greedy_answers(
-            engine,
-            [new_prompts[i] for i in differ],
-            [new_routes[i] for i in differ],
-            limit[: len(differ)],
+    if not locality_prompts:
+        skipped = GateCheck(
+            "probe_similarity", None, config.probe_f1_min, ">=", None, "skipped: no probe prompts"
         )
-        old_asked = greedy_answers(
-            engine,
-            [old_prompts[i] for i in differ],
-            [old_routes[i] for i in differ],
-            limit[: len(differ)],
+        return [], [], [], [skipped]
+    checks = []
+    limit = [config.gate_max_new_tokens] * len(locality_prompts)
+    new_prompts, new_routes = new_side.route(locality_prompts)
+    old_prompts, old_routes = old_side.route(locality_prompts)
+    # Where both sides route a prompt to the base model its answer is the same by
+    # construction: only prompts routed differently, or to an adapter, are generated.
+    differ = [i for i, (n, o) in enumerate(zip(new_routes, old_routes, strict=True)) if n or o]
+    new_asked = greedy_answers(
+        engine,
+        [new_prompts[i] for i in differ],
+        [new_routes[i] for i in differ],
+        limit[: len(differ)],
+    )
+    old_asked = greedy_answers(
+        engine,
+        [old_prompts[i] for i in differ],
+        [old_routes[i] for i in differ],
+        limit[: len(differ)],
+    )
+    new_probe, old_probe = [""] * len(locality_prompts), [""] * len(locality_prompts)
+    for slot, i in enumerate(differ):
+        new_probe[i], old_probe[i] = new_asked[slot], old_asked[slot]
+    generated = set(differ)
+    same = [i not in generated for i in range(len(locality_prompts))]
+    similarity = scorer.f1(new_probe, old_probe)
+    unchanged = [
+        s or token_f1(n, o) >= config.locality_f1_threshold
+        for s, n, o in zip(same, new_probe, old_probe, strict=True)
+    ]
+    probes = [
+        {
+            "prompt": p[-1]["content"],
+            "route": new_routes[i] or "base",
+            "baseline_route": old_routes[i] or "base",
+            "answer": n,
+            "baseline_answer": o,
+            "f1": f,
+            "unchanged": u,
+        }
+        for i, (p, n, o, f, u) in enumerate(
+            zip(locality_prompts, new_probe, old_probe, similarity, unchanged, strict=True)
         )
-        new_probe, old_probe = [""] * len(locality_prompts), [""] * len(locality_prompts)
-        for slot, i in enumerate(differ):
-            new_probe[i], old_probe[i] = new_asked[slot], old_asked[slot]
-        generated = set(differ)
-        same = [i not in generated for i in range(len(locality_prompts))]
-        similarity = scorer.f1(new_probe, old_probe)
-        unchanged = [
-            s or token_f1(n, o) >= config.locality_f1_threshold
-            for s, n, o in zip(same, new_probe, old_probe, strict=True)
-        ]
-        probes = [
-            {
-                "prompt": p[-1]["content"],
-                "route": new_routes[i] or "base",
-                "baseline_route": old_routes[i] or "base",
-                "answer": n,
-                "baseline_answer": o,
-                "f1": f,
-                "unchanged": u,
-            }
-            for i, (p, n, o, f, u) in enumerate(
-                zip(locality_prompts, new_probe, old_probe, similarity, unchanged, strict=True)
-            )
-        ]
-        share = sum(unchanged) / len(unchanged)
-        checks.append(
-            GateCheck(
-                "locality",
-                share,
-                config.locality_min,
-                ">=",
-                None if config.locality_min is None else share >= config.locality_min,
-                f"{sum(unchanged)}/{len(unchanged)} answers to probes unchanged through the "
-                f"router (token F1 >= {config.locality_f1_threshold}); {len(differ)} reached "
-                "an adapter",
-            )
+    ]
+    share = sum(unchanged) / len(unchanged)
+    checks.append(
+        GateCheck(
+            "locality",
+            share,
+            config.locality_min,
+            ">=",
+            None if config.locality_min is None else share >= config.locality_min,
+            f"{sum(unchanged)}/{len(unchanged)} answers to probes unchanged through the "
+            f"router (token F1 >= {config.locality_f1_threshold}); {len(differ)} reached "
+            "an adapter",
         )
-        if similarity:
-            mean = sum(similarity) / len(similarity)
-            checks.append(
-                GateCheck(
-                    "probe_similarity",
-                    mean,
-                    config.probe_f1_min,
-                    ">=",
-                    mean >= config.probe_f1_min,
-                    f"mean F1 new vs baseline over {len(similarity)} probe prompts",
-                )
-            )
-    if not dataset.probes:
+    )
+    if similarity:
+        mean = sum(similarity) / len(similarity)
         checks.append(
             GateCheck(
                 "probe_similarity",
-                None,
+                mean,
                 config.probe_f1_min,
                 ">=",
-                None,
-                "skipped: no probe prompts",
+                mean >= config.probe_f1_min,
+                f"mean F1 new vs baseline over {len(similarity)} probe prompts",
             )
         )
-    if router is not None and new_side.tiers[0].index is not None:
-        checks += _router_checks(new_side, dataset)
+    return probes, new_probe, old_probe, checks
 
-    new_degenerate = sum(map(repeats_a_phrase, new_answers + new_probe))
-    old_degenerate = sum(map(repeats_a_phrase, old_answers + old_probe))
-    checks.append(
-        GateCheck(
-            "degenerate_answers",
-            float(new_degenerate - old_degenerate),
-            float(config.max_degenerate_answers),
-            "<=",
-            new_degenerate - old_degenerate <= config.max_degenerate_answers,
-            f"{new_degenerate} new answers repeat a phrase back to back, the baseline's "
-            f"{old_degenerate}",
-        )
-    )
 
-    report = GateReport(
-        baseline=baseline_label,
-        checks=checks,
-        answers=answers,
-        probes=probes,
-        perplexity=perplexity,
+def _degenerate_check(
+    new_answers: list[str], old_answers: list[str], config: TrainJobConfig
+) -> GateCheck:
+    """Answers that repeat a phrase back to back, against the baseline's."""
+    new_degenerate = sum(map(repeats_a_phrase, new_answers))
+    old_degenerate = sum(map(repeats_a_phrase, old_answers))
+    return GateCheck(
+        "degenerate_answers",
+        float(new_degenerate - old_degenerate),
+        float(config.max_degenerate_answers),
+        "<=",
+        new_degenerate - old_degenerate <= config.max_degenerate_answers,
+        f"{new_degenerate} new answers repeat a phrase back to back, the baseline's "
+        f"{old_degenerate}",
     )
-    logger.info("gates (baseline %s): %s", baseline_label, report.summary())
-    return report
 
 
 def _rate_check(
