@@ -701,6 +701,49 @@ class RegistryState(BaseModel):
     production_version: int | None
 
 
+class ReplicaStatus(BaseModel):
+    """One LLM server replica, as ``/readyz`` and the registry refresh report it."""
+
+    replica_id: str = Field(description="Serve's replica id.")
+    reported_at: float = Field(description="Unix time of the replica's report.")
+    production_version: int | None = Field(
+        description="Version 'ouro' answers with on this replica; null: the base model."
+    )
+    production_known: bool = Field(
+        description="Whether the replica has read the registry and loaded production."
+    )
+    refresh_generation: int = Field(
+        description="Newest admin refresh request this replica has acted on."
+    )
+    adapters_loaded: list[str] = Field(description="Adapters in the replica's engine.")
+    registry_reachable: bool = Field(description="Whether the replica's last registry poll worked.")
+    registry_error: str | None = Field(description="The last poll's error, if it failed.")
+    warm_error: str | None = Field(
+        description="Why the newest production version could not be loaded, if so."
+    )
+    running_requests: int | None = Field(description="Requests being answered; null: unknown.")
+    waiting_requests: int | None = Field(description="Requests waiting for a place.")
+    stale: bool = Field(description="The replica did not answer in time: its last report.")
+
+    @classmethod
+    def of(cls, report: ReplicaReport) -> ReplicaStatus:
+        engine = report.engine
+        return cls(
+            replica_id=report.replica_id,
+            reported_at=report.reported_at,
+            production_version=report.production_version,
+            production_known=report.production_known,
+            refresh_generation=report.refresh_generation,
+            adapters_loaded=list(report.adapters_loaded),
+            registry_reachable=report.registry_reachable,
+            registry_error=report.registry_error,
+            warm_error=report.warm_error,
+            running_requests=engine.running_requests if engine is not None else None,
+            waiting_requests=engine.waiting_requests if engine is not None else None,
+            stale=report.stale,
+        )
+
+
 class Readiness(BaseModel):
     """Answer of ``GET /readyz`` (200 when ready, 503 with the same body when not)."""
 
@@ -708,7 +751,7 @@ class Readiness(BaseModel):
     model_loaded: bool = Field(description="Whether any LLM server replica answered.")
     registry: RegistryState
     serving: dict[str, list[str]] = Field(description="What each served name answers with.")
-    replicas: list[ReplicaReport]
+    replicas: list[ReplicaStatus]
     reason: str | None = Field(None, description="Why it is not ready.")
 
 
@@ -722,7 +765,7 @@ class RegistryRefresh(BaseModel):
     aliases: dict[str, int]
     versions: list[int]
     replicas_synced: bool = Field(description="Every LLM replica acted on this refresh.")
-    replicas: list[ReplicaReport]
+    replicas: list[ReplicaStatus]
 
 
 class Liveness(BaseModel):

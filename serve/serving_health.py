@@ -21,7 +21,7 @@ from ouro.registry import ALIAS_PRODUCTION
 from serve.errors import error_response
 from serve.llm_calls import LLMBackend
 from serve.model_names import served_model
-from serve.protocol import Readiness, RegistryRefresh, RegistryState
+from serve.protocol import Readiness, RegistryRefresh, RegistryState, ReplicaStatus
 from serve.registry_watcher import RegistryWatcher
 from serve.replica_report import ReplicaReport
 
@@ -81,7 +81,7 @@ class Health:
             serving={
                 "ouro": sorted({served_model(r.production_version).label for r in ready_replicas}),
             },
-            replicas=reports,
+            replicas=[ReplicaStatus.of(report) for report in reports],
             reason=reason,
         )
         return JSONResponse(
@@ -110,7 +110,7 @@ class Health:
             aliases=dict(snapshot.aliases) if snapshot else {},
             versions=sorted(snapshot.versions) if snapshot else [],
             replicas_synced=_all_acted(reports, generation),
-            replicas=reports,
+            replicas=[ReplicaStatus.of(report) for report in reports],
         )
         return JSONResponse(body.model_dump(mode="json"))
 
