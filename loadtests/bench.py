@@ -72,7 +72,8 @@ from loadtests.private_network import add_ingress_flag, current_ingress, rerun_f
 from ouro.embedded import TINY_MODEL
 from ouro.engine import GenerationEngine
 from ouro.errors import OuroError
-from ouro.registry import ALIAS_PRODUCTION, AdapterRegistry
+from ouro.names import ALIAS_PRODUCTION
+from ouro.registry import AdapterRegistry
 from ouro.settings import OuroSettings
 
 logger = logging.getLogger("loadtests.bench")

@@ -36,7 +36,7 @@ from loadtests.bench_engine import run_batched, run_one_at_a_time
 from loadtests.bench_load import LoadSummary, async_client, chat_body, closed_loop
 from loadtests.bench_stack import ServeProcess
 from ouro.engine import GenerationEngine, GenerationRequest, SamplingParams
-from ouro.registry import version_label
+from ouro.names import version_label
 
 logger = logging.getLogger(__name__)
 

@@ -56,7 +56,8 @@ import httpx
 from loadtests.bench_heal import FIXTURE, load_fixture, run_cycle, seed
 from loadtests.bench_stack import cpu_seconds_by_process, prepare_base_model, serve_process
 from ouro.corpus import load_chatterbot_conversations
-from ouro.registry import ALIAS_CANARY, ALIAS_PRODUCTION, AdapterRegistry, version_label
+from ouro.names import ALIAS_CANARY, ALIAS_PRODUCTION, version_label
+from ouro.registry import AdapterRegistry
 from ouro.rollout import CanaryPolicy, Rollout, assigned_version, rollout_record
 from ouro.scoring import token_f1
 from ouro.settings import DEFAULT_BASE_MODEL, OuroSettings

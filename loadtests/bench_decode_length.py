@@ -60,7 +60,7 @@ from loadtests.bench_stack import (
 from loadtests.private_network import add_ingress_flag, current_ingress, rerun_for_ingress
 from ouro.embedded import TINY_MODEL
 from ouro.engine import GenerationEngine, GenerationRequest, SamplingParams, StreamDelta
-from ouro.registry import BASE_MODEL_NAME
+from ouro.names import BASE_MODEL_NAME
 from ouro.settings import OuroSettings
 
 logger = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ from loadtests.bench_load import (
 from loadtests.bench_stack import ServeProcess, cpu_seconds_by_process
 from ouro.corpus import load_chatterbot_conversations
 from ouro.engine import GenerationEngine, GenerationRequest, SamplingParams
-from ouro.registry import BASE_MODEL_NAME
+from ouro.names import BASE_MODEL_NAME
 
 logger = logging.getLogger(__name__)
 

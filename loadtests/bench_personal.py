@@ -75,14 +75,8 @@ from loadtests.bench_stack import (
     serve_process,
 )
 from ouro.embedded import TINY_MODEL
-from ouro.registry import (
-    ALIAS_PRODUCTION,
-    SERVED_MODEL_NAME,
-    SHARED_MODEL_NAME,
-    AdapterRegistry,
-    PersonalRegistries,
-    sqlite_path,
-)
+from ouro.names import ALIAS_PRODUCTION, SERVED_MODEL_NAME, SHARED_MODEL_NAME
+from ouro.registry import AdapterRegistry, PersonalRegistries, sqlite_path
 from ouro.settings import OuroSettings
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from itertools import pairwise
 
 from loadtests.bench_load import run_prompt_rotation
 from loadtests.bench_stack import PeakMemory, ServeProcess
-from ouro.registry import SERVED_MODEL_NAME
+from ouro.names import SERVED_MODEL_NAME
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ from loadtests.bench_load import (
     closed_loop,
 )
 from loadtests.bench_stack import ServeProcess
-from ouro.registry import ALIAS_PRODUCTION, SERVED_MODEL_NAME, AdapterRegistry, version_label
+from ouro.names import ALIAS_PRODUCTION, SERVED_MODEL_NAME, version_label
+from ouro.registry import AdapterRegistry
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from contextlib import aclosing
 from loadtests.bench_load import CHAT_PATH, async_client, chat_body
 from loadtests.bench_stack import ServeProcess
 from ouro.engine import AsyncEngine, GenerationEngine, GenerationRequest, SamplingParams
-from ouro.registry import SERVED_MODEL_NAME
+from ouro.names import SERVED_MODEL_NAME
 
 logger = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from loadtests.bench_report import write_json
 from loadtests.bench_stack import REPO_ROOT, prepare_base_model, serve_process
 from loadtests.private_network import add_ingress_flag, current_ingress, rerun_for_ingress
 from ouro.embedded import TINY_MODEL
-from ouro.registry import BASE_MODEL_NAME
+from ouro.names import BASE_MODEL_NAME
 from ouro.settings import OuroSettings
 
 logger = logging.getLogger("loadtests.profile_replica")

@@ -1,16 +1,4 @@
-"""Model names and the MLflow registry of LoRA adapter versions.
-
-Names clients use (the ``model`` field of a request):
-
-- ``ouro``: whatever the ``production`` alias points at; the base model while none is set;
-- ``ouro@<alias>`` (``ouro@production``, ``ouro@candidate``, ...): that alias;
-- ``ouro@v<N>``: version N, pinned;
-- ``ouro-base``: the base model with no adapter;
-- ``ouro-shared``: shared production, whoever asks (with personal adapters on, ``ouro``
-  may answer with the caller's own adapter instead);
-- ``ouro@<scope>/v<N>``, ``ouro@<scope>/<alias>``: a personal version or alias of
-  ``scope`` (``alice``, ``alice/u1``), see ``ouro.scopes``. Only the scope's own callers
-  may use them; the serving side decides that.
+"""The MLflow registry of LoRA adapter versions (model names: ``ouro.names``).
 
 The registry holds one registered model (default ``ouro-adapter``); each version is a
 PEFT adapter directory logged as a run artifact, with tags (see ``TAG_*``) written by the
@@ -56,10 +44,16 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 
 from ouro.errors import OuroError
 from ouro.ledger import InvalidWatermarkError, Watermark
+from ouro.names import (
+    ALIAS_PRODUCTION,
+    SERVED_MODEL_NAME,
+    ModelRef,
+    UnknownModelError,
+    is_valid_alias,
+    version_label,
+)
 from ouro.scopes import (
     PERSONAL_MODEL_INFIX,
-    SCOPE_SEPARATOR,
-    InvalidScopeError,
     personal_model_name,
     validate_scope,
 )
@@ -67,12 +61,6 @@ from ouro.settings import OuroSettings
 
 logger = logging.getLogger(__name__)
 
-SERVED_MODEL_NAME = "ouro"
-BASE_MODEL_NAME = "ouro-base"
-SHARED_MODEL_NAME = "ouro-shared"
-ALIAS_PRODUCTION = "production"
-ALIAS_CANDIDATE = "candidate"
-ALIAS_CANARY = "canary"
 DEFAULT_REGISTERED_MODEL = "ouro-adapter"
 ADAPTER_ARTIFACT_PATH = "adapter"
 """Run artifact folder holding the adapter; a version's source is ``<artifact_uri>/adapter``."""
@@ -97,9 +85,6 @@ ALIAS_HISTORY_LIMIT = 20
 # Registered-model tag: the training cycles' outcomes (TrainingCycles), for Serve's metrics.
 TRAINING_CYCLES_TAG = "ouro.training_cycles"
 
-_ALIAS_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
-_VERSION_ALIAS_PATTERN = re.compile(r"^[vV]\d+$")  # reserved by MLflow for versions
-_PINNED_PATTERN = re.compile(r"^v([1-9][0-9]*)$")
 _REGISTERED_MODEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,255}$")
 _NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
 _ALREADY_EXISTS = "RESOURCE_ALREADY_EXISTS"
@@ -117,90 +102,12 @@ class RegistryUnavailableError(RegistryError):
     """MLflow cannot be reached (raised within seconds, not after minutes of retries)."""
 
 
-class UnknownModelError(RegistryError):
-    """A model name that is not one of the served forms, or names nothing that exists."""
-
-
 class NothingToRollBackError(RegistryError):
     """The alias has no earlier value recorded to go back to."""
 
 
 class AdapterArtifactError(RegistryError):
     """A version's artifacts are not a PEFT adapter directory."""
-
-
-# -- names ----------------------------------------------------------------------------
-
-VALID_NAME_FORMS = (
-    f"'{SERVED_MODEL_NAME}', '{SERVED_MODEL_NAME}@<alias>' (e.g. "
-    f"'{SERVED_MODEL_NAME}@{ALIAS_PRODUCTION}', '{SERVED_MODEL_NAME}@{ALIAS_CANDIDATE}'), "
-    f"'{SERVED_MODEL_NAME}@v<N>' (a pinned version, e.g. '{SERVED_MODEL_NAME}@v7') "
-    f", '{SHARED_MODEL_NAME}' or '{BASE_MODEL_NAME}'"
-)
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """What a model name asks for: an alias, a pinned version, or the base model."""
-
-    name: str = field(metadata={"help": "The name as requested."})
-    alias: str | None = field(default=None, metadata={"help": "Registry alias to follow."})
-    version: int | None = field(default=None, metadata={"help": "Pinned version number."})
-    scope: str | None = field(
-        default=None, metadata={"help": "Personal scope whose registered model is meant."}
-    )
-
-    @property
-    def is_base(self) -> bool:
-        return self.alias is None and self.version is None
-
-
-def parse_model_name(name: str) -> ModelRef:
-    """Parse a client's model name; UnknownModelError for anything but the served forms."""
-    if name == BASE_MODEL_NAME:
-        return ModelRef(name)
-    if name in (SERVED_MODEL_NAME, SHARED_MODEL_NAME):
-        return ModelRef(name, alias=ALIAS_PRODUCTION)
-    prefix, at, suffix = name.partition("@")
-    if prefix == SERVED_MODEL_NAME and at and SCOPE_SEPARATOR in suffix:
-        scope, _, target = suffix.rpartition(SCOPE_SEPARATOR)
-        try:
-            validate_scope(scope)
-        except InvalidScopeError:
-            raise UnknownModelError(f"unknown model {name!r}: use {VALID_NAME_FORMS}") from None
-        pinned = _PINNED_PATTERN.match(target)
-        if pinned:
-            return ModelRef(name, version=int(pinned.group(1)), scope=scope)
-        if is_valid_alias(target):
-            return ModelRef(name, alias=target, scope=scope)
-    elif prefix == SERVED_MODEL_NAME and at:
-        pinned = _PINNED_PATTERN.match(suffix)
-        if pinned:
-            return ModelRef(name, version=int(pinned.group(1)))
-        if is_valid_alias(suffix):
-            return ModelRef(name, alias=suffix)
-    raise UnknownModelError(f"unknown model {name!r}: use {VALID_NAME_FORMS}")
-
-
-def is_valid_alias(alias: str) -> bool:
-    """An alias MLflow accepts: letters, digits, '_' and '-', not 'latest' nor 'v<N>'."""
-    return (
-        bool(_ALIAS_PATTERN.match(alias))
-        and not _VERSION_ALIAS_PATTERN.match(alias)
-        and alias.lower() != "latest"
-    )
-
-
-def version_label(n: int, scope: str | None = None) -> str:
-    """The name of a pinned version: ``ouro@v<n>``, or ``ouro@<scope>/v<n>`` for a personal one."""
-    if scope is not None:
-        return f"{SERVED_MODEL_NAME}@{scope}{SCOPE_SEPARATOR}v{n}"
-    return f"{SERVED_MODEL_NAME}@v{n}"
-
-
-def personal_alias_name(scope: str, alias: str) -> str:
-    """The name of a personal alias: ``ouro@<scope>/<alias>``."""
-    return f"{SERVED_MODEL_NAME}@{scope}{SCOPE_SEPARATOR}{alias}"
 
 
 # -- registry contents ----------------------------------------------------------------

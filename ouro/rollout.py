@@ -52,16 +52,8 @@ from dataclasses import dataclass, field, fields
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ouro.registry import (
-    ALIAS_CANARY,
-    ALIAS_PRODUCTION,
-    BASE_MODEL_NAME,
-    TAG_ROLLOUT_DECISION,
-    AdapterRegistry,
-    RegistryError,
-    RegistrySnapshot,
-    version_label,
-)
+from ouro.names import ALIAS_CANARY, ALIAS_PRODUCTION, BASE_MODEL_NAME, version_label
+from ouro.registry import TAG_ROLLOUT_DECISION, AdapterRegistry, RegistryError, RegistrySnapshot
 from ouro.settings import OuroSettings
 
 logger = logging.getLogger(__name__)

@@ -30,13 +30,9 @@ from ouro.engine import (
 )
 from ouro.engine import InvalidRequestError as EngineRequestError
 from ouro.ledger import FeedbackTooLargeError, InvalidFeedbackError, LedgerUnavailableError
+from ouro.names import UnknownModelError
 from ouro.personal import UnknownCorrectionError
-from ouro.registry import (
-    AdapterArtifactError,
-    RegistryError,
-    RegistryUnavailableError,
-    UnknownModelError,
-)
+from ouro.registry import AdapterArtifactError, RegistryError, RegistryUnavailableError
 from ouro.scopes import InvalidScopeError
 from serve.exceptions import (
     InvalidRequestError,

@@ -54,15 +54,8 @@ from ray.serve.exceptions import RayServeException
 
 from ouro.engine import AsyncEngine, GenerationEngine, GenerationRequest, StreamDelta, merge_deltas
 from ouro.errors import OuroError
-from ouro.registry import (
-    ALIAS_PRODUCTION,
-    AdapterArtifactError,
-    PersonalRegistries,
-    RegistrySnapshot,
-    UnknownModelError,
-    parse_model_name,
-    version_label,
-)
+from ouro.names import ALIAS_PRODUCTION, UnknownModelError, parse_model_name, version_label
+from ouro.registry import AdapterArtifactError, PersonalRegistries, RegistrySnapshot
 from ouro.routing import CorrectionIndex, CorrectionIndexError
 from ouro.settings import OuroSettings
 from ouro.structured import StructuredOutput, ToolFormat

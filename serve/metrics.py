@@ -31,13 +31,8 @@ from prometheus_client.registry import Collector
 from ouro.engine import EngineStats
 from ouro.engine.types import BATCH_SIZE_BUCKETS, STEP_SECONDS_BUCKETS
 from ouro.ledger import FeedbackRecord
-from ouro.registry import (
-    BASE_MODEL_NAME,
-    TrainingCycles,
-    UnknownModelError,
-    parse_model_name,
-    version_label,
-)
+from ouro.names import BASE_MODEL_NAME, UnknownModelError, parse_model_name, version_label
+from ouro.registry import TrainingCycles
 from ouro.rollout import TTFT_BUCKETS, ArmCounts, CanaryState, CounterKey, assigned_version
 from ouro.routing import FORCED, MATCH, NO_INDEX, NO_MATCH
 from serve.llm_calls import ROUTE_BASE, ServedModel

@@ -1,4 +1,5 @@
-"""ModelNames: what each model name means now, from a registry snapshot.
+"""ModelNames: what each model name means now, from a registry snapshot (the names'
+grammar is ``ouro.names``).
 
 - ``ouro`` (and ``ouro@production``): the production version this replica serves (the
   LLM server switches it only once the new version is loaded), or the base model while
@@ -24,15 +25,15 @@ production, a shared version to the base model; the base model has none.
 
 from __future__ import annotations
 
-from ouro.registry import (
+from ouro.names import (
     ALIAS_PRODUCTION,
     BASE_MODEL_NAME,
     SERVED_MODEL_NAME,
-    RegistrySnapshot,
     UnknownModelError,
     parse_model_name,
     version_label,
 )
+from ouro.registry import RegistrySnapshot
 from ouro.rollout import CanaryState, canary_state
 from serve.llm_calls import ServedModel
 from serve.protocol import ModelCard

@@ -27,19 +27,17 @@ import asyncio
 import logging
 import time
 
-from ouro.registry import (
+from ouro.names import (
     ALIAS_PRODUCTION,
     BASE_MODEL_NAME,
     SERVED_MODEL_NAME,
     SHARED_MODEL_NAME,
-    PersonalRegistries,
-    RegistryError,
-    RegistrySnapshot,
     UnknownModelError,
     parse_model_name,
     personal_alias_name,
     version_label,
 )
+from ouro.registry import PersonalRegistries, RegistryError, RegistrySnapshot
 from serve.model_names import ModelNames, does_not_exist
 from serve.protocol import ModelCard
 

@@ -14,7 +14,7 @@ from dataclasses import replace
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ouro.engine import PositionLogprobs, SamplingParams, TokenLogprob
-from ouro.registry import SERVED_MODEL_NAME, version_label
+from ouro.names import SERVED_MODEL_NAME, version_label
 from ouro.rollout import (
     assigned_completion_id,
     echoed_assignment,

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from ray.exceptions import RayError
 from ray.serve.exceptions import RayServeException
 
-from ouro.registry import ALIAS_PRODUCTION
+from ouro.names import ALIAS_PRODUCTION
 from serve.errors import error_response
 from serve.llm_calls import LLMBackend
 from serve.model_names import served_model

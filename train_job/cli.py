@@ -38,15 +38,13 @@ from mlflow.exceptions import MlflowException
 
 from ouro.configuration import ConfigError, add_flags, load_settings, read_config_file
 from ouro.errors import OuroError
+from ouro.names import ALIAS_PRODUCTION, UnknownModelError, is_valid_alias
 from ouro.notify import notify_serve
 from ouro.registry import (
-    ALIAS_PRODUCTION,
     AdapterRegistry,
     NothingToRollBackError,
     PersonalRegistries,
     RegistryUnavailableError,
-    UnknownModelError,
-    is_valid_alias,
 )
 from ouro.scopes import is_valid_scope
 from ouro.settings import OuroSettings

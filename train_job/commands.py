@@ -12,13 +12,8 @@ from dataclasses import dataclass
 
 from ouro.errors import OuroError
 from ouro.ledger import LedgerReader
-from ouro.registry import (
-    ALIAS_PRODUCTION,
-    AdapterRegistry,
-    AdapterVersion,
-    RegistrySnapshot,
-    version_label,
-)
+from ouro.names import ALIAS_PRODUCTION, version_label
+from ouro.registry import AdapterRegistry, AdapterVersion, RegistrySnapshot
 from ouro.settings import OuroSettings
 from train_job.collect import usable_corrections
 

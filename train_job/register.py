@@ -19,10 +19,9 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
+from ouro.names import ALIAS_CANDIDATE, ALIAS_PRODUCTION
 from ouro.registry import (
     ADAPTER_ARTIFACT_PATH,
-    ALIAS_CANDIDATE,
-    ALIAS_PRODUCTION,
     TAG_BASE_MODEL,
     TAG_CORRECTIONS,
     TAG_DATASET_HASH,

@@ -18,7 +18,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ouro.registry import ALIAS_CANARY, ALIAS_PRODUCTION, AdapterRegistry
+from ouro.names import ALIAS_CANARY, ALIAS_PRODUCTION
+from ouro.registry import AdapterRegistry
 from ouro.rollout import (
     CanaryPolicy,
     Decision,

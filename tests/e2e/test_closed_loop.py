@@ -22,7 +22,7 @@ import httpx
 import pytest
 from openai import OpenAI, OpenAIError
 
-from ouro.registry import BASE_MODEL_NAME, SERVED_MODEL_NAME, version_label
+from ouro.names import BASE_MODEL_NAME, SERVED_MODEL_NAME, version_label
 from ouro.scoring import BertScorer
 from tests.fixtures.serve_cli import LocalServe, start_local_serve
 from tests.fixtures.train_job import CORRECTION_PAIRS, tiny_config

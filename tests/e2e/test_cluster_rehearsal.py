@@ -34,7 +34,7 @@ import httpx
 import pytest
 import yaml
 
-from ouro.registry import BASE_MODEL_NAME, version_label
+from ouro.names import BASE_MODEL_NAME, version_label
 from tests.fixtures.charts import RenderChart
 from tests.fixtures.mlflow import free_port
 from tests.fixtures.serve import wait_until_ready

@@ -25,7 +25,7 @@ import pytest
 from mlflow import MlflowClient
 from openai import OpenAI
 
-from ouro.registry import BASE_MODEL_NAME, SERVED_MODEL_NAME, SHARED_MODEL_NAME, version_label
+from ouro.names import BASE_MODEL_NAME, SERVED_MODEL_NAME, SHARED_MODEL_NAME, version_label
 from ouro.scoring import rouge_l
 from tests.fixtures.serve_cli import LocalServe, start_local_serve
 from tests.fixtures.train_job import CORRECTION_PAIRS

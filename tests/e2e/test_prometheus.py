@@ -26,7 +26,8 @@ import httpx
 import pytest
 import yaml
 
-from ouro.registry import BASE_MODEL_NAME, AdapterRegistry, version_label
+from ouro.names import BASE_MODEL_NAME, version_label
+from ouro.registry import AdapterRegistry
 from ouro.rollout import Rollout
 from tests.fixtures.charts import RenderChart
 from tests.fixtures.mlflow import free_port

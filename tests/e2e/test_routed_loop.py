@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ouro.registry import BASE_MODEL_NAME, SERVED_MODEL_NAME, version_label
+from ouro.names import BASE_MODEL_NAME, SERVED_MODEL_NAME, version_label
 from ouro.scoring import token_f1
 from tests.fixtures.serve_cli import LocalServe, start_local_serve
 from train_job.config import recipe_for

@@ -14,7 +14,7 @@ import pytest
 
 from loadtests.bench_personal import PersonalSizes, run_personal, scope_name
 from loadtests.bench_report import check_targets, headline, markdown
-from ouro.registry import version_label
+from ouro.names import version_label
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(1200)]
 

@@ -16,7 +16,7 @@ from loadtests.bench_load import LoadSummary, RequestRecord
 from loadtests.bench_report import check_targets, headline, markdown, plot, write_json
 from loadtests.bench_saturation import find_knee
 from ouro.engine import GenerationEngine
-from ouro.registry import version_label
+from ouro.names import version_label
 from ouro.settings import OuroSettings
 
 
@@ -152,5 +152,7 @@ def test_the_default_model_scenario_gives_its_efficiency_headline_and_table() ->
     figures = headline(scenarios)
     assert figures == {"http_efficiency_smollm2": 0.9}
     assert check_targets(figures)["http_efficiency_smollm2"]["met"] is True
-    table = markdown({"headline": figures, "targets": check_targets(figures), "scenarios": scenarios})
+    table = markdown(
+        {"headline": figures, "targets": check_targets(figures), "scenarios": scenarios}
+    )
     assert "| 16 | 90.0 | 100.0 | 0.90 | 0.500 | 0.900 | 0.400 | 0.450 |" in table

@@ -14,12 +14,18 @@ import pytest
 from mlflow import MlflowClient
 
 from ouro.ledger import SegmentPosition, Watermark
-from ouro.registry import (
-    ADAPTER_ARTIFACT_PATH,
+from ouro.names import (
     ALIAS_CANDIDATE,
     ALIAS_PRODUCTION,
     BASE_MODEL_NAME,
     SERVED_MODEL_NAME,
+    ModelRef,
+    UnknownModelError,
+    parse_model_name,
+    version_label,
+)
+from ouro.registry import (
+    ADAPTER_ARTIFACT_PATH,
     TAG_BASE_MODEL,
     TAG_CORRECTIONS,
     TAG_DATASET_HASH,
@@ -30,14 +36,10 @@ from ouro.registry import (
     AdapterRegistry,
     AdapterVersion,
     CycleOutcome,
-    ModelRef,
     NothingToRollBackError,
     RegistrySnapshot,
     RegistryUnavailableError,
     TrainingCycles,
-    UnknownModelError,
-    parse_model_name,
-    version_label,
 )
 from ouro.settings import OuroSettings
 from tests.fixtures.mlflow import free_port

@@ -9,12 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ouro.registry import (
-    ALIAS_CANARY,
-    ALIAS_PRODUCTION,
-    TAG_WATERMARK,
-    AdapterRegistry,
-)
+from ouro.names import ALIAS_CANARY, ALIAS_PRODUCTION
+from ouro.registry import TAG_WATERMARK, AdapterRegistry
 from ouro.rollout import (
     CANARY_STATE_TAG,
     ArmCounts,

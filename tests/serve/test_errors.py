@@ -13,7 +13,8 @@ from ouro.chat import PromptTooLongError
 from ouro.engine import AdapterIncompatibleError, AdapterNotFoundError
 from ouro.engine import InvalidRequestError as EngineRequestError
 from ouro.ledger import FeedbackTooLargeError, InvalidFeedbackError, LedgerUnavailableError
-from ouro.registry import AdapterArtifactError, RegistryUnavailableError, UnknownModelError
+from ouro.names import UnknownModelError
+from ouro.registry import AdapterArtifactError, RegistryUnavailableError
 from serve.errors import api_error, error_response, stream_error_event
 from serve.exceptions import (
     AuthenticationError,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ouro.registry import AdapterVersion, RegistrySnapshot, UnknownModelError, parse_model_name
+from ouro.names import UnknownModelError, parse_model_name
+from ouro.registry import AdapterVersion, RegistrySnapshot
 from serve.llm_calls import ServedModel
 from serve.model_names import ModelNames
 

@@ -21,7 +21,8 @@ import pytest
 
 from ouro.engine import GenerationEngine, GenerationRequest, SamplingParams
 from ouro.ledger import LedgerReader
-from ouro.registry import ALIAS_PRODUCTION, AdapterRegistry, PersonalRegistries
+from ouro.names import ALIAS_PRODUCTION
+from ouro.registry import AdapterRegistry, PersonalRegistries
 from tests.fixtures.mlflow import MlflowServer, start_mlflow_server
 from tests.fixtures.serve import ServeStack, register_adapter_version
 

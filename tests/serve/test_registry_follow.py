@@ -20,7 +20,8 @@ import pytest
 
 from ouro.embedded.tiny import build_random_model
 from ouro.engine import GenerationEngine, GenerationRequest, SamplingParams
-from ouro.registry import ALIAS_CANDIDATE, ALIAS_PRODUCTION, AdapterRegistry, version_label
+from ouro.names import ALIAS_CANDIDATE, ALIAS_PRODUCTION, version_label
+from ouro.registry import AdapterRegistry
 from tests.fixtures.mlflow import MlflowServer, start_mlflow_server
 from tests.fixtures.models import TINY_RANDOM_RECIPE
 from tests.fixtures.serve import ServeStack, register_adapter_version

@@ -19,7 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ouro.registry import ALIAS_PRODUCTION, AdapterRegistry, PersonalRegistries
+from ouro.names import ALIAS_PRODUCTION
+from ouro.registry import AdapterRegistry, PersonalRegistries
 from ouro.routing import CorrectionIndex, RouteKey, RoutingBoundary, SentenceEmbedder
 from tests.fixtures.serve import ServeStack, register_adapter_version
 

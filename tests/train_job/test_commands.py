@@ -12,13 +12,8 @@ import pytest
 from mlflow import MlflowClient
 
 from ouro.ledger import LedgerReader
-from ouro.registry import (
-    ADAPTER_ARTIFACT_PATH,
-    ALIAS_CANDIDATE,
-    ALIAS_PRODUCTION,
-    TAG_WATERMARK,
-    AdapterRegistry,
-)
+from ouro.names import ALIAS_CANDIDATE, ALIAS_PRODUCTION
+from ouro.registry import ADAPTER_ARTIFACT_PATH, TAG_WATERMARK, AdapterRegistry
 from ouro.rollout import Rollout, rollout_record
 from tests.fixtures.train_job import CORRECTION_PAIRS, seed_ledger, seed_ratings
 from train_job.cli import main

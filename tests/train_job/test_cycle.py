@@ -19,11 +19,8 @@ import torch
 from mlflow import MlflowClient
 from safetensors.torch import load_file
 
-from ouro.registry import (
-    ALIAS_CANDIDATE,
-    ALIAS_PRODUCTION,
-    AdapterRegistry,
-)
+from ouro.names import ALIAS_CANDIDATE, ALIAS_PRODUCTION
+from ouro.registry import AdapterRegistry
 from tests.fixtures.train_job import CORRECTION_PAIRS, TINY_CONFIG_FILE, seed_ledger, tiny_config
 from train_job.cli import main
 from train_job.lock import CycleLock

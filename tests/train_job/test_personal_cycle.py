@@ -13,7 +13,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from ouro.ledger import FeedbackLedger, LedgerReader
-from ouro.registry import ALIAS_PRODUCTION, AdapterRegistry, PersonalRegistries
+from ouro.names import ALIAS_PRODUCTION
+from ouro.registry import AdapterRegistry, PersonalRegistries
 from tests.fixtures.train_job import CORRECTION_PAIRS, TINY_CONFIG_FILE
 from train_job.cli import main
 
