@@ -644,6 +644,29 @@ class ChatCompletionChunk(BaseModel):
 SSE_DONE = "data: [DONE]\n\n"
 
 
+class ContentFrames:
+    """The events of one streamed answer's plain text deltas, pre-encoded: everything but
+    the text is serialised once per choice, so a delta costs one string encoding instead
+    of building and dumping a chunk. Each frame is exactly what ``ChatCompletionChunk.sse``
+    gives for the same delta."""
+
+    _MARK = "\x00ouro-content\x00"
+
+    def __init__(self, chunk_id: str, created: int, model: str, include_usage: bool) -> None:
+        self._fixed = {"id": chunk_id, "created": created, "model": model}
+        self._include_usage = include_usage
+        self._frames: dict[int, tuple[str, str]] = {}
+
+    def content(self, index: int, text: str) -> str:
+        frame = self._frames.get(index)
+        if frame is None:
+            delta = ChunkChoice(index=index, delta=DeltaMessage(content=self._MARK))
+            event = ChatCompletionChunk(**self._fixed, choices=[delta]).sse(self._include_usage)
+            before, _, after = event.partition(json.dumps(self._MARK, ensure_ascii=False))
+            frame = self._frames[index] = (before, after)
+        return f"{frame[0]}{json.dumps(text, ensure_ascii=False)}{frame[1]}"
+
+
 class ModelCard(BaseModel):
     """One entry of ``GET /v1/models``."""
 

@@ -41,6 +41,7 @@ from serve.protocol import (
     Choice,
     ChoiceLogprobs,
     ChunkChoice,
+    ContentFrames,
     DeltaMessage,
     TopLogprob,
     Usage,
@@ -265,6 +266,8 @@ class ChatCompletions:
                 id=chunk_id, created=created, model=served.label, choices=choices, usage=usage
             ).sse(include_usage)
 
+        frames = ContentFrames(chunk_id, created, served.label, include_usage)
+
         for index in range(params.n):
             yield chunk(
                 [ChunkChoice(index=index, delta=DeltaMessage(role="assistant", content=""))]
@@ -273,6 +276,9 @@ class ChatCompletions:
         try:
             async for event in events:
                 if isinstance(event, TextDelta):
+                    if not tool_calls and not params.logprobs:
+                        yield frames.content(event.index, event.text)
+                        continue
                     logprobs = _logprobs(event.logprobs) if params.logprobs else None
                     deltas = (
                         tool_texts[event.index].feed(event.text)

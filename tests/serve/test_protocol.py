@@ -18,6 +18,7 @@ from serve.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChunkChoice,
+    ContentFrames,
     DeltaMessage,
     FeedbackRequest,
     Usage,
@@ -332,3 +333,21 @@ def test_sampling_parameters_are_accepted_within_their_bounds() -> None:
 )
 def test_sampling_parameters_past_their_bounds_are_refused_at_their_field(fields, location) -> None:
     assert error_location(**fields) == location
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+@pytest.mark.parametrize(
+    "text", ["", "Hello", ' "quoted" \\ back\nslash', "naïve café 東京 🙂", "\x00ouro", "</script>"]
+)
+def test_a_pre_encoded_content_frame_is_the_chunk_pydantic_would_send(
+    text: str, include_usage: bool
+) -> None:
+    frames = ContentFrames("chatcmpl-" + "a" * 32 + ".v3", 1_700_000_000, "ouro@v3", include_usage)
+    for index in (0, 2):
+        chunk = ChatCompletionChunk(
+            id="chatcmpl-" + "a" * 32 + ".v3",
+            created=1_700_000_000,
+            model="ouro@v3",
+            choices=[ChunkChoice(index=index, delta=DeltaMessage(content=text))],
+        )
+        assert frames.content(index, text) == chunk.sse(include_usage)
