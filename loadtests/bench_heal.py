@@ -41,10 +41,12 @@ import numpy as np
 
 from data.cleaning import clean_text
 from data.sources.dailydialog import read_dailydialog
+from ouro.embedded.minilm import load_embedder
+from ouro.embedding import SentenceEmbedder
 from ouro.engine import GenerationEngine
 from ouro.ledger import FeedbackLedger
 from ouro.registry import AdapterRegistry
-from ouro.routing import Candidates, CorrectionIndex, Router, SentenceEmbedder, boundary_grid
+from ouro.routing import Candidates, CorrectionIndex, Router, boundary_grid
 from ouro.scoring import token_f1
 from ouro.settings import DEFAULT_BASE_MODEL, OuroSettings
 from train_job.gates import Side, Tier, greedy_answers
@@ -138,7 +140,7 @@ class Answerer:
     def __init__(self, settings: OuroSettings) -> None:
         self.settings = settings
         self.engine = GenerationEngine.from_settings(settings)
-        self.router = Router(SentenceEmbedder.load(settings.model_cache_dir))
+        self.router = Router(load_embedder(settings.model_cache_dir))
         self.registry = AdapterRegistry(settings.tracking_uri, settings.registered_model_name)
         self.loaded: set[int] = set()
 

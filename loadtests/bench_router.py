@@ -40,15 +40,9 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from ouro.routing import (
-    CorrectionIndex,
-    IndexEntry,
-    RouteKey,
-    Router,
-    RoutingBoundary,
-    SentenceEmbedder,
-    model_dir,
-)
+from ouro.embedded.minilm import load_embedder
+from ouro.embedding import model_dir
+from ouro.routing import CorrectionIndex, IndexEntry, RouteKey, Router, RoutingBoundary
 from ouro.settings import OuroSettings
 
 logger = logging.getLogger(__name__)
@@ -212,7 +206,7 @@ def run(repeats: int, model_cache_dir: Path) -> dict:
 
     torch.set_num_threads(1)
     started = time.monotonic()
-    embedder = SentenceEmbedder.load(model_cache_dir)  # one intra-op thread, as in Serve
+    embedder = load_embedder(model_cache_dir)  # one intra-op thread, as in Serve
     router = Router(embedder, cache_size=0)  # every decision embeds, as for a new question
     reference = Router(SentenceTransformersEmbedder(), cache_size=0)
     keys = [RouteKey(q) for q in QUESTIONS]

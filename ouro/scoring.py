@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from rouge_score import rouge_scorer
 
-from ouro import routing
+from ouro import embedding
 from ouro.chat import with_system_prompt
 from ouro.errors import OuroError
 
@@ -45,8 +45,8 @@ class BertScorer:
         from bert_score import BERTScorer  # heavy import, only when a scorer is built
 
         self._scorer = BERTScorer(
-            # The router's embedder (ouro.routing.SentenceEmbedder) loads the same weights.
-            model_type=str(model_dir or routing.model_dir()),
+            # The router's embedder (ouro.embedding.SentenceEmbedder) loads the same weights.
+            model_type=str(model_dir or embedding.model_dir()),
             num_layers=BERTSCORE_LAYERS,
             lang="en",
             batch_size=batch_size,

@@ -30,12 +30,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from ouro.embedded.minilm import load_embedder
 from ouro.routing import (
     CorrectionIndex,
     CorrectionIndexError,
     RouteDecision,
     Router,
-    SentenceEmbedder,
 )
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class RequestRouter:
     def build(cls, model_cache_dir: Path) -> RequestRouter:
         """The real one: all-MiniLM-L6-v2 through ONNX Runtime on the CPU, exported into
         the model cache on first use (blocking: a few seconds)."""
-        return cls(Router(SentenceEmbedder.load(model_cache_dir)))
+        return cls(Router(load_embedder(model_cache_dir)))
 
     def check(self, index: CorrectionIndex) -> None:
         """Refuse an index this router cannot search (another embedder's keys)."""

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from mlflow.exceptions import MlflowException
 
+from ouro.embedded.minilm import load_embedder
 from ouro.errors import OuroError
 from ouro.ledger import LedgerReader, LedgerScan
 from ouro.registry import (
@@ -36,7 +37,6 @@ from ouro.registry import (
     RegistryUnavailableError,
 )
 from ouro.rollout import CanaryPolicy
-from ouro.routing import SentenceEmbedder
 from ouro.settings import OuroSettings
 from train_job.collect import Collected, collect, usable_corrections
 from train_job.config import TrainJobConfig
@@ -374,7 +374,7 @@ def _routing_planner(config: TrainJobConfig, settings: OuroSettings) -> RoutingP
     """A routed cycle's planner (its embedder loaded once), or None for an unrouted one."""
     if not config.routing:
         return None
-    embedder = SentenceEmbedder.load(settings.model_cache_dir)
+    embedder = load_embedder(settings.model_cache_dir)
     cache = settings.model_cache_dir / "routing"
     return lambda train, pool: plan_routing(embedder, train, pool, config, cache)
 

@@ -64,9 +64,10 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ouro.embedded.minilm import load_embedder
 from ouro.engine import BASE_ADAPTER, GenerationEngine, GenerationRequest, SamplingParams
 from ouro.errors import OuroError
-from ouro.routing import CorrectionIndex, Router, SentenceEmbedder
+from ouro.routing import CorrectionIndex, Router
 from ouro.scoring import BertScorer, assistant_loss, repeats_a_phrase, token_f1
 from ouro.settings import OuroSettings
 from train_job.config import TrainJobConfig
@@ -272,7 +273,7 @@ def _evaluate(
     # Built as Serve builds its engine (same model loading, system prompt, context and
     # KV-cache limits), so the gates answer as Serve would.
     engine = GenerationEngine.from_settings(settings)
-    router = Router(SentenceEmbedder.load(settings.model_cache_dir)) if config.routing else None
+    router = Router(load_embedder(settings.model_cache_dir)) if config.routing else None
     candidate = [Tier(CANDIDATE_ADAPTER, engine, candidate_dir)]
     baseline: list[Tier] = []
     parent: list[Tier] = []

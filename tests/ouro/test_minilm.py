@@ -23,7 +23,8 @@ from ouro.embedded.minilm import (
     max_seq_length,
     verify,
 )
-from ouro.routing import SentenceEmbedder, load_calibration_pairs, model_dir
+from ouro.embedding import SentenceEmbedder, model_dir
+from ouro.routing import load_calibration_pairs
 
 EDGE_CASES = [
     "",

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from ouro.embedding import SentenceEmbedder
 from ouro.errors import OuroError
 from ouro.routing import (
     FORCED,
@@ -21,7 +22,6 @@ from ouro.routing import (
     RouteKey,
     Router,
     RoutingBoundary,
-    SentenceEmbedder,
     calibrate,
     load_calibration_pairs,
     overlap,

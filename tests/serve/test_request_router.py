@@ -9,6 +9,7 @@ import threading
 import numpy as np
 import pytest
 
+from ouro.embedding import SentenceEmbedder
 from ouro.routing import (
     FORCED,
     MATCH,
@@ -19,7 +20,6 @@ from ouro.routing import (
     RouteKey,
     Router,
     RoutingBoundary,
-    SentenceEmbedder,
 )
 from serve.request_router import RequestRouter
 

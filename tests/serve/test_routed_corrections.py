@@ -19,9 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ouro.embedding import SentenceEmbedder
 from ouro.names import ALIAS_PRODUCTION
 from ouro.registry import AdapterRegistry, PersonalRegistries
-from ouro.routing import CorrectionIndex, RouteKey, RoutingBoundary, SentenceEmbedder
+from ouro.routing import CorrectionIndex, RouteKey, RoutingBoundary
 from tests.fixtures.serve import ServeStack, register_adapter_version
 
 pytestmark = pytest.mark.integration

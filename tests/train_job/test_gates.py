@@ -11,9 +11,10 @@ from types import ModuleType
 
 import pytest
 
+from ouro.embedding import SentenceEmbedder
 from ouro.engine import EngineLimits, GenerationEngine, GenerationRequest, SamplingParams
 from ouro.models import load_base_model
-from ouro.routing import CorrectionIndex, RouteKey, Router, RoutingBoundary, SentenceEmbedder
+from ouro.routing import CorrectionIndex, RouteKey, Router, RoutingBoundary
 from ouro.scoring import repeats_a_phrase
 from ouro.settings import OuroSettings
 from train_job.config import TrainJobConfig

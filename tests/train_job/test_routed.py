@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ouro.routing import SentenceEmbedder
+from ouro.embedding import SentenceEmbedder
 from train_job.config import TrainJobConfig
 from train_job.corrections import Correction
 from train_job.dataset import build_dataset
