@@ -111,6 +111,10 @@ class LLMResult:
     choices: list[LLMChoice]
 
 
+LLMEvent = ServedModel | TextDelta | Finished
+"""What a stream from ``LLMBackend.generate_stream`` yields (see the module's docstring)."""
+
+
 class LLMBackend(Protocol):
     """What the front calls on its replica's LLM server (``serve.llm_server.LLMServer``)."""
 
@@ -118,7 +122,7 @@ class LLMBackend(Protocol):
         """The whole answer."""
         ...
 
-    def generate_stream(self, call: LLMCall) -> AsyncGenerator:
+    def generate_stream(self, call: LLMCall) -> AsyncGenerator[LLMEvent, None]:
         """``ServedModel``, then ``TextDelta`` and ``Finished`` events; closing it early
         aborts the answer."""
         ...

@@ -67,6 +67,7 @@ from serve.llm_calls import (
     Finished,
     LLMCall,
     LLMChoice,
+    LLMEvent,
     LLMResult,
     ServedModel,
     TextDelta,
@@ -205,7 +206,7 @@ class LLMServer:
         ]
         return LLMResult(served=served, choices=choices)
 
-    async def generate_stream(self, call: LLMCall) -> AsyncIterator:
+    async def generate_stream(self, call: LLMCall) -> AsyncIterator[LLMEvent]:
         """ServedModel, then TextDelta as text comes, then Finished (see serve.llm_calls).
 
         A request the engine refuses (bad prompt or settings, a full queue) raises before
@@ -214,7 +215,7 @@ class LLMServer:
         async for event in self._answer(call, stream=True):
             yield event
 
-    async def _answer(self, call: LLMCall, stream: bool) -> AsyncIterator:
+    async def _answer(self, call: LLMCall, stream: bool) -> AsyncIterator[LLMEvent]:
         """ServedModel, then per choice TextDelta (text and logprobs coalesced per
         ``stream_interval_s``; one, possibly empty, when not streaming) and Finished."""
         set_request_id(call.request_id)

@@ -26,7 +26,15 @@ from ouro.structured import ToolFormat
 from serve.auth import Caller
 from serve.errors import error_response, stream_error_event
 from serve.exceptions import InvalidRequestError, PermissionDeniedError
-from serve.llm_calls import Finished, LLMBackend, LLMCall, LLMResult, ServedModel, TextDelta
+from serve.llm_calls import (
+    Finished,
+    LLMBackend,
+    LLMCall,
+    LLMEvent,
+    LLMResult,
+    ServedModel,
+    TextDelta,
+)
 from serve.logs import current_request_id
 from serve.metrics import ServeMetrics
 from serve.model_names import ModelNames, served_model
@@ -250,7 +258,7 @@ class ChatCompletions:
         self,
         requested: str,
         served: ServedModel,
-        events: AsyncGenerator,
+        events: AsyncGenerator[LLMEvent, None],
         params: SamplingParams,
         include_usage: bool,
         tool_calls: bool = False,
