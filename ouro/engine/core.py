@@ -573,11 +573,14 @@ class GenerationEngine:
         ]
         sampled = {}
         if sampled_rows:
-            tokens = sampling.sample_rows(
-                logits[sampled_rows],
-                [seqs[row].params for row in sampled_rows],
-                [seqs[row].generator for row in sampled_rows],
-            )
+            try:
+                tokens = sampling.sample_rows(
+                    logits[sampled_rows],
+                    [seqs[row].params for row in sampled_rows],
+                    [seqs[row].generator for row in sampled_rows],
+                )
+            except (RuntimeError, ValueError) as error:  # the sampled rows fail, not the step
+                tokens = [error] * len(sampled_rows)
             sampled = dict(zip(sampled_rows, tokens, strict=True))
         for row, seq in enumerate(seqs):
             if row in failed:
@@ -588,7 +591,7 @@ class GenerationEngine:
                 continue
             try:
                 token = greedy[row] if seq.generator is None else sampled[row]
-                if isinstance(token, sampling.UndrawableRowError):
+                if isinstance(token, Exception):
                     raise token
                 logprobs = None
                 if row in raw:

@@ -32,8 +32,10 @@ class LoraBank:
     does the sum for the whole batch at once (the idea behind S-LoRA and Punica). Each
     layer keeps its adapters' A matrices stacked, ``[A_1; ...; A_n]``, and their scaled B
     matrices side by side, ``[s_1 B_1, ..., s_n B_n]``. When the set of adapters the batch's
-    rows use changes, each layer gathers just those adapters' rows and columns once (kept
-    while the set stays the same); a step then runs, per layer,
+    rows use changes, each layer gathers just those adapters' rows and columns once (kept for
+    the last ``SELECTIONS_KEPT`` sets: each holds copies of its adapters' A and B, rank x
+    (in + out) numbers per adapter and layer, small beside the model); a step then runs,
+    per layer,
 
         ``delta = ((x @ A_used^T) * mask) @ B_used^T``
 

@@ -9,7 +9,7 @@ For each row that needs it, in this order (vLLM's and OpenAI's):
 3. the row's :class:`~ouro.engine.types.TokenConstraint` (structured output) sets the
    tokens its grammar forbids to -inf, so bias and penalties never revive them;
 4. the pick: greedy argmax, or temperature then top_p then a draw from the row's seeded
-   generator (:func:`sample`).
+   generator (:func:`sample_rows`, all of a step's sampled rows at once).
 
 Rows that ask for none of 1-3 and decode greedily skip all of it: the engine picks their
 tokens with one batched argmax.
@@ -109,12 +109,16 @@ def sample_rows(
     uniform number per row from the row's own generator, inverted through the row's
     cumulative distribution, so a row's token never depends on the other rows. A row with
     nothing to draw from gets an :class:`UndrawableRowError` in its place."""
-    temperatures = torch.tensor([p.temperature for p in params], dtype=torch.float32)
-    scaled = (logits.float() - logits.float().amax(dim=-1, keepdim=True)) / temperatures[:, None]
+    device = logits.device
+    temperatures = torch.tensor([p.temperature for p in params], device=device)
+    logits = logits.float()
+    scaled = (logits - logits.amax(dim=-1, keepdim=True)) / temperatures[:, None]
     probs = torch.softmax(scaled, dim=-1)
+    # The generators are the CPU's (seeded per row); the draw runs where the logits are.
     uniforms = torch.cat([torch.rand(1, generator=generator) for generator in generators])
-    top_p = torch.tensor([p.top_p for p in params], dtype=torch.float32)
-    tokens = torch.empty(len(params), dtype=torch.long)
+    uniforms = uniforms.to(device)
+    top_p = torch.tensor([p.top_p for p in params], device=device)
+    tokens = torch.empty(len(params), dtype=torch.long, device=device)
 
     full = (top_p >= 1.0).nonzero().flatten()
     if len(full):

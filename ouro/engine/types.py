@@ -16,8 +16,9 @@ FINISH_LENGTH = "length"
 SEED_RANGE = (-(2**63), 2**64)
 """Seeds ``torch.Generator.manual_seed`` accepts: [low, high)."""
 MIN_TEMPERATURE = 1e-2
-"""Positive temperatures below this are raised to it: dividing logits by a smaller one
-overflows to inf/nan (vLLM's floor too). Only 0 decodes greedily."""
+"""Positive temperatures below this are raised to it, as vLLM does: below it a draw is
+greedy in all but name, and logits divided by less overflow float32. Only 0 decodes
+greedily."""
 MAX_TOP_LOGPROBS = 20
 """Most alternatives a token's logprobs list (OpenAI's bound)."""
 MAX_CHOICES = 8

@@ -285,3 +285,17 @@ def test_a_row_with_nothing_to_draw_from_is_reported_in_its_place() -> None:
     tokens = sampling.sample_rows(logits, params, [torch.Generator() for _ in range(3)])
     assert tokens[0] == 2 and tokens[2] == 0
     assert isinstance(tokens[1], sampling.UndrawableRowError)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_rows_on_the_gpu_draw_what_the_same_rows_draw_on_the_cpu() -> None:
+    logits = torch.randn(4, 1_000, generator=torch.Generator().manual_seed(2)) * 4
+    params = [
+        SamplingParams(temperature=0.8, top_p=p, seed=i) for i, p in enumerate((1, 0.9, 0.5, 1))
+    ]
+
+    def draw_on(device: str) -> list:
+        generators = [torch.Generator().manual_seed(p.seed) for p in params]
+        return sampling.sample_rows(logits.to(device), params, generators)
+
+    assert draw_on("cuda") == draw_on("cpu")

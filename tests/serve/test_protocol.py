@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -21,8 +22,10 @@ from serve.protocol import (
     ContentFrames,
     DeltaMessage,
     FeedbackRequest,
+    ReplicaStatus,
     Usage,
 )
+from serve.replica_report import ReplicaReport
 
 HELLO = [{"role": "user", "content": "Hello"}]
 
@@ -351,3 +354,29 @@ def test_a_pre_encoded_content_frame_is_the_chunk_pydantic_would_send(
             choices=[ChunkChoice(index=index, delta=DeltaMessage(content=text))],
         )
         assert frames.content(index, text) == chunk.sse(include_usage)
+
+
+def test_the_public_replica_status_reads_every_field_from_the_replicas_report() -> None:
+    """ReplicaStatus is what /readyz publishes of a ReplicaReport: its fields are the
+    report's (same names), plus the engine's two queue figures."""
+    report_fields = {f.name for f in dataclasses.fields(ReplicaReport)}
+    engine_fields = {"running_requests", "waiting_requests"}
+    assert set(ReplicaStatus.model_fields) - engine_fields <= report_fields
+    report = ReplicaReport(
+        replica_id="r1",
+        reported_at=1.0,
+        production_version=3,
+        production_known=True,
+        refresh_generation=2,
+        adapters_loaded=("v3",),
+        adapter_loads=4,
+        adapter_evictions=1,
+        adapter_load_failures=0,
+        registry_reachable=True,
+        registry_error=None,
+    )
+    status = ReplicaStatus.of(report).model_dump()
+    for name in set(status) - engine_fields:
+        expected = getattr(report, name)
+        assert status[name] == (list(expected) if isinstance(expected, tuple) else expected)
+    assert status["running_requests"] is None  # no engine figures in this report

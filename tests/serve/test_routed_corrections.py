@@ -3,7 +3,7 @@ corrections are about, and the answer says who answered and why.
 
 One real Serve app (personal adapters on) following the session's ``mlflow server``. Shared
 v1 is production and carries a correction index built with the real embedder from two
-questions; v2 has no index (an adapter trained before routing); alice's personal v1 has an
+questions; v2 has no index (an adapter trained unrouted: it answers everything); alice's personal v1 has an
 index of one question of her own. Adapters are random LoRAs, so an answer's text shows
 whether an adapter or the base model wrote it.
 """
