@@ -253,20 +253,25 @@ def assigned_completion_id(base_id: str, version: str) -> str:
 
 def assigned_version(completion_id: str | None) -> str | None:
     """The version label an :func:`assigned_completion_id` names (None: no assignment)."""
-    match = _COMPLETION_ID.match(completion_id or "")
-    if match is None or match.group(1) is None:
-        return None
-    suffix = match.group(1)
-    return BASE_MODEL_NAME if suffix == "base" else version_label(int(suffix[1:]))
+    return _assigned(_COMPLETION_ID.match(completion_id or ""))
 
 
 def echoed_assignment(completion_id: str) -> str | None:
     """:func:`assigned_version` of a completion id a client sent back; ValueError when the
     text is not a completion id at all (a typo should not silently re-split the
     conversation)."""
-    if _COMPLETION_ID.match(completion_id) is None:
+    match = _COMPLETION_ID.match(completion_id)
+    if match is None:
         raise ValueError(f"not a completion id: {completion_id[:80]!r}")
-    return assigned_version(completion_id)
+    return _assigned(match)
+
+
+def _assigned(match: re.Match | None) -> str | None:
+    """The version label a completion id's suffix names (None: no suffix, or no id)."""
+    suffix = match.group(1) if match is not None else None
+    if suffix is None:
+        return None
+    return BASE_MODEL_NAME if suffix == "base" else version_label(int(suffix[1:]))
 
 
 # -- judgement ----------------------------------------------------------------------------

@@ -723,6 +723,10 @@ class RegistryState(BaseModel):
     production_version: int | None
 
 
+_QUEUE = ("running_requests", "waiting_requests")
+"""``ReplicaStatus`` fields read from the replica's engine figures, not its report."""
+
+
 class ReplicaStatus(BaseModel):
     """One LLM server replica, as ``/readyz`` and the registry refresh report it."""
 
@@ -752,23 +756,13 @@ class ReplicaStatus(BaseModel):
 
     @classmethod
     def of(cls, report: ReplicaReport) -> ReplicaStatus:
+        """The report's fields of the same names, and the engine's two queue figures."""
         engine = report.engine
-        return cls(
-            replica_id=report.replica_id,
-            reported_at=report.reported_at,
-            production_version=report.production_version,
-            production_known=report.production_known,
-            refresh_generation=report.refresh_generation,
-            adapters_loaded=list(report.adapters_loaded),
-            adapter_loads=report.adapter_loads,
-            adapter_evictions=report.adapter_evictions,
-            adapter_load_failures=report.adapter_load_failures,
-            registry_reachable=report.registry_reachable,
-            registry_error=report.registry_error,
-            warm_error=report.warm_error,
-            running_requests=engine.running_requests if engine is not None else None,
-            waiting_requests=engine.waiting_requests if engine is not None else None,
-            stale=report.stale,
+        return cls.model_validate(
+            {
+                **{name: getattr(report, name) for name in cls.model_fields if name not in _QUEUE},
+                **{name: getattr(engine, name, None) for name in _QUEUE},
+            }
         )
 
 
