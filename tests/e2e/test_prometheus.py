@@ -176,15 +176,21 @@ def drive_traffic_and_one_cycle(stack: LocalServe, small_model_chat_jsonl: Path)
         for question, correction in pairs:
             correct(question, ask(question), correction)
         # Routed, so that the version answers its corrections as a router's match.
-        trained = stack.train_tiny_cycle(small_model_chat_jsonl, "--routing")
+        # Serve is told to re-read the registry, as the CronJob's cycle tells it.
+        trained = stack.train_tiny_cycle(
+            small_model_chat_jsonl, "--routing", "--json", "--notify-url", stack.base_url
+        )
         assert trained.returncode == 0, trained.stdout + trained.stderr
+        cycle = json.loads(trained.stdout)
+        assert (cycle["release"], cycle["version"]) == ("production", 1), cycle["message"]
         question, _ = pairs[0]
-        deadline = time.monotonic() + 120  # Serve polls the registry every 2 s
+        deadline = time.monotonic() + 120  # and polls it every 2 s besides
         routed = ask(question)
         while routed["model"] != version_label(1) and time.monotonic() < deadline:
             time.sleep(1)
             routed = ask(question)
-        assert routed["model"] == version_label(1), routed["model"]  # routed to its correction
+        # Routed to its correction.
+        assert routed["model"] == version_label(1), (routed["model"], stack.log_tail())
         correct(question, routed, "Not that: this answer is wrong.")
 
         # A canary (a copy of v1 registered as v2) answering a share of 'ouro' traffic,
