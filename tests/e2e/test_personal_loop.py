@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 from openai import OpenAI
 
 from ouro.names import BASE_MODEL_NAME, SERVED_MODEL_NAME, SHARED_MODEL_NAME, version_label
@@ -122,11 +121,8 @@ def train(stack: LocalServe, small_model_chat_jsonl: Path) -> dict:
 
 
 def trained_ids(stack: LocalServe, run_id: str) -> set[str]:
-    """The correction ids in a cycle's dataset manifest (train and held-out)."""
-    client = MlflowClient(stack.env["OURO_MLFLOW_TRACKING_URI"])
-    manifest = json.loads(
-        Path(client.download_artifacts(run_id, "dataset_manifest.json")).read_text()
-    )
+    """The correction ids a cycle's dataset took (trained and held out)."""
+    manifest = stack.dataset_manifest(run_id)
     return set(manifest["train_correction_ids"]) | set(manifest["held_out_correction_ids"])
 
 

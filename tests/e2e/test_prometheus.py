@@ -156,7 +156,7 @@ def drive_traffic_and_one_cycle(stack: LocalServe, small_model_chat_jsonl: Path)
             assert response.status_code == 200, response.text
             return response.json()
 
-        def correct(question: str, answer: dict, correction: str) -> None:
+        def correct(question: str, answer: dict, correction: str) -> str:
             response = http.post(
                 "/v1/feedback",
                 json={
@@ -168,13 +168,13 @@ def drive_traffic_and_one_cycle(stack: LocalServe, small_model_chat_jsonl: Path)
                 },
             )
             assert response.status_code == 201, response.text
+            return response.json()["id"]
 
         for question in ("Hello there", "What do you like?"):
             ask(question, BASE_MODEL_NAME)
         assert http.post("/v1/chat/completions", json={"model": "ouro"}).status_code == 400
         pairs = CORRECTION_PAIRS[:10]  # what the closed-loop test shows a cycle learns
-        for question, correction in pairs:
-            correct(question, ask(question), correction)
+        asked = {correct(q, ask(q), correction): q for q, correction in pairs}
         # Routed, so that the version answers its corrections as a router's match.
         # Serve is told to re-read the registry, as the CronJob's cycle tells it.
         trained = stack.train_tiny_cycle(
@@ -183,7 +183,9 @@ def drive_traffic_and_one_cycle(stack: LocalServe, small_model_chat_jsonl: Path)
         assert trained.returncode == 0, trained.stdout + trained.stderr
         cycle = json.loads(trained.stdout)
         assert (cycle["release"], cycle["version"]) == ("production", 1), cycle["message"]
-        question, _ = pairs[0]
+        # A trained one (the recipe holds a share of the corrections out of training).
+        trained_ids = stack.dataset_manifest(cycle["run_id"])["train_correction_ids"]
+        question = asked[trained_ids[0]]
         deadline = time.monotonic() + 120  # and polls it every 2 s besides
         routed = ask(question)
         while routed["model"] != version_label(1) and time.monotonic() < deadline:
