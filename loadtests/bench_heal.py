@@ -18,6 +18,14 @@ benchmark, topics disjoint from the router's calibration pairs). ``--dailydialog
 adds a second scenario on data nobody tuned on: N DailyDialog validation openings (a line
 and its reply) as corrections, their reliability and the locality of other openers.
 
+``--teach N`` adds a phase where simulated users teach the router (``teach_scenario``): N
+corrections of ``loadtests/fixtures/router_generality.jsonl`` (three paraphrases and two
+near-misses each, written before any tuning), a cycle, users correcting what the router got
+wrong on paraphrase 1 and near-miss 1, a second cycle; measured on paraphrases 2-3 and
+near-miss 2, which nobody corrected (``teach``: ``generality``, ``locality_near_miss``,
+``locality_unrelated`` after each cycle, and the share of taught requests now decided as
+their users said, ``applied``).
+
 Results go to ``loadtests/results/heal.json``, keys ``reliability``, ``generality``,
 ``locality_unrelated``, ``locality_near_miss``, ``first_cycle_retained``,
 ``cycle_wall_s`` (per cycle), ``router_cpu_ms_p50``, and ``router_ceiling``: the best any
@@ -45,8 +53,9 @@ from ouro.embedded.minilm import load_embedder
 from ouro.embedding import SentenceEmbedder
 from ouro.engine import GenerationEngine
 from ouro.ledger import FeedbackLedger
+from ouro.names import BASE_MODEL_NAME, SERVED_MODEL_NAME, version_label
 from ouro.registry import AdapterRegistry
-from ouro.routing import Candidates, CorrectionIndex, Router, boundary_grid
+from ouro.routing import Candidates, CorrectionIndex, RouteDecision, Router, boundary_grid
 from ouro.scoring import token_f1
 from ouro.settings import DEFAULT_BASE_MODEL, OuroSettings
 from train_job.gates import Side, Tier, greedy_answers
@@ -55,6 +64,7 @@ logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = REPO_ROOT / "loadtests" / "fixtures" / "router_corrections.jsonl"
+TEACH_FIXTURE = REPO_ROOT / "loadtests" / "fixtures" / "router_generality.jsonl"
 DAILYDIALOG = REPO_ROOT.parent / "shared" / "datasets" / "dailydialog" / "dialogues_validation.txt"
 DAILYDIALOG_ZIP = "http://yanran.li/files/ijcnlp_dailydialog.zip"
 """DailyDialog's original distribution (http://yanran.li/dailydialog)."""
@@ -105,15 +115,22 @@ def dailydialog_openers(path: Path, count: int, seed: int) -> list[tuple[str, st
     return pairs[:count]
 
 
-def seed(ledger_dir: Path, corrections: list[tuple[str, str]], writer: str) -> None:
+def seed(
+    ledger_dir: Path,
+    corrections: list[tuple[str, str]],
+    writer: str,
+    models: list[str] | None = None,
+) -> None:
+    """Append corrections to the ledger as ``POST /v1/feedback`` does; ``models``: the
+    version that answered each (default: ``ouro``, whatever production was)."""
     ledger = FeedbackLedger(ledger_dir, writer, max_record_bytes=256_000, max_field_chars=32_000)
     try:
-        for question, correction in corrections:
+        for k, (question, correction) in enumerate(corrections):
             ledger.append(
                 messages=user(question),
                 completion="(the model's answer)",
                 correction=correction,
-                model="ouro",
+                model=models[k] if models is not None else SERVED_MODEL_NAME,
             )
     finally:
         ledger.close()
@@ -152,13 +169,23 @@ class Answerer:
 
     def production(self, prompts: list[str]) -> tuple[list[str], list[str | None]]:
         """Answers as Serve gives them (routed, a match read as its correction's question),
-        and the adapter behind each (None: the base model)."""
+        and the model name each answer carries (``ouro@vN``, or ``ouro-base``)."""
         version = self.registry.snapshot().production
         if version is None:
-            return self.base(prompts), [None] * len(prompts)
-        path = self.registry.download(version, self.settings.adapter_cache_dir)
-        side = Side([Tier(f"v{version}", self.engine, path)], self.router)
-        return side.answers(self.engine, [user(p) for p in prompts], self._limits(prompts))
+            return self.base(prompts), [BASE_MODEL_NAME] * len(prompts)
+        side = Side([Tier(version_label(version), self.engine, self._path(version))], self.router)
+        answers, tiers = side.answers(
+            self.engine, [user(p) for p in prompts], self._limits(prompts)
+        )
+        return answers, [tier or BASE_MODEL_NAME for tier in tiers]
+
+    def decisions(self, prompts: list[str]) -> list[RouteDecision]:
+        """The production index's decision for each prompt."""
+        index = CorrectionIndex.load(self._path(self.registry.snapshot().production))
+        return [self.router.decide(index, user(p)) for p in prompts]
+
+    def _path(self, version: int) -> Path:
+        return self.registry.download(version, self.settings.adapter_cache_dir)
 
     @staticmethod
     def _limits(prompts: list[str]) -> list[int]:
@@ -167,9 +194,7 @@ class Answerer:
     def router_cpu_ms(self, prompts: list[str]) -> float:
         """p50 thread CPU of one routing decision against the production index (each
         prompt embedded afresh: no cache)."""
-        version = self.registry.snapshot().production
-        path = self.registry.download(version, self.settings.adapter_cache_dir)
-        index = CorrectionIndex.load(path)
+        index = CorrectionIndex.load(self._path(self.registry.snapshot().production))
         router = Router(self.router.embedder, cache_size=0)
         costs = []
         for prompt in prompts:
@@ -183,6 +208,15 @@ def share(flags: list[bool]) -> float | None:
     return round(sum(flags) / len(flags), 3) if flags else None
 
 
+def routed(models: list[str]) -> int:
+    """How many answers came from an adapter (not the base model)."""
+    return sum(model != BASE_MODEL_NAME for model in models)
+
+
+def has_fact(answer: str, fact: str) -> bool:
+    return fact.lower() in answer.lower()
+
+
 def measure(answerer: Answerer, items: list[dict], unrelated: list[str], before: dict) -> dict:
     """The four rates for the corrections in ``items`` against the answers ``before``."""
     questions = [i["question"] for i in items]
@@ -193,9 +227,7 @@ def measure(answerer: Answerer, items: list[dict], unrelated: list[str], before:
     fixed = [
         token_f1(a, i["correction"]) >= MATCH_F1 for a, i in zip(answers[:n], items, strict=True)
     ]
-    general = [
-        i["key_fact"].lower() in a.lower() for a, i in zip(answers[n : 2 * n], items, strict=True)
-    ]
+    general = [has_fact(a, i["key_fact"]) for a, i in zip(answers[n : 2 * n], items, strict=True)]
     kept_near = [
         token_f1(a, before[q]) >= MATCH_F1
         for a, q in zip(answers[2 * n : 3 * n], near, strict=True)
@@ -209,10 +241,10 @@ def measure(answerer: Answerer, items: list[dict], unrelated: list[str], before:
         "locality_near_miss": share(kept_near),
         "locality_unrelated": share(kept_unrelated),
         "routed": {
-            "questions": sum(r is not None for r in routes[:n]),
-            "paraphrases": sum(r is not None for r in routes[n : 2 * n]),
-            "near_misses": sum(r is not None for r in routes[2 * n : 3 * n]),
-            "unrelated": sum(r is not None for r in routes[3 * n :]),
+            "questions": routed(routes[:n]),
+            "paraphrases": routed(routes[n : 2 * n]),
+            "near_misses": routed(routes[2 * n : 3 * n]),
+            "unrelated": routed(routes[3 * n :]),
         },
         "answers": [
             {
@@ -273,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-cycle", type=int, default=10)
     parser.add_argument("--unrelated", type=int, default=50, help="DailyDialog openers")
     parser.add_argument("--dailydialog-pairs", type=int, default=0)
+    parser.add_argument(
+        "--teach", type=int, default=0, help="corrections of --teach-fixture users teach with"
+    )
+    parser.add_argument("--teach-fixture", type=Path, default=TEACH_FIXTURE)
     parser.add_argument("--work-dir", type=Path, default=REPO_ROOT / ".cache" / "heal")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("train_args", nargs="*", help="extra `train_job run` flags (after --)")
@@ -320,29 +356,144 @@ def main(argv: list[str] | None = None) -> int:
         )
         logger.info("cycle %s: %s", number + 1, {k: cycles[-1][k] for k in list(cycles[-1])[:12]})
 
-    last = cycles[-1]
-    summary = {
+    summary: dict = {
         "base_model": args.base_model,
-        "corrections": len(items),
-        "reliability": last["reliability"],
-        "generality": last["generality"],
-        "locality_unrelated": last["locality_unrelated"],
-        "locality_near_miss": last["locality_near_miss"],
-        "first_cycle_retained": last["first_cycle_fixed"],
-        "cycle_wall_s": [c["wall_s"] for c in cycles],
-        "router_cpu_ms_p50": round(answerer.router_cpu_ms(unrelated), 2),
-        "router_ceiling": router_ceiling(answerer.router.embedder, items, unrelated),
-        "machine": f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end",
         "command": "python -m loadtests.bench_heal " + " ".join(argv or sys.argv[1:]),
     }
+    if cycles:
+        last = cycles[-1]
+        summary |= {
+            "corrections": len(items),
+            "reliability": last["reliability"],
+            "generality": last["generality"],
+            "locality_unrelated": last["locality_unrelated"],
+            "locality_near_miss": last["locality_near_miss"],
+            "first_cycle_retained": last["first_cycle_fixed"],
+            "cycle_wall_s": [c["wall_s"] for c in cycles],
+            "router_cpu_ms_p50": round(answerer.router_cpu_ms(unrelated), 2),
+            "router_ceiling": router_ceiling(answerer.router.embedder, items, unrelated),
+        }
     if args.dailydialog_pairs:
         summary["dailydialog"] = dailydialog_scenario(
             args, openers[args.unrelated :], unrelated, before
         )
+    if args.teach:
+        summary["teach"] = teach_scenario(args, unrelated, before)
+    summary["machine"] = f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({**summary, "cycles": cycles}, indent=2), encoding="utf-8")
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def teach_scenario(args: argparse.Namespace, unrelated: list[str], before_unrelated: dict) -> dict:
+    """Users teach the router, on ``--teach-fixture`` (corrections with three paraphrases
+    and two near-misses each, their own answers and key facts; nobody tuned on them).
+
+    Cycle 1 learns the corrections. Then users ask paraphrase 1 and near-miss 1 of each and
+    correct every wrong answer as Serve's users do, naming the version that answered: a
+    paraphrase without the key fact with its correction, a near-miss answered by the
+    adapter (a match) without its own key fact with its own answer. Cycle 2 learns from
+    them (``train_job.routed.learn``). Measured after each cycle on what nobody corrected:
+    paraphrases 2-3 (generality: the key fact in the answer) and near-miss 2 (unchanged
+    against the base model), plus the taught requests themselves.
+    """
+    data_dir = args.work_dir / "teach"
+    for fresh in ("feedback", "mlflow", "adapters"):
+        shutil.rmtree(data_dir / fresh, ignore_errors=True)
+    items = load_fixture(args.teach_fixture)[: args.teach]
+    answerer = Answerer(OuroSettings(data_dir=data_dir, base_model=args.base_model))
+    near = [i["near_misses"][k]["question"] for i in items for k in (0, 1)]
+    before = dict(zip(near, answerer.base(near), strict=True)) | before_unrelated
+
+    def held_out(label: str) -> dict:
+        paraphrases = [i["paraphrases"][k] for i in items for k in (1, 2)]
+        second = [i["near_misses"][1]["question"] for i in items]
+        answers, models = answerer.production(paraphrases + second + unrelated)
+        n, m = len(paraphrases), len(second)
+        facts = [i["key_fact"] for i in items for _ in (1, 2)]
+        return {
+            "after": label,
+            "generality": share([has_fact(a, f) for a, f in zip(answers[:n], facts, strict=True)]),
+            "locality_near_miss": share(
+                [
+                    token_f1(a, before[q]) >= MATCH_F1
+                    for a, q in zip(answers[n : n + m], second, strict=True)
+                ]
+            ),
+            "locality_unrelated": share(
+                [
+                    token_f1(a, before[q]) >= MATCH_F1
+                    for a, q in zip(answers[n + m :], unrelated, strict=True)
+                ]
+            ),
+            "routed": {
+                "paraphrases": routed(models[:n]),
+                "near_misses": routed(models[n : n + m]),
+                "unrelated": routed(models[n + m :]),
+            },
+        }
+
+    seed(
+        data_dir / "feedback",
+        [(i["question"], i["correction"]) for i in items],
+        "t1",
+        [BASE_MODEL_NAME] * len(items),
+    )
+    first, first_wall = run_cycle(data_dir, args.base_model, args.train_args)
+    cycles = [held_out("cycle 1") | {"wall_s": round(first_wall, 1), "outcome": first["outcome"]}]
+
+    # The users' turn: paraphrase 1 and near-miss 1 of each correction, corrected if wrong.
+    asked = [
+        (i["paraphrases"][0], i["correction"], i["key_fact"], i["question"], True) for i in items
+    ]
+    asked += [
+        (
+            i["near_misses"][0]["question"],
+            i["near_misses"][0]["answer"],
+            i["near_misses"][0]["key_fact"],
+            i["question"],
+            False,
+        )
+        for i in items
+    ]
+    answers, models = answerer.production([text for text, *_ in asked])
+    taught = [
+        (text, correction, model, question, paraphrase)
+        for (text, correction, fact, question, paraphrase), answer, model in zip(
+            asked, answers, models, strict=True
+        )
+        if not has_fact(answer, fact) and (paraphrase or model != BASE_MODEL_NAME)
+    ]
+    seed(data_dir / "feedback", [(t[0], t[1]) for t in taught], "t2", [t[2] for t in taught])
+    second, second_wall = run_cycle(data_dir, args.base_model, args.train_args)
+    cycles.append(
+        held_out("users taught it")
+        | {"wall_s": round(second_wall, 1), "outcome": second["outcome"]}
+    )
+
+    # Every taught request decided as its user said: a paraphrase now reaches its
+    # correction (answered as its question), a near-miss no longer does.
+    decisions = answerer.decisions([t[0] for t in taught])
+    applied = [
+        (decision.routed and decision.question == question) == paraphrase
+        for (_, _, _, question, paraphrase), decision in zip(taught, decisions, strict=True)
+    ]
+    gates = {g["name"]: g["value"] for g in second.get("gates") or []}
+    return {
+        "corrections": len(items),
+        "taught": {
+            "paraphrases": sum(t[4] for t in taught),
+            "near_misses": sum(not t[4] for t in taught),
+            "applied": share(applied),
+            "gates": {
+                name: value
+                for name, value in gates.items()
+                if "lesson" in name or "learned" in name
+            },
+        },
+        "cycles": cycles,
+    }
 
 
 def dailydialog_scenario(

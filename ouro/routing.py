@@ -46,7 +46,9 @@ logger = logging.getLogger(__name__)
 
 INDEX_DIR = "correction_index"
 """Folder inside a version's adapter directory holding its correction index."""
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
+"""2: keys joined to a correction (``IndexEntry.question``, ``source``) and ``lessons``."""
+READABLE_FORMATS = (1, INDEX_FORMAT)
 CALIBRATION_FILE = Path(__file__).with_name("routing_calibration.jsonl")
 """Labelled question pairs (paraphrase / near_miss) the boundary is fitted on."""
 MATCH, NO_MATCH, NO_INDEX, FORCED = "match", "no_match", "no_index", "forced"
@@ -146,9 +148,16 @@ class RoutingBoundary:
 
 @dataclass(frozen=True)
 class CalibrationPair:
+    """Two questions and whether they ask the same thing (``PARAPHRASE``) or not
+    (``NEAR_MISS``): ``a`` stands for a correction's key, ``b`` for a request."""
+
     a: str
     b: str
     label: str
+    weight: float = 1.0
+    """How much it counts in the calibration's rates (a lesson from users counts more)."""
+    source: str | None = None
+    """The correction that taught it (a lesson, ``train_job.routed``); None: the file's."""
 
 
 def load_calibration_pairs(path: Path = CALIBRATION_FILE) -> list[CalibrationPair]:
@@ -222,12 +231,18 @@ class Candidates:
         chosen = self.keys[np.arange(len(accepted)), accepted.argmax(axis=1)]
         return np.where(accepted.any(axis=1), chosen, -1)
 
-    def share_routed(self, boundary: RoutingBoundary, to: np.ndarray | None = None) -> float:
-        """Share of the queries routed somewhere, or, with ``to``, each to its own key."""
+    def share_routed(
+        self,
+        boundary: RoutingBoundary,
+        to: np.ndarray | None = None,
+        weights: np.ndarray | None = None,
+    ) -> float:
+        """Share of the queries routed somewhere, or, with ``to``, each to its own key;
+        ``weights``: each query's weight in the share (default: equal)."""
         if not len(self.keys):
             return 0.0
         routed = self.routed_to(boundary)
-        return float(np.mean(routed >= 0 if to is None else routed == to))
+        return float(np.average(routed >= 0 if to is None else routed == to, weights=weights))
 
 
 def boundary_grid() -> Iterator[RoutingBoundary]:
@@ -255,6 +270,9 @@ def calibrate(
     ``max_unrelated_false_accept`` of the unrelated prompts. When no boundary keeps the
     near-misses within budget, the one routing the fewest is taken.
 
+    Each pair counts with its ``weight`` (lessons from users' corrections count more than
+    the file's pairs: ``train_job.routed``).
+
     Every rate is measured as an index decides, against all its keys at once, not pair by
     pair: a same-shaped question is often nearer a sibling of its own question (the café's
     Sunday closing time, asked about its weekday opening time) than that question itself.
@@ -276,7 +294,9 @@ def calibrate(
     position = {key: i for i, key in enumerate(keys)}
     paraphrases = Candidates.of(embedder, [p.b for p in positives], keys)
     own = np.array([position[p.a] for p in positives])
+    positive_weights = np.array([p.weight for p in positives])
     near_misses = Candidates.of(embedder, [p.b for p in negatives], keys)
+    negative_weights = np.array([p.weight for p in negatives])
     if questions is None:
         questions = keys
     else:
@@ -291,8 +311,8 @@ def calibrate(
         false_accept = pool.share_routed(candidate)
         if false_accept > max_unrelated_false_accept:
             continue
-        recall = paraphrases.share_routed(candidate, to=own)
-        near_accept = near_misses.share_routed(candidate)
+        recall = paraphrases.share_routed(candidate, to=own, weights=positive_weights)
+        near_accept = near_misses.share_routed(candidate, weights=negative_weights)
         # Within budget first (else the fewest near-misses), then recall; ties go to the
         # stricter boundary.
         within = near_accept <= max_near_miss_accept
@@ -320,12 +340,31 @@ def calibrate(
 # -- the index --------------------------------------------------------------------------------
 @dataclass
 class IndexEntry:
-    """One learned correction, as the router knows it."""
+    """One key of a learned correction, as the router knows it. A correction has one key,
+    its own question, and gains one for each paraphrase users corrected the same way
+    (``JoinedKey``)."""
 
     id: str
+    """The correction a match is answered as."""
     text: str
-    """The corrected question (its words are needed for the overlap)."""
+    """The key's question (its words are needed for the overlap)."""
     has_context: bool
+    question: str | None = None
+    """The question a match reads as (``RouteDecision.prompt``); None: ``text`` (the
+    correction's own key)."""
+    source: str | None = None
+    """The correction the key came from; None: ``id``."""
+
+
+@dataclass(frozen=True)
+class JoinedKey:
+    """A request that asks what a learned correction answers: another key of it."""
+
+    correction_id: str
+    """The correction it joins (one of the index's own keys)."""
+    key: RouteKey
+    source: str
+    """The correction that showed it (its author corrected it the same way)."""
 
 
 @dataclass
@@ -340,6 +379,9 @@ class CorrectionIndex:
     boundary: RoutingBoundary
     embedder: str = SentenceEmbedder.name
     calibration: dict = field(default_factory=dict)
+    lessons: list[CalibrationPair] = field(default_factory=list)
+    """The pairs users' corrections of routing decisions taught (``train_job.routed``),
+    kept with the version for its lineage and for ``without``."""
     _bags: list[frozenset[str]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
@@ -360,19 +402,44 @@ class CorrectionIndex:
         items: Sequence[tuple[str, RouteKey]],
         boundary: RoutingBoundary,
         calibration: dict | None = None,
+        *,
+        joined: Sequence[JoinedKey] = (),
+        lessons: Sequence[CalibrationPair] = (),
     ) -> CorrectionIndex:
-        """The index of ``(correction id, key)`` items."""
-        keys = embedder.embed([key.text for _, key in items])
-        context_keys = np.zeros_like(keys)
-        with_context = [i for i, (_, key) in enumerate(items) if key.context]
-        if with_context:
-            context_keys[with_context] = embedder.embed([items[i][1].context for i in with_context])
+        """The index of ``(correction id, key)`` items, each correction's own key, and of
+        the ``joined`` keys of some of them."""
+        own = {cid: key.text for cid, key in items}
         entries = [IndexEntry(cid, key.text, key.context is not None) for cid, key in items]
-        return cls(entries, keys, context_keys, boundary, embedder.name, calibration or {})
+        entries += [
+            IndexEntry(
+                j.correction_id,
+                j.key.text,
+                j.key.context is not None,
+                question=own[j.correction_id],
+                source=j.source,
+            )
+            for j in joined
+        ]
+        route_keys = [key for _, key in items] + [j.key for j in joined]
+        keys = embedder.embed([key.text for key in route_keys])
+        context_keys = np.zeros_like(keys)
+        with_context = [i for i, key in enumerate(route_keys) if key.context]
+        if with_context:
+            context_keys[with_context] = embedder.embed(
+                [route_keys[i].context for i in with_context]
+            )
+        return cls(
+            entries, keys, context_keys, boundary, embedder.name, calibration or {}, list(lessons)
+        )
 
     def without(self, ids: set[str]) -> CorrectionIndex:
-        """The index less the given corrections (``forget``)."""
-        keep = [i for i, entry in enumerate(self.entries) if entry.id not in ids]
+        """The index less the given corrections: their keys, the keys they showed, and the
+        lessons they taught (``forget``)."""
+        keep = [
+            i
+            for i, entry in enumerate(self.entries)
+            if entry.id not in ids and (entry.source or entry.id) not in ids
+        ]
         return CorrectionIndex(
             [self.entries[i] for i in keep],
             self.keys[keep],
@@ -380,7 +447,12 @@ class CorrectionIndex:
             self.boundary,
             self.embedder,
             self.calibration,
+            [pair for pair in self.lessons if pair.source not in ids],
         )
+
+    def correction_ids(self) -> set[str]:
+        """The corrections the index answers as."""
+        return {entry.id for entry in self.entries}
 
     # -- storage ----------------------------------------------------------------------------
     def save(self, adapter_dir: Path) -> Path:
@@ -395,6 +467,7 @@ class CorrectionIndex:
             "boundary": asdict(self.boundary),
             "calibration": self.calibration,
             "entries": [asdict(entry) for entry in self.entries],
+            "lessons": [asdict(pair) for pair in self.lessons],
         }
         (folder / "index.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
         return folder
@@ -407,9 +480,9 @@ class CorrectionIndex:
             return None
         try:
             meta = json.loads((folder / "index.json").read_text(encoding="utf-8"))
-            if meta.get("format") != INDEX_FORMAT:
+            if meta.get("format") not in READABLE_FORMATS:
                 raise CorrectionIndexError(
-                    f"index format {meta.get('format')!r} is not {INDEX_FORMAT}"
+                    f"index format {meta.get('format')!r} is not one of {READABLE_FORMATS}"
                 )
             keys = np.load(folder / "keys.npy", allow_pickle=False).astype(np.float32)
             context_keys = np.load(folder / "context_keys.npy", allow_pickle=False)
@@ -420,6 +493,7 @@ class CorrectionIndex:
                 RoutingBoundary(**meta["boundary"]),
                 meta.get("embedder", SentenceEmbedder.name),
                 meta.get("calibration", {}),
+                [CalibrationPair(**pair) for pair in meta.get("lessons", [])],
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise CorrectionIndexError(
@@ -465,7 +539,8 @@ class CorrectionIndex:
             similarity=cosine,
             threshold=threshold,
             correction_id=self.entries[i].id,
-            question=self.entries[i].text if accepted else None,
+            question=(self.entries[i].question or self.entries[i].text) if accepted else None,
+            key=self.entries[i].text if accepted else None,
         )
 
 
@@ -485,6 +560,8 @@ class RouteDecision:
     correction_id: str | None = None
     question: str | None = None
     """The matched correction's question, when the router matched one."""
+    key: str | None = None
+    """The key it matched by (the question itself, or one joined to it)."""
 
     def prompt(self, messages: Sequence[dict]) -> list[dict]:
         """The conversation the chosen adapter answers.

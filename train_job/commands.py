@@ -109,6 +109,16 @@ def format_status(info: dict) -> str:
             )
     else:
         lines.append("no versions registered yet")
+    for v in info["versions"][:1]:  # the newest: what its users taught the router
+        learned = [_check(v, f"router_learned_false_{kind}") for kind in ("accepts", "rejects")]
+        applied = _check(v, "router_lessons_applied")
+        if None not in learned and applied is not None:
+            accepts, rejects = (int(check["value"]) for check in learned)
+            share = "-" if applied["value"] is None else f"{applied['value']:.0%}"
+            lines.append(
+                f"router lessons of v{v['version']}: {accepts} false accepts and {rejects} "
+                f"false rejects learned from corrections, {share} applied"
+            )
     corrections = info["corrections"]
     since = f"v{corrections['since_version']}" if corrections["since_version"] else "the start"
     lines.append(
@@ -119,11 +129,16 @@ def format_status(info: dict) -> str:
 
 
 def _fix_rate(version: dict) -> str:
+    check = _check(version, "fix_rate")
+    return "-" if check is None or check.get("value") is None else f"{check['value']:.3f}"
+
+
+def _check(version: dict, name: str) -> dict | None:
+    """A version's gate check by name (None: not measured)."""
     for check in version["gate_results"] or []:
-        if isinstance(check, dict) and check.get("name") == "fix_rate":
-            value = check.get("value")
-            return "-" if value is None else f"{value:.3f}"
-    return "-"
+        if isinstance(check, dict) and check.get("name") == name:
+            return check
+    return None
 
 
 def promote(

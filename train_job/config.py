@@ -53,7 +53,8 @@ class TrainJobConfig(BaseSettings):
         Training: learning_rate, lr_scheduler_type, warmup_steps, max_steps,
             num_train_epochs, per_device_train_batch_size, gradient_accumulation_steps,
             group_by_length, max_length, seed, cpu_threads, use_unsloth.
-        Routing: routing, router_max_false_accept, router_max_near_miss_accept.
+        Routing: routing, router_max_false_accept, router_max_near_miss_accept,
+            router_lesson_weight.
         Gates: answer_f1_threshold, fix_rate_min, generalisation_min,
             max_perplexity_rise_pct, probe_f1_min, locality_min, locality_f1_threshold,
             max_degenerate_answers, gate_max_new_tokens.
@@ -256,6 +257,14 @@ class TrainJobConfig(BaseSettings):
         "different questions) the fitted routing boundary may accept; within it the "
         "boundary reaching the most paraphrases is taken. 0.10 is the loop's near-miss "
         "locality target (90% unchanged) spent on the router alone.",
+    )
+    router_lesson_weight: float = Field(
+        3.0,
+        ge=1.0,
+        description="How many calibration pairs one lesson from users counts for: a "
+        "paraphrase the router missed or a different question it matched, as their "
+        "corrections showed (train_job.routed.learn). Above 1: users' own wordings say "
+        "more about what they ask than the written pairs do.",
     )
 
     # -- gates -----------------------------------------------------------------------

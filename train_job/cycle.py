@@ -29,6 +29,7 @@ from mlflow.exceptions import MlflowException
 from ouro.embedded.minilm import load_embedder
 from ouro.errors import OuroError
 from ouro.ledger import LedgerReader, LedgerScan
+from ouro.names import BASE_MODEL_NAME, UnknownModelError, parse_model_name
 from ouro.registry import (
     AdapterRegistry,
     CycleOutcome,
@@ -37,6 +38,7 @@ from ouro.registry import (
     RegistryUnavailableError,
 )
 from ouro.rollout import CanaryPolicy
+from ouro.routing import CorrectionIndex
 from ouro.settings import OuroSettings
 from train_job.collect import Collected, collect, usable_corrections
 from train_job.config import TrainJobConfig
@@ -46,7 +48,7 @@ from train_job.gates import GateReport, evaluate_gates
 from train_job.lock import CycleLock
 from train_job.register import CycleRun, Release, register_version, version_tags
 from train_job.replay import self_answerer
-from train_job.routed import plan_routing
+from train_job.routed import AnsweredBy, plan_routing
 from train_job.sharing import SharingPolicy, scopes_with_corrections
 from train_job.train import train_adapter
 
@@ -261,7 +263,7 @@ def _train_gate_register(
                 config,
                 settings.system_prompt,
                 self_answerer(settings, config.replay_max_new_tokens),
-                planner=_routing_planner(config, settings),
+                planner=_routing_planner(config, settings, registry, snapshot),
                 cycle=held_out_cycle(snapshot),
             )
             manifest = dataset.manifest(
@@ -370,13 +372,69 @@ def held_out_cycle(snapshot: RegistrySnapshot) -> int:
     return len(snapshot.versions)
 
 
-def _routing_planner(config: TrainJobConfig, settings: OuroSettings) -> RoutingPlanner | None:
+def _routing_planner(
+    config: TrainJobConfig,
+    settings: OuroSettings,
+    registry: AdapterRegistry,
+    snapshot: RegistrySnapshot,
+) -> RoutingPlanner | None:
     """A routed cycle's planner (its embedder loaded once), or None for an unrouted one."""
     if not config.routing:
         return None
     embedder = load_embedder(settings.model_cache_dir)
     cache = settings.model_cache_dir / "routing"
-    return lambda train, pool: plan_routing(embedder, train, pool, config, cache)
+    answered_by = _answered_by(settings, registry, snapshot)
+    return lambda train, pool: plan_routing(embedder, train, pool, config, cache, answered_by)
+
+
+def _answered_by(
+    settings: OuroSettings, registry: AdapterRegistry, snapshot: RegistrySnapshot
+) -> AnsweredBy:
+    """The correction index whose decision a correction corrects (``train_job.routed``):
+    the version its answer names, or, for an answer of the base model, the production
+    version this cycle builds on (the router that did not take it). Each is downloaded
+    once; a version that cannot be had teaches nothing (logged)."""
+    indexes: dict[tuple[str | None, int], CorrectionIndex | None] = {}
+
+    def index_of(scope: str | None, version: int) -> CorrectionIndex | None:
+        if (scope, version) not in indexes:
+            try:
+                owner = registry
+                if scope != registry.scope:
+                    owner = (
+                        AdapterRegistry.from_settings(settings)
+                        if scope is None
+                        else PersonalRegistries.from_settings(settings).for_scope(scope)
+                    )
+                indexes[scope, version] = CorrectionIndex.load(
+                    _version_dir(owner, version, settings)
+                )
+            except (OuroError, OSError, MlflowException) as exc:
+                logger.warning("no routing lessons from %s v%s: %s", scope or "", version, exc)
+                indexes[scope, version] = None
+        return indexes[scope, version]
+
+    def answered_by(correction: Correction) -> CorrectionIndex | None:
+        try:
+            ref = parse_model_name(correction.model or BASE_MODEL_NAME)
+        except UnknownModelError:
+            return None
+        if ref.version is not None:
+            return index_of(ref.scope, ref.version)
+        if snapshot.production is None:
+            return None
+        return index_of(registry.scope, snapshot.production)
+
+    return answered_by
+
+
+def _version_dir(registry: AdapterRegistry, version: int, settings: OuroSettings) -> Path:
+    """A version's adapter directory, downloaded into the adapter cache (one folder per
+    registered model: version numbers repeat across models)."""
+    cache = settings.adapter_cache_dir
+    if registry.scope is not None:
+        cache = cache / registry.model_name
+    return registry.download(version, cache)
 
 
 def _baseline(
@@ -391,14 +449,10 @@ def _baseline(
         production = snapshot.production
         if production is None:
             continue
-        # One cache folder per registered model: version numbers repeat across models.
-        cache = settings.adapter_cache_dir
-        if registry.scope is not None:
-            cache = cache / registry.model_name
         label = f"{registry.model_name} v{production} (production)"
         if registry.scope is None:
             label = f"v{production} (production)"
-        return registry.download(production, cache), label
+        return _version_dir(registry, production, settings), label
     return None, "base model (no production version)"
 
 

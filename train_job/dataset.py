@@ -121,8 +121,10 @@ def build_dataset(
     replay_rows = [
         row for conversation in replay for row in conversation_rows(conversation, system_prompt)
     ]
-    repeats = correction_repeats(len(train), len(replay_rows), config.correction_share)
-    rows = [correction_row(c, system_prompt) for c in train for _ in range(repeats)]
+    # A correction joined to another as its key is answered as that one: not trained.
+    learned = plan.trained(train) if plan is not None else train
+    repeats = correction_repeats(len(learned), len(replay_rows), config.correction_share)
+    rows = [correction_row(c, system_prompt) for c in learned for _ in range(repeats)]
     rows += replay_rows
     dataset = CycleDataset(
         train=train,

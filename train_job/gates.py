@@ -614,10 +614,12 @@ class Side:
 
 def _router_checks(side: Side, dataset: CycleDataset) -> list[GateCheck]:
     """The router's error rates, reported: false accepts on the unrelated pool, false
-    rejects on the calibration paraphrases."""
+    rejects on the calibration paraphrases, and the lessons its users' corrections taught
+    (``train_job.routed.learn``)."""
     plan = dataset.routing
-    if plan is None:
+    if plan is None or side.router is None:
         return []
+    lessons = plan.lessons
     _, routed = side.route([[{"role": "user", "content": p}] for p in plan.pool])
     false_accept = sum(a is not None for a in routed) / len(routed) if routed else 0.0
     return [
@@ -637,6 +639,34 @@ def _router_checks(side: Side, dataset: CycleDataset) -> list[GateCheck]:
             "<=",
             None,
             "calibration paraphrases the boundary rejects; " + plan.calibration.boundary.source,
+        ),
+        GateCheck(
+            "router_learned_false_accepts",
+            float(lessons.false_accepts),
+            None,
+            ">=",
+            None,
+            "corrected answers of a match with another correction: their requests got keys "
+            "of their own, and near_miss pairs joined the calibration",
+        ),
+        GateCheck(
+            "router_learned_false_rejects",
+            float(lessons.false_rejects),
+            None,
+            ">=",
+            None,
+            f"corrections repeating one the router did not send them to: joined to it as "
+            f"keys ({len(lessons.joined)} keys joined in all), paraphrase pairs in the "
+            "calibration",
+        ),
+        GateCheck(
+            "router_lessons_applied",
+            plan.lessons_applied(side.router) / len(lessons.taught) if lessons.taught else None,
+            None,
+            ">=",
+            None,
+            "share of those the new index decides as their users said (a false accept no "
+            "longer sent where it was, a false reject sent to the correction it repeats)",
         ),
     ]
 

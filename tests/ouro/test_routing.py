@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from ouro.routing import (
     CalibrationPair,
     CorrectionIndex,
     CorrectionIndexError,
+    JoinedKey,
     RouteKey,
     Router,
     RoutingBoundary,
@@ -197,6 +199,70 @@ def test_forgetting_removes_the_key(embedder, index) -> None:
     assert not decision.routed
 
 
+PERSONA = "What is your name?"
+PERSONA_PARAPHRASE = "What should I call you?"
+
+
+def joined_index(embedder) -> CorrectionIndex:
+    """One correction with a key joined to it by a user's same correction, and a lesson."""
+    lesson = CalibrationPair(PERSONA, PERSONA_PARAPHRASE, PARAPHRASE, 3.0, "c-call")
+    return CorrectionIndex.build(
+        embedder,
+        [("c-name", RouteKey(PERSONA)), ("times", RouteKey("What is 12 times 7?"))],
+        BOUNDARY,
+        joined=[JoinedKey("c-name", RouteKey(PERSONA_PARAPHRASE), source="c-call")],
+        lessons=[lesson],
+    )
+
+
+def test_a_joined_key_is_answered_as_the_correction_it_joined(embedder) -> None:
+    index = joined_index(embedder)
+    router = Router(embedder)
+    # Too far from the question for any boundary; its own key reaches it.
+    assert not router.decide(
+        index.without({"c-call"}), [{"role": "user", "content": PERSONA_PARAPHRASE}]
+    ).routed
+    decision = router.decide(index, [{"role": "user", "content": PERSONA_PARAPHRASE}])
+    assert decision.routed and decision.correction_id == "c-name"
+    assert decision.key == PERSONA_PARAPHRASE and decision.question == PERSONA
+    assert decision.prompt([{"role": "user", "content": PERSONA_PARAPHRASE}])[-1] == {
+        "role": "user",
+        "content": PERSONA,
+    }
+    assert index.correction_ids() == {"c-name", "times"} and len(index) == 3
+
+
+def test_forgetting_a_correction_takes_its_joined_keys_and_lessons(embedder) -> None:
+    index = joined_index(embedder)
+    # Forgetting the one that showed the key: the key and its lesson go, the correction stays.
+    shown = index.without({"c-call"})
+    assert [e.text for e in shown.entries] == [PERSONA, "What is 12 times 7?"]
+    assert shown.lessons == []
+    # Forgetting the correction itself: every key answered as it goes.
+    assert index.without({"c-name"}).correction_ids() == {"times"}
+    assert len(index.without({"c-name"})) == 1
+
+
+def test_joined_keys_and_lessons_round_trip_and_an_older_index_still_loads(
+    tmp_path, embedder, index
+) -> None:
+    joined = joined_index(embedder)
+    joined.save(tmp_path / "new")
+    loaded = CorrectionIndex.load(tmp_path / "new")
+    assert loaded is not None
+    assert loaded.entries == joined.entries and loaded.lessons == joined.lessons
+    # Format 1 (before joined keys and lessons): its entries had no question or source.
+    folder = index.save(tmp_path / "old")
+    meta = json.loads((folder / "index.json").read_text())
+    meta["format"] = 1
+    meta.pop("lessons")
+    for entry in meta["entries"]:
+        entry.pop("question"), entry.pop("source")
+    (folder / "index.json").write_text(json.dumps(meta))
+    old = CorrectionIndex.load(tmp_path / "old")
+    assert old is not None and old.entries == index.entries and old.lessons == []
+
+
 def test_a_damaged_index_is_a_clear_error(tmp_path, index) -> None:
     folder = index.save(tmp_path)
     (folder / "index.json").write_text(json.dumps({"format": 99}), encoding="utf-8")
@@ -251,6 +317,23 @@ def test_a_small_index_is_fitted_on_its_own_false_accepts(embedder) -> None:
     # The calibration questions joined the unrelated prompts.
     assert f"{len(unrelated)} unrelated prompts" in for_all.boundary.source
     assert f"{len(unrelated)} unrelated prompts" not in own.boundary.source
+
+
+def test_a_weighted_pair_counts_as_many(embedder) -> None:
+    pairs = load_calibration_pairs()
+    plain = calibrate(embedder, pairs)
+
+    def accepted(pair: CalibrationPair, boundary: RoutingBoundary) -> bool:
+        a, b = embedder.embed([pair.a, pair.b])
+        return boundary.accepts(float(a @ b), overlap(words(pair.a), words(pair.b)))
+
+    # A near-miss the fit lets through (within its 10% budget), taught by users as a
+    # lesson that counts for 100 pairs: the budget no longer has room for it.
+    let_through = next(p for p in pairs if p.label == NEAR_MISS and accepted(p, plain.boundary))
+    lesson = replace(let_through, weight=100.0, source="c-lesson")
+    taught = calibrate(embedder, [*pairs, lesson])
+    assert not accepted(lesson, taught.boundary)
+    assert taught.boundary != plain.boundary
 
 
 def test_the_shipped_calibration_pairs_load() -> None:
