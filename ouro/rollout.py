@@ -137,16 +137,21 @@ class ArmCounts(BaseModel):
         return self.bad / self.requests if self.requests else 0.0
 
     def ttft_quantile(self, q: float) -> float | None:
-        """The ``q`` quantile's bucket bound (None: no answer counted, or beyond the last)."""
+        """The ``q`` quantile of the time to first token, estimated as Prometheus'
+        ``histogram_quantile`` does: linearly within the bucket it falls in (from 0 for the
+        first), the last finite bound when it falls beyond it; None: no answer counted.
+        So a few slow answers move the estimate by their share of the bucket, not to its
+        upper bound."""
         total = sum(self.ttft)
         if not total:
             return None
-        cumulative, rank = 0, q * total
-        for bound, count in zip((*TTFT_BUCKETS, math.inf), self.ttft, strict=True):
-            cumulative += count
-            if cumulative >= rank:
-                return bound
-        return math.inf
+        rank = q * total
+        below, lower = 0, 0.0
+        for upper, count in zip(TTFT_BUCKETS, self.ttft, strict=False):
+            if below + count >= rank and count:
+                return lower + (upper - lower) * (rank - below) / count
+            below, lower = below + count, upper
+        return TTFT_BUCKETS[-1]
 
     @staticmethod
     def ttft_bucket(seconds: float) -> int:
@@ -362,7 +367,8 @@ def judge(policy: CanaryPolicy, state: CanaryState, now: float) -> Verdict:
     ):
         return Verdict(
             Decision.ROLLBACK,
-            f"p99 time to first token {canary_p99}s against production's {production_p99}s "
+            f"p99 time to first token {canary_p99:.3g}s against production's "
+            f"{production_p99:.3g}s "
             f"(allowed x{policy.max_ttft_ratio})",
             statistic,
         )
@@ -554,7 +560,7 @@ def format_canary(state: CanaryState | None, policy: CanaryPolicy) -> str:
         lines.append(
             f"{name:12}{arm.requests:>9}{arm.errors:>8}{arm.corrections:>10}"
             f"{arm.thumbs_up:>6}{arm.thumbs_down:>6}{arm.bad_rate:>10.3f}"
-            f"{'-' if p99 is None else f'<={p99:g}s':>10}"
+            f"{'-' if p99 is None else f'{p99:.3g}s':>10}"
         )
     lines.append(
         f"log likelihood ratio {state.statistic:.2f} (roll back at >= "

@@ -13,6 +13,7 @@ from ouro.names import ALIAS_CANARY, ALIAS_PRODUCTION
 from ouro.registry import TAG_WATERMARK, AdapterRegistry
 from ouro.rollout import (
     CANARY_STATE_TAG,
+    TTFT_BUCKETS,
     ArmCounts,
     CanaryController,
     CanaryPolicy,
@@ -175,6 +176,21 @@ def test_a_step_waits_for_enough_answers_and_evidence_that_leans_to_good() -> No
     assert stepped(canary=arm(500), paused=True) == 10.0
     at_last = state(50, step=2, canary=arm(500))
     assert next_step(policy, at_last) == at_last
+
+
+def test_the_p99_is_interpolated_within_its_bucket_as_prometheus_does() -> None:
+    def counts(by_bound: dict[float, int]) -> ArmCounts:
+        ttft = [by_bound.get(bound, 0) for bound in TTFT_BUCKETS] + [by_bound.get(math.inf, 0)]
+        return ArmCounts(requests=sum(ttft), ttft=tuple(ttft))
+
+    # 990 answers within (0.5 s, 1 s], 11 slow ones within (10 s, 30 s]: the p99 is 1.1% of
+    # the way into the slow bucket, not its 30 s bound.
+    slow_few = counts({1: 990, 30: 11})
+    assert slow_few.ttft_quantile(0.99) == pytest.approx(10 + 20 * (0.99 * 1001 - 990) / 11)
+    assert counts({1: 1000}).ttft_quantile(0.5) == pytest.approx(0.75)
+    assert counts({0.005: 10}).ttft_quantile(0.5) == pytest.approx(0.0025)  # from 0
+    assert counts({math.inf: 5}).ttft_quantile(0.99) == TTFT_BUCKETS[-1]
+    assert ArmCounts().ttft_quantile(0.99) is None
 
 
 def test_counts_since_survive_a_replica_restart() -> None:
