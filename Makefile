@@ -55,7 +55,7 @@ test: install-test chart-check docs-build
 DAILYDIALOG ?= ../shared/datasets/dailydialog/dialogues_validation.txt
 demo: install
 	$(PY) -m loadtests.bench_heal --cycles 3 --per-cycle 10 --unrelated 50 \
-		--dailydialog-pairs 20 --dailydialog $(DAILYDIALOG)
+		--dailydialog-pairs 20 --teach 48 --dailydialog $(DAILYDIALOG)
 
 lint: install-test
 	$(VENV)/bin/ruff check .
