@@ -19,9 +19,12 @@ before. Ouro does the same in front of its adapters:
   words two prompts share: ``cosine >= base + slope * overlap`` (overlap: Jaccard of their
   word sets). ``base`` and ``slope`` are fitted on labelled pairs (``calibrate``), never
   set by hand.
-- ``CorrectionIndex``: the keys of the corrections one version learned, saved beside its
-  adapter (``INDEX_DIR`` inside the adapter directory), so the registry's lineage,
-  rollback and ``forget`` move it with the adapter. Exact search (one matrix product).
+- ``CorrectionIndex``: the keys of the corrections one version learned (each correction's
+  own question, and the requests users corrected the same way: ``JoinedKey``), with the
+  lessons users' corrections of routing decisions taught (``train_job.routed``), saved
+  beside its adapter (``INDEX_DIR`` inside the adapter directory), so the registry's
+  lineage, rollback and ``forget`` move it with the adapter. Exact search (one matrix
+  product).
 - ``Router``: the decision for one request against one index: ``RouteDecision``. A match
   is answered as the correction it matched (``RouteDecision.prompt``), as GRACE answers a
   key within a codebook entry's radius with that entry's value.
