@@ -208,6 +208,13 @@ def share(flags: list[bool]) -> float | None:
     return round(sum(flags) / len(flags), 3) if flags else None
 
 
+def unchanged(answers: list[str], questions: list[str], before: dict) -> float | None:
+    """Share of ``answers`` that match the base model's answer ``before`` to their question."""
+    return share(
+        [token_f1(a, before[q]) >= MATCH_F1 for a, q in zip(answers, questions, strict=True)]
+    )
+
+
 def routed(models: list[str]) -> int:
     """How many answers came from an adapter (not the base model)."""
     return sum(model != BASE_MODEL_NAME for model in models)
@@ -228,18 +235,11 @@ def measure(answerer: Answerer, items: list[dict], unrelated: list[str], before:
         token_f1(a, i["correction"]) >= MATCH_F1 for a, i in zip(answers[:n], items, strict=True)
     ]
     general = [has_fact(a, i["key_fact"]) for a, i in zip(answers[n : 2 * n], items, strict=True)]
-    kept_near = [
-        token_f1(a, before[q]) >= MATCH_F1
-        for a, q in zip(answers[2 * n : 3 * n], near, strict=True)
-    ]
-    kept_unrelated = [
-        token_f1(a, before[q]) >= MATCH_F1 for a, q in zip(answers[3 * n :], unrelated, strict=True)
-    ]
     return {
         "reliability": share(fixed),
         "generality": share(general),
-        "locality_near_miss": share(kept_near),
-        "locality_unrelated": share(kept_unrelated),
+        "locality_near_miss": unchanged(answers[2 * n : 3 * n], near, before),
+        "locality_unrelated": unchanged(answers[3 * n :], unrelated, before),
         "routed": {
             "questions": routed(routes[:n]),
             "paraphrases": routed(routes[n : 2 * n]),
@@ -415,18 +415,8 @@ def teach_scenario(args: argparse.Namespace, unrelated: list[str], before_unrela
         return {
             "after": label,
             "generality": share([has_fact(a, f) for a, f in zip(answers[:n], facts, strict=True)]),
-            "locality_near_miss": share(
-                [
-                    token_f1(a, before[q]) >= MATCH_F1
-                    for a, q in zip(answers[n : n + m], second, strict=True)
-                ]
-            ),
-            "locality_unrelated": share(
-                [
-                    token_f1(a, before[q]) >= MATCH_F1
-                    for a, q in zip(answers[n + m :], unrelated, strict=True)
-                ]
-            ),
+            "locality_near_miss": unchanged(answers[n : n + m], second, before),
+            "locality_unrelated": unchanged(answers[n + m :], unrelated, before),
             "routed": {
                 "paraphrases": routed(models[:n]),
                 "near_misses": routed(models[n : n + m]),
@@ -516,12 +506,7 @@ def dailydialog_scenario(
         "reliability": share(
             [token_f1(a, c) >= MATCH_F1 for a, (_, c) in zip(answers[:n], pairs, strict=True)]
         ),
-        "locality_unrelated": share(
-            [
-                token_f1(a, before[q]) >= MATCH_F1
-                for a, q in zip(answers[n:], unrelated, strict=True)
-            ]
-        ),
+        "locality_unrelated": unchanged(answers[n:], unrelated, before),
     }
 
 

@@ -328,7 +328,10 @@ class AdapterRegistry:
         self._nesting = threading.local()  # operations inside operations probe only once
 
     @classmethod
-    def from_settings(cls, settings: OuroSettings) -> AdapterRegistry:
+    def from_settings(cls, settings: OuroSettings, scope: str | None = None) -> AdapterRegistry:
+        """The shared registered model, or ``scope``'s personal one."""
+        if scope is not None:
+            return PersonalRegistries.from_settings(settings).for_scope(scope)
         return cls(settings.tracking_uri, settings.registered_model_name)
 
     # -- failure handling ---------------------------------------------------------------

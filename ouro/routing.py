@@ -386,6 +386,7 @@ class CorrectionIndex:
     """The pairs users' corrections of routing decisions taught (``train_job.routed``),
     kept with the version for its lineage and for ``without``."""
     _bags: list[frozenset[str]] = field(default_factory=list, repr=False)
+    _ids: frozenset[str] = field(default_factory=frozenset, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.entries) != len(self.keys) or self.keys.shape != self.context_keys.shape:
@@ -394,6 +395,7 @@ class CorrectionIndex:
                 f"{len(self.context_keys)} context keys"
             )
         self._bags = [words(entry.text) for entry in self.entries]
+        self._ids = frozenset(entry.id for entry in self.entries)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -453,9 +455,9 @@ class CorrectionIndex:
             [pair for pair in self.lessons if pair.source not in ids],
         )
 
-    def correction_ids(self) -> set[str]:
+    def correction_ids(self) -> frozenset[str]:
         """The corrections the index answers as."""
-        return {entry.id for entry in self.entries}
+        return self._ids
 
     # -- storage ----------------------------------------------------------------------------
     def save(self, adapter_dir: Path) -> Path:

@@ -283,12 +283,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
 
 
-def _registry(settings: OuroSettings, scope: str | None = None) -> AdapterRegistry:
-    if scope is not None:
-        return PersonalRegistries.from_settings(settings).for_scope(scope)
-    return AdapterRegistry(settings.tracking_uri, settings.registered_model_name)
-
-
 def _run(args: argparse.Namespace, settings: OuroSettings, config: TrainJobConfig) -> int:
     from train_job.cycle import CycleInterrupted, Outcome, run_cycle
     from train_job.lock import CycleBusyError
@@ -368,7 +362,7 @@ def _seconds(value: float) -> str:
 def _status(args: argparse.Namespace, settings: OuroSettings) -> int:
     from train_job.commands import format_status, status
 
-    info = status(_registry(settings, args.scope), settings)
+    info = status(AdapterRegistry.from_settings(settings, args.scope), settings)
     print(json.dumps(info, indent=2) if args.json else format_status(info))
     return EXIT_OK
 
@@ -377,7 +371,12 @@ def _promote(args: argparse.Namespace, settings: OuroSettings) -> int:
     from train_job.commands import PromotionRefusedError, promote
 
     try:
-        promote(_registry(settings, args.scope), args.version, args.alias, force=args.force)
+        promote(
+            AdapterRegistry.from_settings(settings, args.scope),
+            args.version,
+            args.alias,
+            force=args.force,
+        )
     except PromotionRefusedError as exc:
         logger.error("%s", exc)
         return EXIT_GATES_FAILED
@@ -391,7 +390,7 @@ def _rollback(args: argparse.Namespace, settings: OuroSettings) -> int:
     from train_job.commands import rollback
 
     try:
-        version = rollback(_registry(settings, args.scope), args.alias)
+        version = rollback(AdapterRegistry.from_settings(settings, args.scope), args.alias)
     except NothingToRollBackError as exc:
         logger.error("%s", exc)
         return EXIT_ERROR
@@ -404,7 +403,7 @@ def _rollback(args: argparse.Namespace, settings: OuroSettings) -> int:
 def _canary(args: argparse.Namespace, settings: OuroSettings) -> int:
     from ouro.rollout import CanaryPolicy, NoCanaryError, Rollout, format_canary
 
-    rollout = Rollout(_registry(settings, None), CanaryPolicy.from_settings(settings))
+    rollout = Rollout(AdapterRegistry.from_settings(settings), CanaryPolicy.from_settings(settings))
     by = f"operator (python -m train_job canary {args.action})"
     try:
         if args.action == "status":

@@ -123,7 +123,7 @@ def _run_locked(config: TrainJobConfig, settings: OuroSettings) -> CycleResult:
         torch.set_num_threads(config.cpu_threads)
     timer = StageTimer()
     with timer.stage("collect"):
-        registry = AdapterRegistry(settings.tracking_uri, settings.registered_model_name)
+        registry = AdapterRegistry.from_settings(settings)
         snapshot = registry.snapshot()  # RegistryUnavailableError within seconds
         if settings.personal_adapters:
             policy = SharingPolicy.from_settings(settings)
@@ -401,11 +401,7 @@ def _answered_by(
             try:
                 owner = registry
                 if scope != registry.scope:
-                    owner = (
-                        AdapterRegistry.from_settings(settings)
-                        if scope is None
-                        else PersonalRegistries.from_settings(settings).for_scope(scope)
-                    )
+                    owner = AdapterRegistry.from_settings(settings, scope)
                 indexes[scope, version] = CorrectionIndex.load(
                     _version_dir(owner, version, settings)
                 )
